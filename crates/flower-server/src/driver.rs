@@ -1,0 +1,515 @@
+//! The round driver: Flower's `Server.fit` loop, independent of sockets.
+//!
+//! It talks to clients only through [`ClientManager`] and [`ClientHandle`]s,
+//! so the whole round logic runs in tests with in-process clients.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flower_core::{
+    ClientMessage, EvaluateIns, EvaluateRes, FitIns, FitRes, GetParametersIns, Parameters,
+    ReconnectIns, ServerMessage,
+};
+use flower_strategy::{ClientFailure, ClientId, Strategy};
+use futures::stream::{FuturesUnordered, StreamExt};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::client_manager::ClientManager;
+use crate::exchange::{ClientHandle, ExchangeError};
+use crate::history::{write_atomic, Checkpoint, History, RoundRecord};
+use crate::model_file::{parameters_from_npz, parameters_to_npz};
+use crate::ServerError;
+
+/// Settings of the round driver. Defaults mirror Flower where it has one.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Number of rounds (default 1, as Flower's `ServerConfig`).
+    pub num_rounds: u64,
+    /// Per-reply timeout (Flower's `round_timeout`); `None` waits forever.
+    pub round_timeout: Option<Duration>,
+    /// How long to wait for enough connected clients before giving up
+    /// (Flower waits 24 h; default 300 s).
+    pub client_wait_timeout: Duration,
+    /// Seed of the client-sampling RNG.
+    pub seed: u64,
+    /// Where `history.json`, `model.npz` and `checkpoint.json` go.
+    pub output_dir: Option<PathBuf>,
+    /// Continue from `checkpoint.json` + `model.npz` in `output_dir`.
+    pub resume: bool,
+    /// After the final `ReconnectIns`, how long to wait for streams to close.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            num_rounds: 1,
+            round_timeout: None,
+            client_wait_timeout: Duration::from_secs(300),
+            seed: 0,
+            output_dir: None,
+            resume: false,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// Final global parameters.
+    pub parameters: Parameters,
+    /// History of the run (including rounds before a resume).
+    pub history: History,
+    /// Rounds completed.
+    pub completed_rounds: u64,
+}
+
+/// Drives rounds of federated learning with one strategy.
+pub struct RoundDriver {
+    manager: ClientManager,
+    strategy: Box<dyn Strategy>,
+    config: DriverConfig,
+    history: History,
+}
+
+impl std::fmt::Debug for RoundDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoundDriver")
+            .field("strategy", &self.strategy.name())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs CPU-heavy strategy work without stalling the async workers' other
+/// tasks (stream I/O) when the runtime allows it.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+fn failure(client: ClientId, reason: impl Into<String>) -> ClientFailure {
+    ClientFailure {
+        client: Some(client),
+        reason: reason.into(),
+    }
+}
+
+type Exchanges = FuturesUnordered<
+    futures::future::BoxFuture<'static, (ClientId, Result<ClientMessage, ExchangeError>)>,
+>;
+
+impl RoundDriver {
+    /// A driver over the clients of `manager`.
+    pub fn new(manager: ClientManager, strategy: Box<dyn Strategy>, config: DriverConfig) -> Self {
+        RoundDriver {
+            manager,
+            strategy,
+            config,
+            history: History::default(),
+        }
+    }
+
+    fn output_path(&self, name: &str) -> Option<PathBuf> {
+        self.config.output_dir.as_ref().map(|d| d.join(name))
+    }
+
+    fn sampler_seed(&self, round: u64, phase: u64) -> u64 {
+        // Per round and phase, so a resumed run samples like an uninterrupted one.
+        self.config
+            .seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(round.wrapping_mul(2).wrapping_add(phase))
+    }
+
+    async fn wait_for_clients(&self, n: usize, what: &str) -> Result<(), ServerError> {
+        if self.manager.len() >= n {
+            return Ok(());
+        }
+        info!(
+            required = n,
+            connected = self.manager.len(),
+            "waiting for clients ({what})"
+        );
+        if self
+            .manager
+            .wait_for(n, self.config.client_wait_timeout)
+            .await
+        {
+            Ok(())
+        } else {
+            Err(ServerError::TooFewClients {
+                required: n,
+                connected: self.manager.len(),
+                waited: self.config.client_wait_timeout,
+            })
+        }
+    }
+
+    fn dispatch(
+        &self,
+        instructions: Vec<(ClientId, ServerMessage)>,
+        failures: &mut Vec<ClientFailure>,
+    ) -> (Vec<ClientId>, Exchanges) {
+        let exchanges = FuturesUnordered::new();
+        let mut ids = Vec::with_capacity(instructions.len());
+        for (id, message) in instructions {
+            match self.manager.get(id) {
+                Some(handle) => {
+                    let fut = handle.exchange(message, self.config.round_timeout);
+                    exchanges.push(Box::pin(async move { (id, fut.await) }) as _);
+                    ids.push(id);
+                }
+                None => failures.push(failure(id, "client left before its instruction was sent")),
+            }
+        }
+        ids.sort_unstable();
+        (ids, exchanges)
+    }
+
+    /// Initial parameters: from a checkpoint, the strategy, or one client.
+    async fn initial_parameters(&mut self) -> Result<Parameters, ServerError> {
+        if let Some(parameters) = self.strategy.initialize_parameters() {
+            info!("using initial parameters provided by the strategy");
+            return Ok(parameters);
+        }
+        info!("requesting initial parameters from one random client");
+        self.wait_for_clients(1, "initial parameters").await?;
+        let mut sampler = self.manager.sampler(ChaCha8Rng::seed_from_u64(self.sampler_seed(0, 0)));
+        let id = flower_strategy::ClientSampler::sample(&mut sampler, 1, 1)
+            .first()
+            .copied()
+            .ok_or(ServerError::TooFewClients {
+                required: 1,
+                connected: 0,
+                waited: self.config.client_wait_timeout,
+            })?;
+        let handle = self
+            .manager
+            .get(id)
+            .ok_or_else(|| ServerError::Protocol("client left".into()))?;
+        let reply = handle
+            .exchange(
+                ServerMessage::GetParameters(GetParametersIns::default()),
+                self.config.round_timeout,
+            )
+            .await
+            .map_err(|e| ServerError::Protocol(format!("initial get_parameters failed: {e}")))?;
+        match reply {
+            ClientMessage::GetParameters(res) => {
+                if !res.status.is_ok() {
+                    // Flower only warns and uses what came back.
+                    warn!(status = ?res.status, "get_parameters returned a non-OK status");
+                }
+                info!(client = id, "received initial parameters from one random client");
+                Ok(res.parameters)
+            }
+            other => Err(ServerError::Protocol(format!(
+                "expected get_parameters_res, got {}",
+                other.kind()
+            ))),
+        }
+    }
+
+    fn load_checkpoint(&mut self) -> Result<Option<(u64, Parameters)>, ServerError> {
+        let (Some(cp_path), Some(model_path)) = (
+            self.output_path("checkpoint.json"),
+            self.output_path("model.npz"),
+        ) else {
+            return Err(ServerError::Config("--resume needs --output-dir".into()));
+        };
+        if !cp_path.exists() {
+            warn!(path = %cp_path.display(), "no checkpoint to resume from; starting a new run");
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&cp_path)
+            .map_err(|e| ServerError::Io(format!("reading {}: {e}", cp_path.display())))?;
+        let cp: Checkpoint = serde_json::from_str(&text)
+            .map_err(|e| ServerError::ModelFile(format!("{}: {e}", cp_path.display())))?;
+        if cp.strategy != self.strategy.name() {
+            return Err(ServerError::Config(format!(
+                "checkpoint was written by strategy {}, not {}",
+                cp.strategy,
+                self.strategy.name()
+            )));
+        }
+        let parameters = parameters_from_npz(&model_path, &cp.tensor_type)?;
+        self.strategy
+            .restore_state(cp.strategy_state)
+            .map_err(ServerError::Strategy)?;
+        self.history = cp.history;
+        info!(completed_rounds = cp.completed_rounds, "resuming from checkpoint");
+        Ok(Some((cp.completed_rounds, parameters)))
+    }
+
+    fn save(&self, completed_rounds: u64, parameters: &Parameters) -> Result<(), ServerError> {
+        let Some(dir) = &self.config.output_dir else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ServerError::Io(format!("creating {}: {e}", dir.display())))?;
+        write_atomic(&dir.join("model.npz"), &parameters_to_npz(parameters)?)?;
+        let history = serde_json::to_vec_pretty(&self.history)
+            .map_err(|e| ServerError::Io(e.to_string()))?;
+        write_atomic(&dir.join("history.json"), &history)?;
+        let cp = Checkpoint {
+            format_version: 1,
+            completed_rounds,
+            num_rounds: self.config.num_rounds,
+            tensor_type: parameters.tensor_type.clone(),
+            strategy: self.strategy.name().to_string(),
+            strategy_state: self.strategy.state(),
+            history: self.history.clone(),
+        };
+        let cp = serde_json::to_vec_pretty(&cp).map_err(|e| ServerError::Io(e.to_string()))?;
+        // The checkpoint goes last: it only ever points at a complete model.
+        write_atomic(&dir.join("checkpoint.json"), &cp)
+    }
+
+    /// Runs the configured rounds, then tells every client to disconnect.
+    ///
+    /// `shutdown` flipping to `true` ends the run early (after saving the
+    /// last completed round) with [`ServerError::Interrupted`].
+    pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<RunOutcome, ServerError> {
+        let result = tokio::select! {
+            r = self.run_rounds() => r,
+            _ = shutdown.wait_for(|s| *s) => Err(ServerError::Interrupted),
+        };
+        self.disconnect_all().await;
+        result
+    }
+
+    async fn run_rounds(&mut self) -> Result<RunOutcome, ServerError> {
+        let started = Instant::now();
+        let (mut completed, mut parameters) = match self.config.resume {
+            true => match self.load_checkpoint()? {
+                Some(found) => found,
+                None => (0, self.initial_parameters().await?),
+            },
+            false => (0, self.initial_parameters().await?),
+        };
+        if completed == 0 {
+            if let Some((loss, metrics)) = blocking(|| self.strategy.evaluate(0, &parameters))
+                .map_err(ServerError::Strategy)?
+            {
+                info!(loss, "initial centralized evaluation");
+                self.history.add_loss_centralized(0, loss);
+                self.history.add_metrics_centralized(0, &metrics);
+            }
+            self.save(0, &parameters)?;
+        }
+
+        for round in completed + 1..=self.config.num_rounds {
+            let mut record = RoundRecord {
+                round,
+                fit_results: 0,
+                fit_failures: 0,
+                evaluate_results: 0,
+                evaluate_failures: 0,
+                fit_seconds: 0.0,
+                evaluate_seconds: 0.0,
+            };
+            let t = Instant::now();
+            if let Some(new) = self.fit_round(round, &parameters, &mut record).await? {
+                parameters = new;
+            }
+            record.fit_seconds = t.elapsed().as_secs_f64();
+
+            if let Some((loss, metrics)) = blocking(|| self.strategy.evaluate(round, &parameters))
+                .map_err(ServerError::Strategy)?
+            {
+                info!(round, loss, "centralized evaluation");
+                self.history.add_loss_centralized(round, loss);
+                self.history.add_metrics_centralized(round, &metrics);
+            }
+
+            let t = Instant::now();
+            self.evaluate_round(round, &parameters, &mut record).await?;
+            record.evaluate_seconds = t.elapsed().as_secs_f64();
+            info!(
+                round,
+                fit_results = record.fit_results,
+                fit_failures = record.fit_failures,
+                evaluate_results = record.evaluate_results,
+                evaluate_failures = record.evaluate_failures,
+                fit_s = format!("{:.3}", record.fit_seconds),
+                evaluate_s = format!("{:.3}", record.evaluate_seconds),
+                loss = self.history.losses_distributed.last().filter(|(r, _)| *r == round).map(|(_, l)| *l),
+                "round complete"
+            );
+            self.history.rounds.push(record);
+            completed = round;
+            self.save(completed, &parameters)?;
+        }
+        info!(
+            rounds = completed,
+            seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+            "run finished"
+        );
+        Ok(RunOutcome {
+            parameters,
+            history: self.history.clone(),
+            completed_rounds: completed,
+        })
+    }
+
+    async fn fit_round(
+        &mut self,
+        round: u64,
+        parameters: &Parameters,
+        record: &mut RoundRecord,
+    ) -> Result<Option<Parameters>, ServerError> {
+        self.wait_for_clients(self.strategy.min_available_clients(), "fit")
+            .await?;
+        let mut sampler = self
+            .manager
+            .sampler(ChaCha8Rng::seed_from_u64(self.sampler_seed(round, 0)));
+        let instructions = self
+            .strategy
+            .configure_fit(round, parameters, &mut sampler)
+            .map_err(ServerError::Strategy)?;
+        if instructions.is_empty() {
+            info!(round, "configure_fit: no clients selected, skipping fit");
+            return Ok(None);
+        }
+        info!(round, sampled = instructions.len(), available = self.manager.len(), "configure_fit");
+        self.strategy
+            .begin_fit(round, parameters)
+            .map_err(ServerError::Strategy)?;
+
+        let mut failures = Vec::new();
+        let messages = instructions
+            .into_iter()
+            .map(|(id, ins): (ClientId, FitIns)| (id, ServerMessage::Fit(ins)))
+            .collect();
+        let (order, mut exchanges) = self.dispatch(messages, &mut failures);
+
+        // Results are folded in client-id order, whatever order they arrive
+        // in, so that the same inputs always give the same bits.
+        let mut ready: BTreeMap<ClientId, Option<FitRes>> = BTreeMap::new();
+        let mut next = 0;
+        let mut results = 0;
+        while let Some((id, reply)) = exchanges.next().await {
+            let res = match reply {
+                Ok(ClientMessage::Fit(res)) if res.status.is_ok() => Some(res),
+                Ok(ClientMessage::Fit(res)) => {
+                    failures.push(failure(id, format!("fit status {:?}: {}", res.status.code, res.status.message)));
+                    None
+                }
+                Ok(other) => {
+                    failures.push(failure(id, format!("expected fit_res, got {}", other.kind())));
+                    None
+                }
+                Err(e) => {
+                    failures.push(failure(id, e.to_string()));
+                    None
+                }
+            };
+            ready.insert(id, res);
+            while let Some(slot) = order.get(next).and_then(|id| ready.remove(id)) {
+                let client = order[next];
+                next += 1;
+                let Some(res) = slot else { continue };
+                match blocking(|| self.strategy.accumulate_fit(round, client, res)) {
+                    Ok(()) => results += 1,
+                    Err(e) => {
+                        warn!(round, client, error = %e, "fit result refused");
+                        failures.push(failure(client, e.to_string()));
+                    }
+                }
+            }
+        }
+        for f in &failures {
+            warn!(round, client = ?f.client, reason = %f.reason, "fit failure");
+        }
+        record.fit_results = results;
+        record.fit_failures = failures.len();
+        info!(round, results, failures = failures.len(), "aggregate_fit");
+        let (new, metrics) = blocking(|| self.strategy.aggregate_fit(round, &failures))
+            .map_err(ServerError::Strategy)?;
+        self.history.add_metrics_distributed_fit(round, &metrics);
+        Ok(new)
+    }
+
+    async fn evaluate_round(
+        &mut self,
+        round: u64,
+        parameters: &Parameters,
+        record: &mut RoundRecord,
+    ) -> Result<(), ServerError> {
+        self.wait_for_clients(self.strategy.min_available_clients(), "evaluate")
+            .await?;
+        let mut sampler = self
+            .manager
+            .sampler(ChaCha8Rng::seed_from_u64(self.sampler_seed(round, 1)));
+        let instructions = self
+            .strategy
+            .configure_evaluate(round, parameters, &mut sampler)
+            .map_err(ServerError::Strategy)?;
+        if instructions.is_empty() {
+            info!(round, "configure_evaluate: no clients selected, skipping evaluate");
+            return Ok(());
+        }
+        let mut failures = Vec::new();
+        let messages = instructions
+            .into_iter()
+            .map(|(id, ins): (ClientId, EvaluateIns)| (id, ServerMessage::Evaluate(ins)))
+            .collect();
+        let (_, mut exchanges) = self.dispatch(messages, &mut failures);
+        let mut results: Vec<(ClientId, EvaluateRes)> = Vec::new();
+        while let Some((id, reply)) = exchanges.next().await {
+            match reply {
+                Ok(ClientMessage::Evaluate(res)) if res.status.is_ok() => results.push((id, res)),
+                Ok(ClientMessage::Evaluate(res)) => failures.push(failure(
+                    id,
+                    format!("evaluate status {:?}: {}", res.status.code, res.status.message),
+                )),
+                Ok(other) => failures.push(failure(id, format!("expected evaluate_res, got {}", other.kind()))),
+                Err(e) => failures.push(failure(id, e.to_string())),
+            }
+        }
+        results.sort_by_key(|(id, _)| *id);
+        for f in &failures {
+            warn!(round, client = ?f.client, reason = %f.reason, "evaluate failure");
+        }
+        record.evaluate_results = results.len();
+        record.evaluate_failures = failures.len();
+        let (loss, metrics) = self
+            .strategy
+            .aggregate_evaluate(round, &results, &failures)
+            .map_err(ServerError::Strategy)?;
+        if let Some(loss) = loss {
+            self.history.add_loss_distributed(round, loss);
+        }
+        self.history.add_metrics_distributed(round, &metrics);
+        Ok(())
+    }
+
+    /// Sends `ReconnectIns` to every connected client and waits (bounded)
+    /// for their streams to close. Never waits for `DisconnectRes`.
+    pub async fn disconnect_all(&self) {
+        let clients: Vec<(ClientId, Arc<dyn ClientHandle>)> = self.manager.all();
+        if clients.is_empty() {
+            return;
+        }
+        let ids: BTreeSet<ClientId> = clients.iter().map(|(id, _)| *id).collect();
+        for (_, handle) in &clients {
+            handle.send_only(ServerMessage::Reconnect(ReconnectIns { seconds: 0 }));
+        }
+        info!(clients = ids.len(), "sent ReconnectIns to every client");
+        let deadline = Instant::now() + self.config.shutdown_grace;
+        while Instant::now() < deadline && self.manager.all().iter().any(|(id, _)| ids.contains(id)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The tonic service for `flwr.proto.FlowerService/Join`.
+//!
+//! Each open `Join` stream is one registered client. A task per stream owns
+//! the stream and runs exchanges strictly in lock-step: one `ServerMessage`
+//! out, then one `ClientMessage` back. The stream closing for any reason
+//! unregisters the client at once and fails the pending exchange.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flower_core::{ClientMessage, ServerMessage};
+use flower_proto as pb;
+use flower_proto::flower_service_server::{FlowerService, FlowerServiceServer};
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::client_manager::ClientManager;
+use crate::exchange::{ClientHandle, ExchangeError};
+
+/// Hook that, given a Join request's extensions, returns a future completing
+/// when the stream must be closed as unauthenticated (a revoked token).
+pub type RevocationHook =
+    Arc<dyn Fn(&http::Extensions) -> Option<BoxFuture<'static, ()>> + Send + Sync>;
+
+/// The Join service. Build with [`FlowerTransport::new`], serve with [`FlowerTransport::into_service`].
+#[derive(Clone)]
+pub struct FlowerTransport {
+    manager: ClientManager,
+    revocation: Option<RevocationHook>,
+}
+
+impl std::fmt::Debug for FlowerTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowerTransport")
+            .field("manager", &self.manager)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FlowerTransport {
+    /// A transport registering its clients in `manager`.
+    pub fn new(manager: ClientManager) -> Self {
+        FlowerTransport {
+            manager,
+            revocation: None,
+        }
+    }
+
+    /// Closes streams with `UNAUTHENTICATED` when the hook's future completes.
+    #[must_use]
+    pub fn with_revocation(mut self, hook: RevocationHook) -> Self {
+        self.revocation = Some(hook);
+        self
+    }
+
+    /// The tonic service, with the given max message size both ways.
+    pub fn into_service(self, max_message_size: usize) -> FlowerServiceServer<Self> {
+        FlowerServiceServer::new(self)
+            .max_decoding_message_size(max_message_size)
+            .max_encoding_message_size(max_message_size)
+    }
+}
+
+struct Instruction {
+    message: pb::ServerMessage,
+    kind: &'static str,
+    timeout: Option<Duration>,
+    /// `None` for fire-and-forget instructions (the final ReconnectIns).
+    reply: Option<oneshot::Sender<Result<ClientMessage, ExchangeError>>>,
+}
+
+/// [`ClientHandle`] of one gRPC stream.
+struct GrpcClient {
+    instructions: mpsc::Sender<Instruction>,
+    peer: String,
+}
+
+impl ClientHandle for GrpcClient {
+    fn exchange(
+        &self,
+        message: ServerMessage,
+        timeout: Option<Duration>,
+    ) -> BoxFuture<'static, Result<ClientMessage, ExchangeError>> {
+        let (tx, rx) = oneshot::channel();
+        let instruction = Instruction {
+            kind: message.kind(),
+            message: message.into(),
+            timeout,
+            reply: Some(tx),
+        };
+        let sender = self.instructions.clone();
+        async move {
+            sender
+                .send(instruction)
+                .await
+                .map_err(|_| ExchangeError::Closed("stream already closed".into()))?;
+            rx.await
+                .unwrap_or_else(|_| Err(ExchangeError::Closed("stream closed".into())))
+        }
+        .boxed()
+    }
+
+    fn send_only(&self, message: ServerMessage) {
+        let instruction = Instruction {
+            kind: message.kind(),
+            message: message.into(),
+            timeout: None,
+            reply: None,
+        };
+        let _ = self.instructions.try_send(instruction);
+    }
+
+    fn peer(&self) -> String {
+        self.peer.clone()
+    }
+}
+
+type JoinStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FlowerService for FlowerTransport {
+    type JoinStream = JoinStream;
+
+    async fn join(
+        &self,
+        request: Request<Streaming<pb::ClientMessage>>,
+    ) -> Result<Response<Self::JoinStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let revoked = self
+            .revocation
+            .as_ref()
+            .and_then(|hook| hook(request.extensions()));
+        let (ins_tx, ins_rx) = mpsc::channel(1);
+        let handle = Arc::new(GrpcClient {
+            instructions: ins_tx,
+            peer: peer.clone(),
+        });
+        let Some(id) = self.manager.register(handle) else {
+            warn!(%peer, "refusing client: connection limit reached");
+            return Err(Status::resource_exhausted(
+                "the server's configured client limit is reached",
+            ));
+        };
+        info!(client = id, %peer, connected = self.manager.len(), "client joined");
+        let (out_tx, out_rx) = mpsc::channel(1);
+        let manager = self.manager.clone();
+        tokio::spawn(async move {
+            let end = drive_stream(request.into_inner(), ins_rx, out_tx, revoked).await;
+            manager.unregister(id);
+            info!(client = id, %peer, reason = %end, connected = manager.len(), "client left");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+}
+
+/// Why a stream task ended (for the log).
+#[derive(Debug)]
+enum StreamEnd {
+    Disconnected(String),
+    AfterReconnect,
+    ServerDropped,
+    Timeout(Duration),
+    Unsolicited,
+    Revoked,
+}
+
+impl std::fmt::Display for StreamEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamEnd::Disconnected(why) => write!(f, "disconnected ({why})"),
+            StreamEnd::AfterReconnect => f.write_str("disconnected after ReconnectIns"),
+            StreamEnd::ServerDropped => f.write_str("server released the client"),
+            StreamEnd::Timeout(t) => write!(f, "no reply within {t:?}; stream cancelled"),
+            StreamEnd::Unsolicited => f.write_str("unsolicited message; stream closed"),
+            StreamEnd::Revoked => f.write_str("token revoked; stream closed"),
+        }
+    }
+}
+
+fn describe(result: &Result<Option<pb::ClientMessage>, Status>) -> String {
+    match result {
+        Ok(Some(_)) => "message".into(),
+        Ok(None) => "end of stream".into(),
+        Err(status) => format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
+async fn drive_stream(
+    mut inbound: Streaming<pb::ClientMessage>,
+    mut instructions: mpsc::Receiver<Instruction>,
+    outbound: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+    revoked: Option<BoxFuture<'static, ()>>,
+) -> StreamEnd {
+    let mut revoked = revoked.unwrap_or_else(|| futures::future::pending().boxed());
+    let mut reconnect_sent = false;
+    loop {
+        // Idle: wait for the next instruction, but notice at once if the
+        // client goes away (or speaks out of turn).
+        let instruction = tokio::select! {
+            ins = instructions.recv() => match ins {
+                Some(ins) => ins,
+                None => return StreamEnd::ServerDropped,
+            },
+            msg = inbound.message() => {
+                if reconnect_sent {
+                    // A late DisconnectRes, or the stream ending: both normal now.
+                    if matches!(msg, Ok(Some(_))) { continue; }
+                    return StreamEnd::AfterReconnect;
+                }
+                if let Ok(Some(_)) = msg {
+                    let _ = outbound.send(Err(Status::failed_precondition(
+                        "unsolicited ClientMessage: the client must answer exactly one message per ServerMessage",
+                    ))).await;
+                    return StreamEnd::Unsolicited;
+                }
+                return StreamEnd::Disconnected(describe(&msg));
+            }
+            _ = outbound.closed() => return if reconnect_sent { StreamEnd::AfterReconnect } else { StreamEnd::Disconnected("cancelled".into()) },
+            _ = &mut revoked => {
+                let _ = outbound.send(Err(Status::unauthenticated("Invalid token"))).await;
+                return StreamEnd::Revoked;
+            }
+        };
+
+        let is_reconnect = matches!(instruction.message.msg, Some(pb::server_message::Msg::ReconnectIns(_)));
+        debug!(kind = instruction.kind, "sending instruction");
+        if outbound.send(Ok(instruction.message)).await.is_err() {
+            if let Some(reply) = instruction.reply {
+                let _ = reply.send(Err(ExchangeError::Closed("cancelled".into())));
+            }
+            return StreamEnd::Disconnected("cancelled".into());
+        }
+        if is_reconnect {
+            reconnect_sent = true;
+        }
+        let Some(reply) = instruction.reply else {
+            continue;
+        };
+
+        let timeout = instruction.timeout;
+        let deadline = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => futures::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(message)) => {
+                    let typed = ClientMessage::try_from(message)
+                        .map_err(|e| ExchangeError::Protocol(e.to_string()));
+                    let _ = reply.send(typed);
+                }
+                other => {
+                    let why = describe(&other);
+                    let _ = reply.send(Err(ExchangeError::Closed(why.clone())));
+                    return if reconnect_sent { StreamEnd::AfterReconnect } else { StreamEnd::Disconnected(why) };
+                }
+            },
+            () = deadline => {
+                let t = timeout.unwrap_or_default();
+                let _ = outbound
+                    .send(Err(Status::deadline_exceeded(format!(
+                        "Timeout of {}sec was exceeded.",
+                        t.as_secs_f64()
+                    ))))
+                    .await;
+                let _ = reply.send(Err(ExchangeError::Timeout(t)));
+                return StreamEnd::Timeout(t);
+            }
+            _ = &mut revoked => {
+                let _ = outbound.send(Err(Status::unauthenticated("Invalid token"))).await;
+                let _ = reply.send(Err(ExchangeError::Closed("token revoked".into())));
+                return StreamEnd::Revoked;
+            }
+        }
+    }
+}
