@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::strategy_select::{self as strategy_registry, StrategySpec};
 use clap::Parser;
 use flower_server::{
     parameters_from_npz, serve, ClientManager, DriverConfig, FlowerTransport, RoundDriver,
     ServeOptions, ServerError, TlsFiles,
 };
-use flower_strategy::StrategySpec;
 use serde::Deserialize;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -24,7 +24,7 @@ const AFTER_HELP: &str = "Strategies (--strategy NAME, options as --strategy-opt
 /// Flower grpc-bidi server: runs rounds of federated learning with stock
 /// Python Flower clients and flower-rs clients.
 #[derive(Debug, Default, Parser, Deserialize)]
-#[command(name = "flower-server", version, after_long_help = long_help())]
+#[command(name = "flower-server", version, args_override_self = true, after_long_help = long_help())]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub(crate) struct Settings {
     /// TOML file with any of these settings (flags given here win).
@@ -63,9 +63,13 @@ pub(crate) struct Settings {
     /// Per-reply timeout in seconds (Flower's round_timeout) [default: none].
     #[arg(long)]
     round_timeout: Option<f64>,
-    /// Max seconds to wait for enough clients before ending the run [default: 300].
+    /// Max seconds to wait for enough clients before the first round [default: 300].
     #[arg(long)]
     client_wait_timeout: Option<f64>,
+    /// Max seconds to wait mid-run for enough clients after some left; then the run
+    /// ends with the last completed round saved [default: 60].
+    #[arg(long)]
+    rejoin_wait_timeout: Option<f64>,
     /// Strategy name [default: fedavg].
     #[arg(long)]
     strategy: Option<String>,
@@ -109,7 +113,7 @@ pub(crate) struct Settings {
 }
 
 fn long_help() -> String {
-    format!("{AFTER_HELP}\n\n{}", flower_strategy::catalog_help())
+    format!("{AFTER_HELP}\n\n{}", strategy_registry::catalog_help())
 }
 
 macro_rules! merge {
@@ -129,7 +133,7 @@ impl Settings {
                 toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             merge!(cli, file; address, insecure, ssl_ca_certfile, ssl_certfile, ssl_keyfile,
                 max_message_size, keepalive_secs, max_clients, rounds, round_timeout,
-                client_wait_timeout, strategy, min_fit_clients, min_evaluate_clients,
+                client_wait_timeout, rejoin_wait_timeout, strategy, min_fit_clients, min_evaluate_clients,
                 min_available_clients, fraction_fit, fraction_evaluate, initial_parameters,
                 output_dir, resume, seed, log_json);
             for (k, v) in file.strategy_options {
@@ -140,7 +144,8 @@ impl Settings {
             let (k, v) = kv
                 .split_once('=')
                 .ok_or_else(|| format!("--strategy-option {kv:?}: expected KEY=VALUE"))?;
-            let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into()));
+            let value =
+                serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into()));
             cli.strategy_options.insert(k.trim().to_string(), value);
         }
         Ok(cli)
@@ -186,8 +191,14 @@ impl Settings {
             }
         };
         put("min_fit_clients", self.min_fit_clients.map(Into::into));
-        put("min_evaluate_clients", self.min_evaluate_clients.map(Into::into));
-        put("min_available_clients", self.min_available_clients.map(Into::into));
+        put(
+            "min_evaluate_clients",
+            self.min_evaluate_clients.map(Into::into),
+        );
+        put(
+            "min_available_clients",
+            self.min_available_clients.map(Into::into),
+        );
         put("fraction_fit", self.fraction_fit.map(Into::into));
         put("fraction_evaluate", self.fraction_evaluate.map(Into::into));
         StrategySpec {
@@ -198,12 +209,23 @@ impl Settings {
 
     fn driver_config(&self) -> Result<DriverConfig, String> {
         let secs = |v: f64, name: &str| {
-            Duration::try_from_secs_f64(v).map_err(|_| format!("--{name} must be a non-negative number of seconds"))
+            Duration::try_from_secs_f64(v)
+                .map_err(|_| format!("--{name} must be a non-negative number of seconds"))
         };
         Ok(DriverConfig {
             num_rounds: self.rounds.unwrap_or(1),
-            round_timeout: self.round_timeout.map(|v| secs(v, "round-timeout")).transpose()?,
-            client_wait_timeout: secs(self.client_wait_timeout.unwrap_or(300.0), "client-wait-timeout")?,
+            round_timeout: self
+                .round_timeout
+                .map(|v| secs(v, "round-timeout"))
+                .transpose()?,
+            client_wait_timeout: secs(
+                self.client_wait_timeout.unwrap_or(300.0),
+                "client-wait-timeout",
+            )?,
+            rejoin_wait_timeout: secs(
+                self.rejoin_wait_timeout.unwrap_or(60.0),
+                "rejoin-wait-timeout",
+            )?,
             seed: self.seed.unwrap_or(0),
             output_dir: self.output_dir.clone(),
             resume: self.resume.unwrap_or(false),
@@ -221,7 +243,10 @@ pub(crate) fn main() -> ExitCode {
         }
     };
     init_logging(settings.log_json.unwrap_or(false));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("flower-server: cannot start the async runtime: {e}");
@@ -241,7 +266,9 @@ pub(crate) fn main() -> ExitCode {
 fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -259,12 +286,16 @@ async fn run(settings: Settings) -> Result<(), String> {
         ),
         None => None,
     };
-    let common = flower_strategy::CommonOptions {
+    let common = strategy_registry::CommonOptions {
         seed: driver_config.seed,
         initial_parameters: initial,
     };
-    let strategy = flower_strategy::build_strategy(&spec, common).map_err(|e| e.to_string())?;
-    info!(strategy = strategy.name(), rounds = driver_config.num_rounds, "starting");
+    let strategy = strategy_registry::build_strategy(&spec, common).map_err(|e| e.to_string())?;
+    info!(
+        strategy = strategy.name(),
+        rounds = driver_config.num_rounds,
+        "starting"
+    );
 
     let manager = ClientManager::new(settings.max_clients);
     let transport = FlowerTransport::new(manager.clone());
@@ -307,17 +338,22 @@ async fn run(settings: Settings) -> Result<(), String> {
             }
             Ok(())
         }
-        Err(ServerError::Interrupted) => Err("interrupted by signal; the last completed round is saved".into()),
-        Err(e @ ServerError::TooFewClients { .. }) => {
-            Err(format!("ending run: {e}; the last completed round is saved"))
+        Err(ServerError::Interrupted) => {
+            Err("interrupted by signal; the last completed round is saved".into())
         }
+        Err(e @ ServerError::TooFewClients { .. }) => Err(format!(
+            "ending run: {e}; the last completed round is saved"
+        )),
         Err(e) => Err(e.to_string()),
     }
 }
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return futures::future::pending().await;
     };
     tokio::select! {

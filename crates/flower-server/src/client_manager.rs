@@ -61,10 +61,7 @@ impl ClientManager {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ClientId, Arc<dyn ClientHandle>>> {
         // A poisoned lock only means another thread panicked mid-insert; the
         // map itself is still consistent.
-        self.inner
-            .clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.inner.clients.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers a client; `None` when the configured cap is reached.
@@ -253,7 +250,9 @@ mod tests {
         s.sort();
         s.dedup();
         assert_eq!(s.len(), 5);
-        assert!(SnapshotSampler::new(ids.clone(), 7).sample(11, 2).is_empty());
+        assert!(SnapshotSampler::new(ids.clone(), 7)
+            .sample(11, 2)
+            .is_empty());
         assert!(SnapshotSampler::new(ids, 7).sample(2, 11).is_empty());
     }
 }

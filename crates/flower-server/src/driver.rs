@@ -32,9 +32,13 @@ pub struct DriverConfig {
     pub num_rounds: u64,
     /// Per-reply timeout (Flower's `round_timeout`); `None` waits forever.
     pub round_timeout: Option<Duration>,
-    /// How long to wait for enough connected clients before giving up
+    /// How long to wait for enough clients before the first round
     /// (Flower waits 24 h; default 300 s).
     pub client_wait_timeout: Duration,
+    /// How long to wait, once the run is under way, for enough clients to be
+    /// connected again after some left (default 60 s). Then the run ends,
+    /// with the last completed round saved.
+    pub rejoin_wait_timeout: Duration,
     /// Seed of the client-sampling RNG.
     pub seed: u64,
     /// Where `history.json`, `model.npz` and `checkpoint.json` go.
@@ -51,6 +55,7 @@ impl Default for DriverConfig {
             num_rounds: 1,
             round_timeout: None,
             client_wait_timeout: Duration::from_secs(300),
+            rejoin_wait_timeout: Duration::from_secs(60),
             seed: 0,
             output_dir: None,
             resume: false,
@@ -76,6 +81,8 @@ pub struct RoundDriver {
     strategy: Box<dyn Strategy>,
     config: DriverConfig,
     history: History,
+    /// Set once the first round has started: later waits use the rejoin bound.
+    under_way: bool,
 }
 
 impl std::fmt::Debug for RoundDriver {
@@ -117,6 +124,7 @@ impl RoundDriver {
             strategy,
             config,
             history: History::default(),
+            under_way: false,
         }
     }
 
@@ -141,17 +149,18 @@ impl RoundDriver {
             connected = self.manager.len(),
             "waiting for clients ({what})"
         );
-        if self
-            .manager
-            .wait_for(n, self.config.client_wait_timeout)
-            .await
-        {
+        let bound = if self.under_way {
+            self.config.rejoin_wait_timeout
+        } else {
+            self.config.client_wait_timeout
+        };
+        if self.manager.wait_for(n, bound).await {
             Ok(())
         } else {
             Err(ServerError::TooFewClients {
                 required: n,
                 connected: self.manager.len(),
-                waited: self.config.client_wait_timeout,
+                waited: bound,
             })
         }
     }
@@ -185,7 +194,9 @@ impl RoundDriver {
         }
         info!("requesting initial parameters from one random client");
         self.wait_for_clients(1, "initial parameters").await?;
-        let mut sampler = self.manager.sampler(ChaCha8Rng::seed_from_u64(self.sampler_seed(0, 0)));
+        let mut sampler = self
+            .manager
+            .sampler(ChaCha8Rng::seed_from_u64(self.sampler_seed(0, 0)));
         let id = flower_strategy::ClientSampler::sample(&mut sampler, 1, 1)
             .first()
             .copied()
@@ -211,7 +222,10 @@ impl RoundDriver {
                     // Flower only warns and uses what came back.
                     warn!(status = ?res.status, "get_parameters returned a non-OK status");
                 }
-                info!(client = id, "received initial parameters from one random client");
+                info!(
+                    client = id,
+                    "received initial parameters from one random client"
+                );
                 Ok(res.parameters)
             }
             other => Err(ServerError::Protocol(format!(
@@ -248,7 +262,10 @@ impl RoundDriver {
             .restore_state(cp.strategy_state)
             .map_err(ServerError::Strategy)?;
         self.history = cp.history;
-        info!(completed_rounds = cp.completed_rounds, "resuming from checkpoint");
+        info!(
+            completed_rounds = cp.completed_rounds,
+            "resuming from checkpoint"
+        );
         Ok(Some((cp.completed_rounds, parameters)))
     }
 
@@ -259,8 +276,8 @@ impl RoundDriver {
         std::fs::create_dir_all(dir)
             .map_err(|e| ServerError::Io(format!("creating {}: {e}", dir.display())))?;
         write_atomic(&dir.join("model.npz"), &parameters_to_npz(parameters)?)?;
-        let history = serde_json::to_vec_pretty(&self.history)
-            .map_err(|e| ServerError::Io(e.to_string()))?;
+        let history =
+            serde_json::to_vec_pretty(&self.history).map_err(|e| ServerError::Io(e.to_string()))?;
         write_atomic(&dir.join("history.json"), &history)?;
         let cp = Checkpoint {
             format_version: 1,
@@ -280,7 +297,10 @@ impl RoundDriver {
     ///
     /// `shutdown` flipping to `true` ends the run early (after saving the
     /// last completed round) with [`ServerError::Interrupted`].
-    pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<RunOutcome, ServerError> {
+    pub async fn run(
+        &mut self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<RunOutcome, ServerError> {
         let result = tokio::select! {
             r = self.run_rounds() => r,
             _ = shutdown.wait_for(|s| *s) => Err(ServerError::Interrupted),
@@ -319,11 +339,9 @@ impl RoundDriver {
                 fit_seconds: 0.0,
                 evaluate_seconds: 0.0,
             };
-            let t = Instant::now();
             if let Some(new) = self.fit_round(round, &parameters, &mut record).await? {
                 parameters = new;
             }
-            record.fit_seconds = t.elapsed().as_secs_f64();
 
             if let Some((loss, metrics)) = blocking(|| self.strategy.evaluate(round, &parameters))
                 .map_err(ServerError::Strategy)?
@@ -333,9 +351,7 @@ impl RoundDriver {
                 self.history.add_metrics_centralized(round, &metrics);
             }
 
-            let t = Instant::now();
             self.evaluate_round(round, &parameters, &mut record).await?;
-            record.evaluate_seconds = t.elapsed().as_secs_f64();
             info!(
                 round,
                 fit_results = record.fit_results,
@@ -344,7 +360,12 @@ impl RoundDriver {
                 evaluate_failures = record.evaluate_failures,
                 fit_s = format!("{:.3}", record.fit_seconds),
                 evaluate_s = format!("{:.3}", record.evaluate_seconds),
-                loss = self.history.losses_distributed.last().filter(|(r, _)| *r == round).map(|(_, l)| *l),
+                loss = self
+                    .history
+                    .losses_distributed
+                    .last()
+                    .filter(|(r, _)| *r == round)
+                    .map(|(_, l)| *l),
                 "round complete"
             );
             self.history.rounds.push(record);
@@ -371,6 +392,9 @@ impl RoundDriver {
     ) -> Result<Option<Parameters>, ServerError> {
         self.wait_for_clients(self.strategy.min_available_clients(), "fit")
             .await?;
+        self.under_way = true;
+        // Timed from here: waiting for clients to connect is not round work.
+        let started = Instant::now();
         let mut sampler = self
             .manager
             .sampler(ChaCha8Rng::seed_from_u64(self.sampler_seed(round, 0)));
@@ -382,7 +406,12 @@ impl RoundDriver {
             info!(round, "configure_fit: no clients selected, skipping fit");
             return Ok(None);
         }
-        info!(round, sampled = instructions.len(), available = self.manager.len(), "configure_fit");
+        info!(
+            round,
+            sampled = instructions.len(),
+            available = self.manager.len(),
+            "configure_fit"
+        );
         self.strategy
             .begin_fit(round, parameters)
             .map_err(ServerError::Strategy)?;
@@ -403,11 +432,17 @@ impl RoundDriver {
             let res = match reply {
                 Ok(ClientMessage::Fit(res)) if res.status.is_ok() => Some(res),
                 Ok(ClientMessage::Fit(res)) => {
-                    failures.push(failure(id, format!("fit status {:?}: {}", res.status.code, res.status.message)));
+                    failures.push(failure(
+                        id,
+                        format!("fit status {:?}: {}", res.status.code, res.status.message),
+                    ));
                     None
                 }
                 Ok(other) => {
-                    failures.push(failure(id, format!("expected fit_res, got {}", other.kind())));
+                    failures.push(failure(
+                        id,
+                        format!("expected fit_res, got {}", other.kind()),
+                    ));
                     None
                 }
                 Err(e) => {
@@ -434,6 +469,7 @@ impl RoundDriver {
         }
         record.fit_results = results;
         record.fit_failures = failures.len();
+        record.fit_seconds = started.elapsed().as_secs_f64();
         info!(round, results, failures = failures.len(), "aggregate_fit");
         let (new, metrics) = blocking(|| self.strategy.aggregate_fit(round, &failures))
             .map_err(ServerError::Strategy)?;
@@ -449,6 +485,7 @@ impl RoundDriver {
     ) -> Result<(), ServerError> {
         self.wait_for_clients(self.strategy.min_available_clients(), "evaluate")
             .await?;
+        let started = Instant::now();
         let mut sampler = self
             .manager
             .sampler(ChaCha8Rng::seed_from_u64(self.sampler_seed(round, 1)));
@@ -457,7 +494,10 @@ impl RoundDriver {
             .configure_evaluate(round, parameters, &mut sampler)
             .map_err(ServerError::Strategy)?;
         if instructions.is_empty() {
-            info!(round, "configure_evaluate: no clients selected, skipping evaluate");
+            info!(
+                round,
+                "configure_evaluate: no clients selected, skipping evaluate"
+            );
             return Ok(());
         }
         let mut failures = Vec::new();
@@ -472,9 +512,15 @@ impl RoundDriver {
                 Ok(ClientMessage::Evaluate(res)) if res.status.is_ok() => results.push((id, res)),
                 Ok(ClientMessage::Evaluate(res)) => failures.push(failure(
                     id,
-                    format!("evaluate status {:?}: {}", res.status.code, res.status.message),
+                    format!(
+                        "evaluate status {:?}: {}",
+                        res.status.code, res.status.message
+                    ),
                 )),
-                Ok(other) => failures.push(failure(id, format!("expected evaluate_res, got {}", other.kind()))),
+                Ok(other) => failures.push(failure(
+                    id,
+                    format!("expected evaluate_res, got {}", other.kind()),
+                )),
                 Err(e) => failures.push(failure(id, e.to_string())),
             }
         }
@@ -484,6 +530,7 @@ impl RoundDriver {
         }
         record.evaluate_results = results.len();
         record.evaluate_failures = failures.len();
+        record.evaluate_seconds = started.elapsed().as_secs_f64();
         let (loss, metrics) = self
             .strategy
             .aggregate_evaluate(round, &results, &failures)
@@ -508,7 +555,8 @@ impl RoundDriver {
         }
         info!(clients = ids.len(), "sent ReconnectIns to every client");
         let deadline = Instant::now() + self.config.shutdown_grace;
-        while Instant::now() < deadline && self.manager.all().iter().any(|(id, _)| ids.contains(id)) {
+        while Instant::now() < deadline && self.manager.all().iter().any(|(id, _)| ids.contains(id))
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -2,6 +2,7 @@
 //! clients (and flower-rs clients) join over TLS.
 
 mod cli;
+mod strategy_select;
 
 use std::process::ExitCode;
 

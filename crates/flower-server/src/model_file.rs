@@ -23,12 +23,14 @@ pub fn parameters_to_npz(parameters: &Parameters) -> Result<Vec<u8>, ServerError
         .large_file(parameters.byte_len() > (u32::MAX as usize) / 2);
     let err = |e: zip::result::ZipError| ServerError::Io(format!("writing npz: {e}"));
     for (i, tensor) in parameters.tensors.iter().enumerate() {
-        zip.start_file(format!("arr_{i}.npy"), options).map_err(err)?;
+        zip.start_file(format!("arr_{i}.npy"), options)
+            .map_err(err)?;
         let io = |e: std::io::Error| ServerError::Io(format!("writing npz: {e}"));
         if parameters.tensor_type == NUMPY_TENSOR_TYPE {
             zip.write_all(tensor).map_err(io)?;
         } else {
-            zip.write_all(&npy_header(DType::U8, &[tensor.len()])).map_err(io)?;
+            zip.write_all(&npy_header(DType::U8, &[tensor.len()]))
+                .map_err(io)?;
             zip.write_all(tensor).map_err(io)?;
         }
     }
@@ -48,7 +50,9 @@ pub fn parameters_from_npz(path: &Path, tensor_type: &str) -> Result<Parameters,
         let mut entry = archive.by_index(index).map_err(|e| bad(e.to_string()))?;
         let name = entry.name().to_string();
         let stem = name.strip_suffix(".npy").unwrap_or(&name).to_string();
-        let number = stem.strip_prefix("arr_").and_then(|n| n.parse::<u64>().ok());
+        let number = stem
+            .strip_prefix("arr_")
+            .and_then(|n| n.parse::<u64>().ok());
         let mut data = Vec::new();
         entry
             .read_to_end(&mut data)

@@ -168,6 +168,7 @@ enum StreamEnd {
     ServerDropped,
     Timeout(Duration),
     Unsolicited,
+    Invalid,
     Revoked,
 }
 
@@ -179,6 +180,7 @@ impl std::fmt::Display for StreamEnd {
             StreamEnd::ServerDropped => f.write_str("server released the client"),
             StreamEnd::Timeout(t) => write!(f, "no reply within {t:?}; stream cancelled"),
             StreamEnd::Unsolicited => f.write_str("unsolicited message; stream closed"),
+            StreamEnd::Invalid => f.write_str("invalid reply; stream closed"),
             StreamEnd::Revoked => f.write_str("token revoked; stream closed"),
         }
     }
@@ -189,6 +191,17 @@ fn describe(result: &Result<Option<pb::ClientMessage>, Status>) -> String {
         Ok(Some(_)) => "message".into(),
         Ok(None) => "end of stream".into(),
         Err(status) => format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
+/// The reply kind that answers an instruction kind.
+fn expected_reply(instruction: &str) -> &'static str {
+    match instruction {
+        "reconnect_ins" => "disconnect_res",
+        "get_properties_ins" => "get_properties_res",
+        "get_parameters_ins" => "get_parameters_res",
+        "fit_ins" => "fit_res",
+        _ => "evaluate_res",
     }
 }
 
@@ -229,7 +242,8 @@ async fn drive_stream(
             }
         };
 
-        let is_reconnect = matches!(instruction.message.msg, Some(pb::server_message::Msg::ReconnectIns(_)));
+        let kind = instruction.kind;
+        let is_reconnect = kind == "reconnect_ins";
         debug!(kind = instruction.kind, "sending instruction");
         if outbound.send(Ok(instruction.message)).await.is_err() {
             if let Some(reply) = instruction.reply {
@@ -255,7 +269,25 @@ async fn drive_stream(
             msg = inbound.message() => match msg {
                 Ok(Some(message)) => {
                     let typed = ClientMessage::try_from(message)
-                        .map_err(|e| ExchangeError::Protocol(e.to_string()));
+                        .map_err(|e| ExchangeError::Protocol(e.to_string()))
+                        .and_then(|m| {
+                            if m.kind() == expected_reply(kind) {
+                                Ok(m)
+                            } else {
+                                Err(ExchangeError::Protocol(format!(
+                                    "answered {} with {}",
+                                    kind,
+                                    m.kind()
+                                )))
+                            }
+                        });
+                    if let Err(e) = &typed {
+                        // A desynchronized peer cannot be trusted with the
+                        // next exchange: end its stream.
+                        let _ = outbound.send(Err(Status::invalid_argument(e.to_string()))).await;
+                        let _ = reply.send(typed);
+                        return StreamEnd::Invalid;
+                    }
                     let _ = reply.send(typed);
                 }
                 other => {

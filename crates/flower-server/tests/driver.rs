@@ -7,17 +7,23 @@ use flower_core::{
     ndarrays_to_parameters, parameters_to_ndarrays, ClientMessage, EvaluateRes, FitRes, NdArray,
     ServerMessage, Status,
 };
-use flower_server::{ClientManager, DriverConfig, ExchangeError, FnClient, RoundDriver, ServerError};
+use flower_server::{
+    ClientManager, DriverConfig, ExchangeError, FnClient, RoundDriver, ServerError,
+};
 use flower_strategy::{FedAvg, FedAvgOptions};
 use ndarray::ArrayD;
 use tokio::sync::watch;
 
 fn initial() -> Vec<NdArray> {
-    vec![NdArray::F32(ArrayD::from_shape_vec(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap())]
+    vec![NdArray::F32(
+        ArrayD::from_shape_vec(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap(),
+    )]
 }
 
 /// Client `k` answers fit with `global + k` and weight `k`; evaluate with loss `k`.
-fn client(k: f32) -> FnClient<impl Fn(ServerMessage) -> Result<ClientMessage, ExchangeError> + Send + Sync> {
+fn client(
+    k: f32,
+) -> FnClient<impl Fn(ServerMessage) -> Result<ClientMessage, ExchangeError> + Send + Sync> {
     FnClient::new(move |msg| match msg {
         ServerMessage::Fit(ins) => {
             let arrays = parameters_to_ndarrays(&ins.parameters).unwrap();
@@ -42,14 +48,18 @@ fn client(k: f32) -> FnClient<impl Fn(ServerMessage) -> Result<ClientMessage, Ex
             metrics: Default::default(),
         })),
         ServerMessage::Reconnect(_) => Err(ExchangeError::Closed("bye".into())),
-        other => Err(ExchangeError::Protocol(format!("unexpected {}", other.kind()))),
+        other => Err(ExchangeError::Protocol(format!(
+            "unexpected {}",
+            other.kind()
+        ))),
     })
 }
 
 fn fedavg(min: usize) -> Box<FedAvg> {
     Box::new(
         FedAvg::new(
-            FedAvgOptions::with_min_clients(min).initial_parameters(ndarrays_to_parameters(&initial())),
+            FedAvgOptions::with_min_clients(min)
+                .initial_parameters(ndarrays_to_parameters(&initial())),
         )
         .unwrap(),
     )
@@ -101,7 +111,9 @@ async fn failing_and_misbehaving_clients_are_failures() {
     manager.register(Arc::new(client(2.0))).unwrap();
     // A client that vanishes, one that answers the wrong kind, one with a bad status.
     manager
-        .register(Arc::new(FnClient::new(|_| Err(ExchangeError::Closed("reset".into())))))
+        .register(Arc::new(FnClient::new(|_| {
+            Err(ExchangeError::Closed("reset".into()))
+        })))
         .unwrap();
     manager
         .register(Arc::new(FnClient::new(|_| {
@@ -142,7 +154,17 @@ async fn too_few_clients_ends_after_the_bounded_wait() {
     let mut driver = RoundDriver::new(manager, fedavg(2), config);
     let started = std::time::Instant::now();
     let err = driver.run(no_shutdown()).await.unwrap_err();
-    assert!(matches!(err, ServerError::TooFewClients { required: 2, connected: 1, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ServerError::TooFewClients {
+                required: 2,
+                connected: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
@@ -154,7 +176,9 @@ async fn results_fold_in_client_order_whatever_the_arrival_order() {
         let manager = ClientManager::default();
         for (i, delay) in delays.into_iter().enumerate() {
             let inner = client(0.1 + i as f32 * 0.37);
-            manager.register(Arc::new(Delayed { inner, delay })).unwrap();
+            manager
+                .register(Arc::new(Delayed { inner, delay }))
+                .unwrap();
         }
         let config = DriverConfig {
             num_rounds: 2,

@@ -20,7 +20,12 @@ fn setup() -> Option<Run> {
     let dir = tempfile::tempdir().unwrap();
     let init = dir.path().join("init.npz");
     write_initial_npz(&py, &init);
-    Some(Run { dir, certs: DevCertificates::generate(), init, py })
+    Some(Run {
+        dir,
+        certs: DevCertificates::generate(),
+        init,
+        py,
+    })
 }
 
 impl Run {
@@ -28,7 +33,14 @@ impl Run {
         self.dir.path().join("out")
     }
     fn client(&self, server: &Server, i: usize, extra: &[&str]) -> ChildGuard {
-        python_client(&self.py, &server.address(), Some(&self.certs.ca()), i, extra, &self.log(i))
+        python_client(
+            &self.py,
+            &server.address(),
+            Some(&self.certs.ca()),
+            i,
+            extra,
+            &self.log(i),
+        )
     }
     fn log(&self, i: usize) -> std::path::PathBuf {
         self.dir.path().join(format!("client{i}.log"))
@@ -58,9 +70,17 @@ fn client_killed_mid_fit_is_a_counted_failure() {
     assert_eq!(rounds[0]["fit_failures"], 1, "{log}");
     assert!(rounds[0]["fit_results"].as_u64().unwrap() >= 1, "{log}");
     assert_eq!(rounds[1]["fit_failures"], 0, "{log}");
-    assert_eq!(crash.wait_timeout(Duration::from_secs(10)).map(|s| s.code()), Some(Some(3)));
+    assert_eq!(
+        crash
+            .wait_timeout(Duration::from_secs(10))
+            .map(|s| s.code()),
+        Some(Some(3))
+    );
     for c in [&mut ok1, &mut ok2] {
-        assert!(c.wait_timeout(Duration::from_secs(30)).expect("exits").success());
+        assert!(c
+            .wait_timeout(Duration::from_secs(30))
+            .expect("exits")
+            .success());
     }
 }
 
@@ -82,7 +102,9 @@ fn client_sleeping_past_round_timeout_is_cut_off() {
     let rounds = rounds(&run.out());
     assert_eq!(rounds[0]["fit_failures"], 1, "{log}");
     assert!(rounds[0]["fit_seconds"].as_f64().unwrap() < 5.0, "{log}");
-    let st = slow.wait_timeout(Duration::from_secs(20)).expect("slow client exits");
+    let st = slow
+        .wait_timeout(Duration::from_secs(20))
+        .expect("slow client exits");
     assert!(!st.success());
     let slow_log = std::fs::read_to_string(run.log(2)).unwrap();
     assert!(slow_log.contains("DEADLINE_EXCEEDED"), "{slow_log}");
@@ -106,7 +128,10 @@ fn wrong_shaped_result_is_a_failure_not_a_crash() {
     assert_eq!(rounds[0]["fit_results"], 1, "{log}");
     assert_eq!(rounds[1]["fit_failures"], 0, "{log}");
     for c in [&mut a, &mut b] {
-        assert!(c.wait_timeout(Duration::from_secs(30)).expect("exits").success());
+        assert!(c
+            .wait_timeout(Duration::from_secs(30))
+            .expect("exits")
+            .success());
     }
 }
 
@@ -114,7 +139,7 @@ fn wrong_shaped_result_is_a_failure_not_a_crash() {
 fn too_few_survivors_end_the_run_after_a_bounded_wait() {
     let Some(run) = setup() else { return };
     let mut args = server_args(&run.certs, &run.out(), &run.init, 3, 2);
-    args.extend(["--client-wait-timeout".into(), "3".into()]);
+    args.extend(["--rejoin-wait-timeout".into(), "3".into()]);
     let mut server = Server::start(&args, run.dir.path());
     let mut ok = run.client(&server, 0, &[]);
     let _crash = run.client(&server, 1, &["--mode", "crash-fit", "--mode-round", "2"]);
@@ -126,8 +151,14 @@ fn too_few_survivors_end_the_run_after_a_bounded_wait() {
     assert!(log.contains("ending run"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
     // Round 1 completed and was saved.
-    assert!(!rounds(&run.out()).is_empty());
+    assert!(!rounds(&run.out()).is_empty(), "{log}");
     // The survivor was told to disconnect and exits cleanly.
-    let st = ok.wait_timeout(Duration::from_secs(30)).expect("survivor exits");
-    assert!(st.success(), "{}", std::fs::read_to_string(run.log(0)).unwrap());
+    let st = ok
+        .wait_timeout(Duration::from_secs(30))
+        .expect("survivor exits");
+    assert!(
+        st.success(),
+        "{}",
+        std::fs::read_to_string(run.log(0)).unwrap()
+    );
 }

@@ -17,16 +17,34 @@ fn three_python_clients_complete_three_rounds_like_the_python_server() {
     let out = dir.path().join("rust");
 
     let mut args = server_args(&certs, &out, &init, 3, 3);
-    args.extend(["--strategy-option".into(), "evaluate_metrics_aggregation=weighted_average".into()]);
+    args.extend([
+        "--strategy-option".into(),
+        "evaluate_metrics_aggregation=weighted_average".into(),
+    ]);
     let mut server = Server::start(&args, dir.path());
     let mut clients: Vec<_> = (0..3)
-        .map(|i| python_client(&py, &server.address(), Some(&certs.ca()), i, &[], &dir.path().join(format!("c{i}.log"))))
+        .map(|i| {
+            python_client(
+                &py,
+                &server.address(),
+                Some(&certs.ca()),
+                i,
+                &[],
+                &dir.path().join(format!("c{i}.log")),
+            )
+        })
         .collect();
     let status = server.wait(Duration::from_secs(120));
     assert!(status.success(), "server failed:\n{}", server.log_text());
     for (i, c) in clients.iter_mut().enumerate() {
-        let st = c.wait_timeout(Duration::from_secs(30)).expect("client exits");
-        assert!(st.success(), "client {i} failed: {}", std::fs::read_to_string(dir.path().join(format!("c{i}.log"))).unwrap());
+        let st = c
+            .wait_timeout(Duration::from_secs(30))
+            .expect("client exits");
+        assert!(
+            st.success(),
+            "client {i} failed: {}",
+            std::fs::read_to_string(dir.path().join(format!("c{i}.log"))).unwrap()
+        );
     }
     let history = history(&out);
     assert_eq!(history["rounds"].as_array().unwrap().len(), 3);
@@ -39,25 +57,53 @@ fn three_python_clients_complete_three_rounds_like_the_python_server() {
     let mut reference = ChildGuard(
         std::process::Command::new(&py)
             .arg(scripts().join("flower_reference_server.py"))
-            .args(["--port", &port.to_string(), "--rounds", "3", "--min-clients", "3"])
-            .arg("--out").arg(&result)
-            .arg("--cert-dir").arg(&cert_dir)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--rounds",
+                "3",
+                "--min-clients",
+                "3",
+            ])
+            .arg("--out")
+            .arg(&result)
+            .arg("--cert-dir")
+            .arg(&cert_dir)
             .env("FLWR_TELEMETRY_ENABLED", "0")
             .stderr(std::fs::File::create(dir.path().join("ref.log")).unwrap())
             .spawn()
             .unwrap(),
     );
-    assert!(flower_testkit::wait_for_port(port, Duration::from_secs(60)), "reference server did not listen");
+    assert!(
+        flower_testkit::wait_for_port(port, Duration::from_secs(60)),
+        "reference server did not listen"
+    );
     let address = format!("127.0.0.1:{port}");
     let mut ref_clients: Vec<_> = (0..3)
-        .map(|i| python_client(&py, &address, Some(&certs.ca()), i, &[], &dir.path().join(format!("r{i}.log"))))
+        .map(|i| {
+            python_client(
+                &py,
+                &address,
+                Some(&certs.ca()),
+                i,
+                &[],
+                &dir.path().join(format!("r{i}.log")),
+            )
+        })
         .collect();
-    let st = reference.wait_timeout(Duration::from_secs(120)).expect("reference server exits");
-    assert!(st.success(), "{}", std::fs::read_to_string(dir.path().join("ref.log")).unwrap());
+    let st = reference
+        .wait_timeout(Duration::from_secs(120))
+        .expect("reference server exits");
+    assert!(
+        st.success(),
+        "{}",
+        std::fs::read_to_string(dir.path().join("ref.log")).unwrap()
+    );
     for c in &mut ref_clients {
         c.wait_timeout(Duration::from_secs(30));
     }
-    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
     let want: Vec<Vec<f64>> = reference["parameters"]
         .as_array()
         .unwrap()

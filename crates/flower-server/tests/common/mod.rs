@@ -54,10 +54,18 @@ impl Server {
             Ok(port) => port,
             Err(_) => {
                 let _ = guard.0.kill();
-                panic!("server did not listen; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+                panic!(
+                    "server did not listen; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
         };
-        Server { child: guard, port, log, out }
+        Server {
+            child: guard,
+            port,
+            log,
+            out,
+        }
     }
 
     pub fn address(&self) -> String {
@@ -77,14 +85,20 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("{needle:?} x{count} not logged in {timeout:?}; log:\n{}", self.log_text());
+        panic!(
+            "{needle:?} x{count} not logged in {timeout:?}; log:\n{}",
+            self.log_text()
+        );
     }
 
     /// Waits for exit (bounded); panics with the log on timeout.
     pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
         match self.child.wait_timeout(timeout) {
             Some(status) => status,
-            None => panic!("server did not exit in {timeout:?}; log:\n{}", self.log_text()),
+            None => panic!(
+                "server did not exit in {timeout:?}; log:\n{}",
+                self.log_text()
+            ),
         }
     }
 }
@@ -101,7 +115,14 @@ pub fn scripts() -> PathBuf {
 }
 
 /// Starts one stock Flower client (`python/flower_test_client.py`).
-pub fn python_client(py: &Path, address: &str, ca: Option<&Path>, partition: usize, extra: &[&str], log: &Path) -> ChildGuard {
+pub fn python_client(
+    py: &Path,
+    address: &str,
+    ca: Option<&Path>,
+    partition: usize,
+    extra: &[&str],
+    log: &Path,
+) -> ChildGuard {
     let mut cmd = Command::new(py);
     cmd.arg(scripts().join("flower_test_client.py"))
         .args(["--address", address, "--partition", &partition.to_string()])
@@ -127,7 +148,8 @@ pub fn write_initial_npz(py: &Path, path: &Path) {
 
 /// Reads the JSON history the server wrote.
 pub fn history(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("history.json")).expect("history.json")).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(dir.join("history.json")).expect("history.json"))
+        .unwrap()
 }
 
 /// Reads the model the server wrote as flat f64 vectors per layer.
@@ -149,23 +171,43 @@ pub fn assert_close(got: &[Vec<f64>], want: &[Vec<f64>], rel: f64) {
     for (g, w) in got.iter().zip(want) {
         assert_eq!(g.len(), w.len(), "layer size");
         for (a, b) in g.iter().zip(w) {
-            assert!((a - b).abs() <= 1e-9 + rel * b.abs(), "got {a}, want {b} (layers {got:?} vs {want:?})");
+            assert!(
+                (a - b).abs() <= 1e-9 + rel * b.abs(),
+                "got {a}, want {b} (layers {got:?} vs {want:?})"
+            );
         }
     }
 }
 
 /// Common server arguments: TLS with `certs`, output dir, initial model, N clients.
-pub fn server_args(certs: &DevCertificates, out: &Path, init: &Path, rounds: u64, clients: usize) -> Vec<String> {
+pub fn server_args(
+    certs: &DevCertificates,
+    out: &Path,
+    init: &Path,
+    rounds: u64,
+    clients: usize,
+) -> Vec<String> {
     let mut v: Vec<String> = vec![
-        "--ssl-ca-certfile".into(), certs.ca().display().to_string(),
-        "--ssl-certfile".into(), certs.cert().display().to_string(),
-        "--ssl-keyfile".into(), certs.key().display().to_string(),
-        "--output-dir".into(), out.display().to_string(),
-        "--initial-parameters".into(), init.display().to_string(),
-        "--rounds".into(), rounds.to_string(),
-        "--client-wait-timeout".into(), "60".into(),
+        "--ssl-ca-certfile".into(),
+        certs.ca().display().to_string(),
+        "--ssl-certfile".into(),
+        certs.cert().display().to_string(),
+        "--ssl-keyfile".into(),
+        certs.key().display().to_string(),
+        "--output-dir".into(),
+        out.display().to_string(),
+        "--initial-parameters".into(),
+        init.display().to_string(),
+        "--rounds".into(),
+        rounds.to_string(),
+        "--client-wait-timeout".into(),
+        "60".into(),
     ];
-    for flag in ["--min-fit-clients", "--min-evaluate-clients", "--min-available-clients"] {
+    for flag in [
+        "--min-fit-clients",
+        "--min-evaluate-clients",
+        "--min-available-clients",
+    ] {
         v.push(flag.into());
         v.push(clients.to_string());
     }
