@@ -259,58 +259,72 @@ async fn drive_stream(
         };
 
         let timeout = instruction.timeout;
-        let deadline = async {
-            match timeout {
-                Some(t) => tokio::time::sleep(t).await,
-                None => futures::future::pending().await,
-            }
-        };
-        tokio::select! {
-            msg = inbound.message() => match msg {
-                Ok(Some(message)) => {
-                    let typed = ClientMessage::try_from(message)
-                        .map_err(|e| ExchangeError::Protocol(e.to_string()))
-                        .and_then(|m| {
-                            if m.kind() == expected_reply(kind) {
-                                Ok(m)
-                            } else {
-                                Err(ExchangeError::Protocol(format!(
-                                    "answered {} with {}",
-                                    kind,
-                                    m.kind()
-                                )))
-                            }
-                        });
-                    if let Err(e) = &typed {
-                        // A desynchronized peer cannot be trusted with the
-                        // next exchange: end its stream.
-                        let _ = outbound.send(Err(Status::invalid_argument(e.to_string()))).await;
+        let deadline = tokio::time::sleep(timeout.unwrap_or(Duration::MAX / 4));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(message)) => {
+                        let typed = ClientMessage::try_from(message)
+                            .map_err(|e| ExchangeError::Protocol(e.to_string()))
+                            .and_then(|m| {
+                                if m.kind() == expected_reply(kind) {
+                                    Ok(m)
+                                } else {
+                                    Err(ExchangeError::Protocol(format!(
+                                        "answered {} with {}",
+                                        kind,
+                                        m.kind()
+                                    )))
+                                }
+                            });
+                        if let Err(e) = &typed {
+                            // A desynchronized peer cannot be trusted with the
+                            // next exchange: end its stream.
+                            let _ = outbound.send(Err(Status::invalid_argument(e.to_string()))).await;
+                            let _ = reply.send(typed);
+                            return StreamEnd::Invalid;
+                        }
                         let _ = reply.send(typed);
-                        return StreamEnd::Invalid;
+                        break;
                     }
-                    let _ = reply.send(typed);
+                    other => {
+                        let why = describe(&other);
+                        let _ = reply.send(Err(ExchangeError::Closed(why.clone())));
+                        return if reconnect_sent { StreamEnd::AfterReconnect } else { StreamEnd::Disconnected(why) };
+                    }
+                },
+                ins = instructions.recv() => match ins {
+                    // A fire-and-forget instruction (shutdown's ReconnectIns)
+                    // goes out now: the client reads it after its reply.
+                    Some(Instruction { message, kind: "reconnect_ins", reply: None, .. }) => {
+                        if outbound.send(Ok(message)).await.is_ok() {
+                            reconnect_sent = true;
+                        }
+                    }
+                    Some(other) => {
+                        if let Some(r) = other.reply {
+                            let _ = r.send(Err(ExchangeError::Protocol("another exchange is in progress".into())));
+                        }
+                    }
+                    None => {}
+                },
+                () = &mut deadline, if timeout.is_some() => {
+                    let t = timeout.unwrap_or_default();
+                    let _ = outbound
+                        .send(Err(Status::deadline_exceeded(format!(
+                            "Timeout of {}sec was exceeded.",
+                            t.as_secs_f64()
+                        ))))
+                        .await;
+                    let _ = reply.send(Err(ExchangeError::Timeout(t)));
+                    return StreamEnd::Timeout(t);
                 }
-                other => {
-                    let why = describe(&other);
-                    let _ = reply.send(Err(ExchangeError::Closed(why.clone())));
-                    return if reconnect_sent { StreamEnd::AfterReconnect } else { StreamEnd::Disconnected(why) };
+                _ = &mut revoked => {
+                    let _ = outbound.send(Err(Status::unauthenticated("Invalid token"))).await;
+                    let _ = reply.send(Err(ExchangeError::Closed("token revoked".into())));
+                    return StreamEnd::Revoked;
                 }
-            },
-            () = deadline => {
-                let t = timeout.unwrap_or_default();
-                let _ = outbound
-                    .send(Err(Status::deadline_exceeded(format!(
-                        "Timeout of {}sec was exceeded.",
-                        t.as_secs_f64()
-                    ))))
-                    .await;
-                let _ = reply.send(Err(ExchangeError::Timeout(t)));
-                return StreamEnd::Timeout(t);
-            }
-            _ = &mut revoked => {
-                let _ = outbound.send(Err(Status::unauthenticated("Invalid token"))).await;
-                let _ = reply.send(Err(ExchangeError::Closed("token revoked".into())));
-                return StreamEnd::Revoked;
             }
         }
     }

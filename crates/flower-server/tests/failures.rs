@@ -162,3 +162,36 @@ fn too_few_survivors_end_the_run_after_a_bounded_wait() {
         std::fs::read_to_string(run.log(0)).unwrap()
     );
 }
+
+#[test]
+fn sigterm_disconnects_clients_and_keeps_the_saved_state() {
+    let Some(run) = setup() else { return };
+    let args = server_args(&run.certs, &run.out(), &run.init, 5, 2);
+    let mut server = Server::start(&args, run.dir.path());
+    let slow = ["--mode", "sleep-fit", "--mode-round", "2", "--sleep", "2"];
+    let mut a = run.client(&server, 0, &slow);
+    let mut b = run.client(&server, 1, &slow);
+    server.wait_for_log("round complete", 1, Duration::from_secs(60));
+    let pid = server.child.0.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = server.wait(Duration::from_secs(30));
+    let log = server.log_text();
+    assert!(
+        !status.success(),
+        "an interrupted run is not a completed run: {log}"
+    );
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert_eq!(rounds(&run.out()).len(), 1, "{log}");
+    assert!(run.out().join("model.npz").exists());
+    // Clients were told to disconnect (ReconnectIns) rather than cut off.
+    for c in [&mut a, &mut b] {
+        let st = c
+            .wait_timeout(Duration::from_secs(40))
+            .expect("client exits");
+        assert!(st.success(), "{log}");
+    }
+}
