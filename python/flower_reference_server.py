@@ -130,5 +130,24 @@ def _recording_aggregate_fit(self, server_round, results, failures):
 
 flwr.server.strategy.FedAvg.aggregate_fit = _recording_aggregate_fit
 
+
+def _timed(name, method):
+    import time
+
+    def wrapper(self, server_round, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return method(self, server_round, *args, **kwargs)
+        finally:
+            print(f"reference-server round={server_round} {name}_s={time.perf_counter() - t:.3f}", flush=True)
+
+    return wrapper
+
+
+# Per-phase wall times, for load comparisons.
+_server_cls = flwr.server.server.Server
+_server_cls.fit_round = _timed("fit", _server_cls.fit_round)
+_server_cls.evaluate_round = _timed("evaluate", _server_cls.evaluate_round)
+
 if __name__ == "__main__":
     main()

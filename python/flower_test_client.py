@@ -24,6 +24,12 @@ from flwr.compat.client.grpc_client import connection as grpc_connection  # noqa
 
 
 def initial_parameters():
+    # FLOWER_TEST_PARAMS=N: a large model of N float32 values in 4 layers
+    # (for load comparisons); otherwise a tiny two-layer model.
+    n = int(os.environ.get("FLOWER_TEST_PARAMS", "0"))
+    if n > 0:
+        sizes = [n // 2, n // 4, n // 8, n - n // 2 - n // 4 - n // 8]
+        return [np.linspace(-1.0, 1.0, s, dtype=np.float32) for s in sizes]
     return [
         np.arange(12, dtype=np.float32).reshape(4, 3) / 10.0,
         np.linspace(-1.0, 1.0, 5, dtype=np.float32),
