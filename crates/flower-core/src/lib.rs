@@ -10,11 +10,16 @@
 //!   [`Parameters`] as `numpy.save(allow_pickle=False)` writes them, and `.npz` model files.
 
 mod array;
+mod codec;
 mod messages;
+pub mod npy;
+pub mod npz;
 mod scalar;
 
 pub use array::{DType, NdArray};
+pub use codec::{ndarrays_to_parameters, parameters_to_ndarrays};
 pub use messages::*;
+pub use npy::CodecError;
 pub use scalar::{Config, Metrics, Properties, Scalar, ScalarMap};
 
 /// Errors converting generated proto messages into the typed ones.

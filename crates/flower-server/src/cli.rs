@@ -107,6 +107,50 @@ pub(crate) struct Settings {
     /// Seed for client sampling and strategy randomness [default: 0].
     #[arg(long)]
     seed: Option<u64>,
+    /// Accept this bearer token (`authorization` or `x-authorization:
+    /// Bearer <T>`); repeatable.
+    #[arg(long = "token", value_name = "T")]
+    token: Vec<String>,
+    /// Accept the tokens in this file (one per line; SIGUSR1 re-reads it).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Read tokens from this Vault (KV v1), e.g. https://vault:8200.
+    #[arg(long, value_name = "URL")]
+    vault_addr: Option<String>,
+    /// Vault login token.
+    #[arg(long, env = "VAULT_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
+    vault_token: Option<String>,
+    /// OIDC access token, exchanged for a Vault token through the JWT auth method.
+    #[arg(long, env = "OIDC_ACCESS_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
+    oidc_access_token: Option<String>,
+    /// Vault JWT auth mount path [default: jwt].
+    #[arg(long)]
+    vault_auth_path: Option<String>,
+    /// Vault JWT role.
+    #[arg(long)]
+    vault_role: Option<String>,
+    /// Vault KV v1 mount holding the tokens [default: secrets].
+    #[arg(long)]
+    vault_mount: Option<String>,
+    /// Path under the mount listing the token secrets [default: federated].
+    #[arg(long)]
+    vault_secret_path: Option<String>,
+    /// Use users/<sub>/deployments/<ID>/federated (sub from the OIDC token).
+    #[arg(long, value_name = "ID")]
+    deployment_id: Option<String>,
+    /// Seconds between Vault token-list refreshes (0 disables) [default: 60].
+    #[arg(long)]
+    vault_refresh_interval: Option<f64>,
+    /// Extra CA certificate (PEM) for an https Vault.
+    #[arg(long, value_name = "PEM")]
+    vault_ca_cert: Option<PathBuf>,
+    /// Allow token authentication over a plaintext listener (tokens are then
+    /// sent in the clear: for tests only).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    allow_insecure_auth: Option<bool>,
+
     /// Log as JSON lines.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     log_json: Option<bool>,
@@ -135,7 +179,12 @@ impl Settings {
                 max_message_size, keepalive_secs, max_clients, rounds, round_timeout,
                 client_wait_timeout, rejoin_wait_timeout, strategy, min_fit_clients, min_evaluate_clients,
                 min_available_clients, fraction_fit, fraction_evaluate, initial_parameters,
-                output_dir, resume, seed, log_json);
+                output_dir, resume, seed, log_json, token_file, vault_addr, vault_auth_path,
+                vault_role, vault_mount, vault_secret_path, deployment_id, vault_refresh_interval,
+                vault_ca_cert, allow_insecure_auth);
+            if cli.token.is_empty() {
+                cli.token = std::mem::take(&mut file.token);
+            }
             for (k, v) in file.strategy_options {
                 cli.strategy_options.entry(k).or_insert(v);
             }
@@ -205,6 +254,30 @@ impl Settings {
             name: self.strategy.clone().unwrap_or_else(|| "fedavg".into()),
             options,
         }
+    }
+
+    fn auth_flags(&self) -> Result<flower_auth::AuthFlags, String> {
+        let refresh = self
+            .vault_refresh_interval
+            .map(|v| {
+                Duration::try_from_secs_f64(v)
+                    .map_err(|_| "--vault-refresh-interval must be a non-negative number of seconds".to_string())
+            })
+            .transpose()?;
+        Ok(flower_auth::AuthFlags {
+            tokens: self.token.iter().map(|t| t.as_str().into()).collect(),
+            token_file: self.token_file.clone(),
+            vault_addr: self.vault_addr.clone(),
+            vault_token: self.vault_token.as_deref().map(Into::into),
+            oidc_access_token: self.oidc_access_token.as_deref().map(Into::into),
+            vault_auth_path: self.vault_auth_path.clone(),
+            vault_role: self.vault_role.clone(),
+            vault_mount: self.vault_mount.clone(),
+            vault_secret_path: self.vault_secret_path.clone(),
+            deployment_id: self.deployment_id.clone(),
+            vault_refresh_interval: refresh,
+            vault_ca_cert: self.vault_ca_cert.clone(),
+        })
     }
 
     fn driver_config(&self) -> Result<DriverConfig, String> {
@@ -300,18 +373,46 @@ async fn run(settings: Settings) -> Result<(), String> {
     let manager = ClientManager::new(settings.max_clients);
     let transport = FlowerTransport::new(manager.clone());
 
+    let auth = match settings.auth_flags()?.into_config().map_err(|e| e.to_string())? {
+        None => None,
+        Some(config) => {
+            flower_auth::ensure_secure_transport(
+                serve_options.tls.is_some(),
+                settings.allow_insecure_auth.unwrap_or(false),
+            )
+            .map_err(|_| {
+                "refusing token authentication over a plaintext listener: use TLS, or --allow-insecure-auth for tests".to_string()
+            })?;
+            let (_store, manager) = flower_auth::token_store_from(&config)
+                .await
+                .map_err(|e| format!("authentication: {e}"))?;
+            info!(source = manager.source_description(), tokens = manager.store().len(), "token authentication on");
+            Some(manager)
+        }
+    };
+    if auth.is_none() {
+        warn!("no --token, --token-file or --vault-addr: any client may join");
+    }
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut stop_serving = stop_rx.clone();
-    let (addr, server) = serve(
-        &serve_options,
-        transport,
-        tower::layer::util::Identity::new(),
-        async move {
-            let _ = stop_serving.wait_for(|s| *s).await;
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let stop = async move {
+        let _ = stop_serving.wait_for(|s| *s).await;
+    };
+    let (addr, server): (_, futures::future::BoxFuture<'static, Result<(), ServerError>>) = match &auth {
+        Some(manager) => {
+            let (addr, fut) = serve(&serve_options, transport, manager.layer(), stop)
+                .await
+                .map_err(|e| e.to_string())?;
+            (addr, Box::pin(fut))
+        }
+        None => {
+            let (addr, fut) = serve(&serve_options, transport, tower::layer::util::Identity::new(), stop)
+                .await
+                .map_err(|e| e.to_string())?;
+            (addr, Box::pin(fut))
+        }
+    };
     println!("flower-server listening on {addr}");
     let server = tokio::spawn(server);
 
@@ -324,6 +425,9 @@ async fn run(settings: Settings) -> Result<(), String> {
     let mut driver = RoundDriver::new(manager, strategy, driver_config);
     let outcome = driver.run(interrupt_rx).await;
     let _ = stop_tx.send(true);
+    if let Some(manager) = &auth {
+        manager.shutdown();
+    }
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Err(e))) => warn!("transport ended with an error: {e}"),
         Err(_) => warn!("transport did not stop within 5 s"),

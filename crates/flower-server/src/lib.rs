@@ -23,7 +23,7 @@ pub use exchange::{ClientHandle, ExchangeError};
 pub use history::{scalar_to_json, write_atomic, Checkpoint, History, RoundRecord};
 pub use model_file::{parameters_from_npz, parameters_to_npz};
 pub use serve::{serve, ServeOptions, TlsFiles};
-pub use transport::{FlowerTransport, RevocationHook};
+pub use transport::FlowerTransport;
 
 use std::time::Duration;
 

@@ -22,16 +22,14 @@ use tracing::{debug, info, warn};
 use crate::client_manager::ClientManager;
 use crate::exchange::{ClientHandle, ExchangeError};
 
-/// Hook that, given a Join request's extensions, returns a future completing
-/// when the stream must be closed as unauthenticated (a revoked token).
-pub type RevocationHook =
-    Arc<dyn Fn(&http::Extensions) -> Option<BoxFuture<'static, ()>> + Send + Sync>;
-
 /// The Join service. Build with [`FlowerTransport::new`], serve with [`FlowerTransport::into_service`].
+///
+/// When the auth layer accepted the call, the stream remembers which token
+/// (fingerprint) it used and is closed with `UNAUTHENTICATED` as soon as a
+/// reload revokes that token.
 #[derive(Clone)]
 pub struct FlowerTransport {
     manager: ClientManager,
-    revocation: Option<RevocationHook>,
 }
 
 impl std::fmt::Debug for FlowerTransport {
@@ -45,17 +43,7 @@ impl std::fmt::Debug for FlowerTransport {
 impl FlowerTransport {
     /// A transport registering its clients in `manager`.
     pub fn new(manager: ClientManager) -> Self {
-        FlowerTransport {
-            manager,
-            revocation: None,
-        }
-    }
-
-    /// Closes streams with `UNAUTHENTICATED` when the hook's future completes.
-    #[must_use]
-    pub fn with_revocation(mut self, hook: RevocationHook) -> Self {
-        self.revocation = Some(hook);
-        self
+        FlowerTransport { manager }
     }
 
     /// The tonic service, with the given max message size both ways.
@@ -133,10 +121,9 @@ impl FlowerService for FlowerTransport {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_string(), |a| a.to_string());
-        let revoked = self
-            .revocation
-            .as_ref()
-            .and_then(|hook| hook(request.extensions()));
+        let peer_auth = flower_auth::AuthenticatedPeer::from_request(&request);
+        let token = peer_auth.as_ref().map(|p| p.fingerprint().to_string());
+        let revoked = peer_auth.map(|p| p.revocation_future().boxed());
         let (ins_tx, ins_rx) = mpsc::channel(1);
         let handle = Arc::new(GrpcClient {
             instructions: ins_tx,
@@ -148,7 +135,7 @@ impl FlowerService for FlowerTransport {
                 "the server's configured client limit is reached",
             ));
         };
-        info!(client = id, %peer, connected = self.manager.len(), "client joined");
+        info!(client = id, %peer, token = token.as_deref().unwrap_or("-"), connected = self.manager.len(), "client joined");
         let (out_tx, out_rx) = mpsc::channel(1);
         let manager = self.manager.clone();
         tokio::spawn(async move {

@@ -1,0 +1,126 @@
+//! Token authentication end to end: stock Python Flower clients sending the
+//! token with ai4flwr's plugin (`authorization`) and under `x-authorization`,
+//! rejected clients failing fast, revocation, and no token in the logs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const TOKEN_A: &str = "tok-alpha-3f9c1d0e8b7a";
+const TOKEN_B: &str = "tok-bravo-77e1c2a9d4f0";
+
+fn setup() -> Option<(std::path::PathBuf, tempfile::TempDir, DevCertificates, std::path::PathBuf)> {
+    let py = python()?;
+    let dir = tempfile::tempdir().unwrap();
+    let init = dir.path().join("init.npz");
+    write_initial_npz(&py, &init);
+    Some((py, dir, DevCertificates::generate(), init))
+}
+
+#[test]
+fn python_clients_with_tokens_complete_and_bad_tokens_fail_fast() {
+    let Some((py, dir, certs, init)) = setup() else { return };
+    let out = dir.path().join("out");
+    let mut args = server_args(&certs, &out, &init, 2, 2);
+    args.extend(["--token".into(), TOKEN_A.into(), "--token".into(), TOKEN_B.into()]);
+    let mut server = Server::start(&args, dir.path());
+    let addr = server.address();
+    let ca = certs.ca();
+
+    // Rejected clients: wrong token, no token. They must fail at once with
+    // UNAUTHENTICATED (ai4flwr's interceptor leaves them hanging).
+    let started = Instant::now();
+    let wrong_log = dir.path().join("wrong.log");
+    let mut wrong = python_client(&py, &addr, Some(&ca), 0, &["--token", "not-a-valid-token-123"], &wrong_log);
+    let none_log = dir.path().join("none.log");
+    let mut none = python_client(&py, &addr, Some(&ca), 0, &[], &none_log);
+    for (child, log) in [(&mut wrong, &wrong_log), (&mut none, &none_log)] {
+        let st = child.wait_timeout(Duration::from_secs(30)).expect("rejected client exits");
+        assert!(!st.success());
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(text.contains("UNAUTHENTICATED") && text.contains("Invalid token"), "{text}");
+    }
+    // Interpreter start-up included; the rejection itself is immediate.
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // A rejected call never registers a client.
+    assert!(!server.log_text().contains("client joined"));
+
+    let mut good_a = python_client(&py, &addr, Some(&ca), 0, &["--token", TOKEN_A], &dir.path().join("a.log"));
+    let mut good_b = python_client(
+        &py,
+        &addr,
+        Some(&ca),
+        1,
+        &["--token", TOKEN_B, "--header-key", "x-authorization"],
+        &dir.path().join("b.log"),
+    );
+    let status = server.wait(Duration::from_secs(120));
+    let log = server.log_text();
+    assert!(status.success(), "{log}");
+    for c in [&mut good_a, &mut good_b] {
+        assert!(c.wait_timeout(Duration::from_secs(30)).expect("exits").success());
+    }
+    // Never log a token: neither accepted nor rejected values.
+    let out_text = std::fs::read_to_string(&server.out).unwrap_or_default();
+    for secret in [TOKEN_A, TOKEN_B, "not-a-valid-token-123"] {
+        assert!(!log.contains(secret) && !out_text.contains(secret), "token {secret} logged:\n{log}");
+    }
+}
+
+#[test]
+fn token_auth_over_plaintext_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flower-server"))
+        .args(["--insecure", "--token", TOKEN_A, "--address", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("plaintext"), "{stderr}");
+    assert!(!stderr.contains(TOKEN_A));
+    let _ = dir;
+}
+
+#[test]
+fn removing_a_token_from_the_file_closes_its_live_stream() {
+    let Some((py, dir, certs, init)) = setup() else { return };
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, format!("{TOKEN_A}\n\n  {TOKEN_B}  \n")).unwrap();
+    let out = dir.path().join("out");
+    let mut args = server_args(&certs, &out, &init, 3, 2);
+    args.extend(["--token-file".into(), tokens.display().to_string()]);
+    let mut server = Server::start(&args, dir.path());
+    let addr = server.address();
+    let ca = certs.ca();
+    // Client B sleeps in round 2's fit: its token is revoked meanwhile.
+    let mut a = python_client(&py, &addr, Some(&ca), 0, &["--token", TOKEN_A], &dir.path().join("a.log"));
+    let b_log = dir.path().join("b.log");
+    let mut b = python_client(
+        &py,
+        &addr,
+        Some(&ca),
+        1,
+        &["--token", TOKEN_B, "--mode", "sleep-fit", "--mode-round", "2", "--sleep", "5"],
+        &b_log,
+    );
+    server.wait_for_log("round complete", 1, Duration::from_secs(60));
+    std::fs::write(&tokens, format!("{TOKEN_A}\n")).unwrap();
+    let pid = server.child.0.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
+    let st = b.wait_timeout(Duration::from_secs(30)).expect("revoked client exits");
+    assert!(!st.success());
+    let text = std::fs::read_to_string(&b_log).unwrap();
+    assert!(text.contains("UNAUTHENTICATED"), "{text}");
+    // With only one client left (min 2) the run ends after the bounded
+    // rejoin wait; round 2 counted B as a failure.
+    let _ = server.wait(Duration::from_secs(120));
+    let history = history(&out);
+    let rounds = history["rounds"].as_array().unwrap();
+    assert!(rounds.len() >= 2, "{}", server.log_text());
+    assert_eq!(rounds[1]["fit_failures"], 1, "{}", server.log_text());
+    let _ = a.wait_timeout(Duration::from_secs(30));
+    let log = server.log_text();
+    assert!(!log.contains(TOKEN_A) && !log.contains(TOKEN_B), "{log}");
+}
