@@ -260,8 +260,9 @@ impl Settings {
         let refresh = self
             .vault_refresh_interval
             .map(|v| {
-                Duration::try_from_secs_f64(v)
-                    .map_err(|_| "--vault-refresh-interval must be a non-negative number of seconds".to_string())
+                Duration::try_from_secs_f64(v).map_err(|_| {
+                    "--vault-refresh-interval must be a non-negative number of seconds".to_string()
+                })
             })
             .transpose()?;
         Ok(flower_auth::AuthFlags {
@@ -339,8 +340,10 @@ pub(crate) fn main() -> ExitCode {
 fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -373,7 +376,11 @@ async fn run(settings: Settings) -> Result<(), String> {
     let manager = ClientManager::new(settings.max_clients);
     let transport = FlowerTransport::new(manager.clone());
 
-    let auth = match settings.auth_flags()?.into_config().map_err(|e| e.to_string())? {
+    let auth = match settings
+        .auth_flags()?
+        .into_config()
+        .map_err(|e| e.to_string())?
+    {
         None => None,
         Some(config) => {
             flower_auth::ensure_secure_transport(
@@ -386,7 +393,11 @@ async fn run(settings: Settings) -> Result<(), String> {
             let (_store, manager) = flower_auth::token_store_from(&config)
                 .await
                 .map_err(|e| format!("authentication: {e}"))?;
-            info!(source = manager.source_description(), tokens = manager.store().len(), "token authentication on");
+            info!(
+                source = manager.source_description(),
+                tokens = manager.store().len(),
+                "token authentication on"
+            );
             Some(manager)
         }
     };
@@ -399,7 +410,10 @@ async fn run(settings: Settings) -> Result<(), String> {
     let stop = async move {
         let _ = stop_serving.wait_for(|s| *s).await;
     };
-    let (addr, server): (_, futures::future::BoxFuture<'static, Result<(), ServerError>>) = match &auth {
+    let (addr, server): (
+        _,
+        futures::future::BoxFuture<'static, Result<(), ServerError>>,
+    ) = match &auth {
         Some(manager) => {
             let (addr, fut) = serve(&serve_options, transport, manager.layer(), stop)
                 .await
@@ -407,9 +421,14 @@ async fn run(settings: Settings) -> Result<(), String> {
             (addr, Box::pin(fut))
         }
         None => {
-            let (addr, fut) = serve(&serve_options, transport, tower::layer::util::Identity::new(), stop)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (addr, fut) = serve(
+                &serve_options,
+                transport,
+                tower::layer::util::Identity::new(),
+                stop,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             (addr, Box::pin(fut))
         }
     };
