@@ -285,9 +285,7 @@ async fn drive_stream(
                     // A fire-and-forget instruction (shutdown's ReconnectIns)
                     // goes out now: the client reads it after its reply.
                     Some(Instruction { message, kind: "reconnect_ins", reply: None, .. }) => {
-                        if outbound.send(Ok(message)).await.is_ok() {
-                            reconnect_sent = true;
-                        }
+                        reconnect_sent |= outbound.send(Ok(message)).await.is_ok();
                     }
                     Some(other) => {
                         if let Some(r) = other.reply {

@@ -108,7 +108,7 @@ fn three_python_clients_complete_three_rounds_like_the_python_server() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|layer| flatten_json(layer))
+        .map(flatten_json)
         .collect();
     assert_close(&ours, &want, 1e-6);
 
