@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::watch;
 
-use crate::exchange::{ClientHandle, ExchangeError};
+use crate::exchange::{ClientHandle, ExchangeError, OutgoingMessage};
 use flower_core::{ClientMessage, ServerMessage};
 
 /// Connected clients, keyed by an id assigned in join order.
@@ -196,15 +196,15 @@ where
 {
     fn exchange(
         &self,
-        message: ServerMessage,
+        message: Arc<OutgoingMessage>,
         _timeout: Option<Duration>,
     ) -> BoxFuture<'static, Result<ClientMessage, ExchangeError>> {
-        let result = (self.answer)(message);
+        let result = (self.answer)(message.message().clone());
         Box::pin(async move { result })
     }
 
-    fn send_only(&self, message: ServerMessage) {
-        let _ = (self.answer)(message);
+    fn send_only(&self, message: Arc<OutgoingMessage>) {
+        let _ = (self.answer)(message.message().clone());
     }
 
     fn peer(&self) -> String {

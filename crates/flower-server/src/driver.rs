@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::client_manager::ClientManager;
-use crate::exchange::{ClientHandle, ExchangeError};
+use crate::exchange::{ClientHandle, ExchangeError, OutgoingMessage};
 use crate::history::{write_atomic, Checkpoint, History, RoundRecord};
 use crate::model_file::{parameters_from_npz, parameters_to_npz};
 use crate::ServerError;
@@ -112,6 +112,29 @@ fn failure(client: ClientId, reason: impl Into<String>) -> ClientFailure {
     }
 }
 
+/// True when two instructions carry the same tensor buffers (not merely equal
+/// bytes: comparing 40 MB per client would cost more than it saves) and the
+/// same config.
+fn same_instruction(a: &ServerMessage, b: &ServerMessage) -> bool {
+    fn same_tensors(a: &Parameters, b: &Parameters) -> bool {
+        a.tensor_type == b.tensor_type
+            && a.tensors.len() == b.tensors.len()
+            && a.tensors
+                .iter()
+                .zip(&b.tensors)
+                .all(|(x, y)| x.as_ptr() == y.as_ptr() && x.len() == y.len())
+    }
+    match (a, b) {
+        (ServerMessage::Fit(a), ServerMessage::Fit(b)) => {
+            a.config == b.config && same_tensors(&a.parameters, &b.parameters)
+        }
+        (ServerMessage::Evaluate(a), ServerMessage::Evaluate(b)) => {
+            a.config == b.config && same_tensors(&a.parameters, &b.parameters)
+        }
+        _ => false,
+    }
+}
+
 type Exchanges = FuturesUnordered<
     futures::future::BoxFuture<'static, (ClientId, Result<ClientMessage, ExchangeError>)>,
 >;
@@ -165,6 +188,9 @@ impl RoundDriver {
         }
     }
 
+    /// Sends every instruction at once. Instructions equal to the previous
+    /// one (same tensor buffers, same config: what strategies hand every
+    /// client) share one encoding.
     fn dispatch(
         &self,
         instructions: Vec<(ClientId, ServerMessage)>,
@@ -172,10 +198,16 @@ impl RoundDriver {
     ) -> (Vec<ClientId>, Exchanges) {
         let exchanges = FuturesUnordered::new();
         let mut ids = Vec::with_capacity(instructions.len());
+        let mut previous: Option<Arc<OutgoingMessage>> = None;
         for (id, message) in instructions {
+            let outgoing = match previous.take() {
+                Some(prev) if same_instruction(prev.message(), &message) => prev,
+                _ => OutgoingMessage::new(message),
+            };
+            previous = Some(outgoing.clone());
             match self.manager.get(id) {
                 Some(handle) => {
-                    let fut = handle.exchange(message, self.config.round_timeout);
+                    let fut = handle.exchange(outgoing, self.config.round_timeout);
                     exchanges.push(Box::pin(async move { (id, fut.await) }) as _);
                     ids.push(id);
                 }
@@ -211,7 +243,7 @@ impl RoundDriver {
             .ok_or_else(|| ServerError::Protocol("client left".into()))?;
         let reply = handle
             .exchange(
-                ServerMessage::GetParameters(GetParametersIns::default()),
+                OutgoingMessage::new(ServerMessage::GetParameters(GetParametersIns::default())),
                 self.config.round_timeout,
             )
             .await
@@ -550,8 +582,9 @@ impl RoundDriver {
             return;
         }
         let ids: BTreeSet<ClientId> = clients.iter().map(|(id, _)| *id).collect();
+        let reconnect = OutgoingMessage::new(ServerMessage::Reconnect(ReconnectIns { seconds: 0 }));
         for (_, handle) in &clients {
-            handle.send_only(ServerMessage::Reconnect(ReconnectIns { seconds: 0 }));
+            handle.send_only(reconnect.clone());
         }
         info!(clients = ids.len(), "sent ReconnectIns to every client");
         let deadline = Instant::now() + self.config.shutdown_grace;

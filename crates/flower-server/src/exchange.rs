@@ -2,10 +2,50 @@
 //! round driver talks to, whatever carries it (a gRPC stream, or an
 //! in-process function in tests).
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use flower_core::{ClientMessage, ServerMessage};
 use futures::future::BoxFuture;
+use prost::Message;
+
+/// An instruction, encoded at most once however many clients receive it.
+///
+/// Every sampled client usually gets the same `FitIns` (a 40 MB model for
+/// 10M parameters): the encoded bytes are shared by all their streams
+/// instead of being encoded and buffered once per client.
+#[derive(Debug)]
+pub struct OutgoingMessage {
+    message: ServerMessage,
+    encoded: OnceLock<Bytes>,
+}
+
+impl OutgoingMessage {
+    /// Wraps an instruction.
+    pub fn new(message: ServerMessage) -> Arc<Self> {
+        Arc::new(OutgoingMessage {
+            message,
+            encoded: OnceLock::new(),
+        })
+    }
+
+    /// The instruction.
+    pub fn message(&self) -> &ServerMessage {
+        &self.message
+    }
+
+    /// The protobuf encoding of the instruction (computed on first use).
+    pub fn encoded(&self) -> Bytes {
+        self.encoded
+            .get_or_init(|| {
+                flower_proto::ServerMessage::from(self.message.clone())
+                    .encode_to_vec()
+                    .into()
+            })
+            .clone()
+    }
+}
 
 /// Why an exchange with a client produced no reply.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -29,13 +69,13 @@ pub trait ClientHandle: Send + Sync + 'static {
     /// on expiry only this client's stream is cancelled.
     fn exchange(
         &self,
-        message: ServerMessage,
+        message: Arc<OutgoingMessage>,
         timeout: Option<Duration>,
     ) -> BoxFuture<'static, Result<ClientMessage, ExchangeError>>;
 
     /// Sends an instruction without waiting for a reply (the final
     /// `ReconnectIns`: Python clients close before their `DisconnectRes` is sent).
-    fn send_only(&self, message: ServerMessage);
+    fn send_only(&self, message: Arc<OutgoingMessage>);
 
     /// Peer description for logs.
     fn peer(&self) -> String;

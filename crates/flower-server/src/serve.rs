@@ -93,7 +93,7 @@ where
         .local_addr()
         .map_err(|e| ServerError::Transport(e.to_string()))?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let service = transport.into_service(options.max_message_size);
+    let service = transport.max_message_size(options.max_message_size);
     let router = builder.layer(layer).add_service(service);
     info!(address = %local, tls = options.tls.is_some(), "listening on {local}");
     let fut = async move {

@@ -1,28 +1,37 @@
-//! The tonic service for `flwr.proto.FlowerService/Join`.
+//! The gRPC service for `flwr.proto.FlowerService/Join`.
 //!
 //! Each open `Join` stream is one registered client. A task per stream owns
 //! the stream and runs exchanges strictly in lock-step: one `ServerMessage`
 //! out, then one `ClientMessage` back. The stream closing for any reason
 //! unregisters the client at once and fails the pending exchange.
+//!
+//! The request side uses tonic's decoder. The response side is written here:
+//! instructions go out as already-encoded, shared [`Bytes`] (see
+//! [`OutgoingMessage`]), so that sending one model to K clients neither
+//! encodes it K times nor holds K copies in memory (tonic's encoder would copy
+//! every message into a per-stream buffer).
 
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use flower_core::{ClientMessage, ServerMessage};
+use bytes::{BufMut, Bytes, BytesMut};
+use flower_core::ClientMessage;
 use flower_proto as pb;
-use flower_proto::flower_service_server::{FlowerService, FlowerServiceServer};
 use futures::future::BoxFuture;
-use futures::{FutureExt, Stream};
+use futures::FutureExt;
+use http_body::Frame;
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::codec::{Codec, CompressionEncoding, Streaming};
+use tonic::Status;
 use tracing::{debug, info, warn};
 
 use crate::client_manager::ClientManager;
-use crate::exchange::{ClientHandle, ExchangeError};
+use crate::exchange::{ClientHandle, ExchangeError, OutgoingMessage};
 
-/// The Join service. Build with [`FlowerTransport::new`], serve with [`FlowerTransport::into_service`].
+/// The Join service (a tower service for tonic's router).
 ///
 /// When the auth layer accepted the call, the stream remembers which token
 /// (fingerprint) it used and is closed with `UNAUTHENTICATED` as soon as a
@@ -30,6 +39,8 @@ use crate::exchange::{ClientHandle, ExchangeError};
 #[derive(Clone)]
 pub struct FlowerTransport {
     manager: ClientManager,
+    max_decoding_message_size: usize,
+    max_encoding_message_size: usize,
 }
 
 impl std::fmt::Debug for FlowerTransport {
@@ -41,21 +52,178 @@ impl std::fmt::Debug for FlowerTransport {
 }
 
 impl FlowerTransport {
-    /// A transport registering its clients in `manager`.
+    /// A transport registering its clients in `manager`, with Flower's
+    /// default max message size (2,147,483,647 bytes) both ways.
     pub fn new(manager: ClientManager) -> Self {
-        FlowerTransport { manager }
+        FlowerTransport {
+            manager,
+            max_decoding_message_size: flower_proto::GRPC_MAX_MESSAGE_LENGTH,
+            max_encoding_message_size: flower_proto::GRPC_MAX_MESSAGE_LENGTH,
+        }
     }
 
-    /// The tonic service, with the given max message size both ways.
-    pub fn into_service(self, max_message_size: usize) -> FlowerServiceServer<Self> {
-        FlowerServiceServer::new(self)
-            .max_decoding_message_size(max_message_size)
-            .max_encoding_message_size(max_message_size)
+    /// Sets the max message size, both ways.
+    #[must_use]
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_decoding_message_size = bytes;
+        self.max_encoding_message_size = bytes;
+        self
+    }
+
+    fn join<B>(&self, request: http::Request<B>) -> http::Response<tonic::body::Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    {
+        if let Some(encoding) = request.headers().get("grpc-encoding") {
+            if encoding != "identity" {
+                return Status::unimplemented(format!(
+                    "message compression {encoding:?} is not supported"
+                ))
+                .into_http();
+            }
+        }
+        let peer = request
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|i| i.remote_addr())
+            .or_else(|| {
+                request
+                    .extensions()
+                    .get::<tonic::transport::server::TlsConnectInfo<
+                        tonic::transport::server::TcpConnectInfo,
+                    >>()
+                    .and_then(|i| i.get_ref().remote_addr())
+            })
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let auth = request
+            .extensions()
+            .get::<flower_auth::AuthenticatedPeer>()
+            .cloned();
+        let token = auth.as_ref().map(|p| p.fingerprint().to_string());
+        let revoked = auth.map(|p| p.revocation_future().boxed());
+
+        let decoder =
+            tonic_prost::ProstCodec::<pb::ServerMessage, pb::ClientMessage>::default().decoder();
+        let inbound = Streaming::new_request(
+            decoder,
+            request.into_body(),
+            None::<CompressionEncoding>,
+            Some(self.max_decoding_message_size),
+        );
+
+        let (ins_tx, ins_rx) = mpsc::channel(1);
+        let handle = Arc::new(GrpcClient {
+            instructions: ins_tx,
+            peer: peer.clone(),
+        });
+        let Some(id) = self.manager.register(handle) else {
+            warn!(%peer, "refusing client: connection limit reached");
+            return Status::resource_exhausted("the server's configured client limit is reached")
+                .into_http();
+        };
+        info!(client = id, %peer, token = token.as_deref().unwrap_or("-"), connected = self.manager.len(), "client joined");
+        let (out_tx, out_rx) = mpsc::channel(1);
+        let manager = self.manager.clone();
+        let max_out = self.max_encoding_message_size;
+        tokio::spawn(async move {
+            let end = drive_stream(inbound, ins_rx, out_tx, revoked, max_out).await;
+            manager.unregister(id);
+            info!(client = id, %peer, reason = %end, connected = manager.len(), "client left");
+        });
+        let mut response = http::Response::new(tonic::body::Body::new(JoinBody {
+            outbound: out_rx,
+            payload: None,
+            done: false,
+        }));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        response
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for FlowerTransport
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let response = if request.uri().path() == flower_proto::JOIN_PATH {
+            self.join(request)
+        } else {
+            Status::unimplemented(format!("unknown method {}", request.uri().path())).into_http()
+        };
+        std::future::ready(Ok(response))
+    }
+}
+
+impl tonic::server::NamedService for FlowerTransport {
+    const NAME: &'static str = "flwr.proto.FlowerService";
+}
+
+/// Response body of one Join: gRPC length-prefixed frames of pre-encoded
+/// messages (the shared payload is yielded as is, without a copy), then the
+/// status in trailers.
+struct JoinBody {
+    outbound: mpsc::Receiver<Result<Bytes, Status>>,
+    payload: Option<Bytes>,
+    done: bool,
+}
+
+impl http_body::Body for JoinBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if let Some(payload) = self.payload.take() {
+            return Poll::Ready(Some(Ok(Frame::data(payload))));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let trailers = |status: Status| {
+            let mut map = http::HeaderMap::new();
+            if status.add_header(&mut map).is_err() {
+                map.insert("grpc-status", http::HeaderValue::from_static("13"));
+            }
+            Frame::trailers(map)
+        };
+        match self.outbound.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(message))) => {
+                let mut prefix = BytesMut::with_capacity(5);
+                prefix.put_u8(0); // not compressed
+                prefix.put_u32(message.len() as u32);
+                self.payload = Some(message);
+                Poll::Ready(Some(Ok(Frame::data(prefix.freeze()))))
+            }
+            Poll::Ready(Some(Err(status))) => {
+                self.done = true;
+                Poll::Ready(Some(Ok(trailers(status))))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(Some(Ok(trailers(Status::ok("")))))
+            }
+        }
     }
 }
 
 struct Instruction {
-    message: pb::ServerMessage,
+    message: Arc<OutgoingMessage>,
     kind: &'static str,
     timeout: Option<Duration>,
     /// `None` for fire-and-forget instructions (the final ReconnectIns).
@@ -71,13 +239,13 @@ struct GrpcClient {
 impl ClientHandle for GrpcClient {
     fn exchange(
         &self,
-        message: ServerMessage,
+        message: Arc<OutgoingMessage>,
         timeout: Option<Duration>,
     ) -> BoxFuture<'static, Result<ClientMessage, ExchangeError>> {
         let (tx, rx) = oneshot::channel();
         let instruction = Instruction {
-            kind: message.kind(),
-            message: message.into(),
+            kind: message.message().kind(),
+            message,
             timeout,
             reply: Some(tx),
         };
@@ -93,10 +261,10 @@ impl ClientHandle for GrpcClient {
         .boxed()
     }
 
-    fn send_only(&self, message: ServerMessage) {
+    fn send_only(&self, message: Arc<OutgoingMessage>) {
         let instruction = Instruction {
-            kind: message.kind(),
-            message: message.into(),
+            kind: message.message().kind(),
+            message,
             timeout: None,
             reply: None,
         };
@@ -105,45 +273,6 @@ impl ClientHandle for GrpcClient {
 
     fn peer(&self) -> String {
         self.peer.clone()
-    }
-}
-
-type JoinStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl FlowerService for FlowerTransport {
-    type JoinStream = JoinStream;
-
-    async fn join(
-        &self,
-        request: Request<Streaming<pb::ClientMessage>>,
-    ) -> Result<Response<Self::JoinStream>, Status> {
-        let peer = request
-            .remote_addr()
-            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
-        let peer_auth = flower_auth::AuthenticatedPeer::from_request(&request);
-        let token = peer_auth.as_ref().map(|p| p.fingerprint().to_string());
-        let revoked = peer_auth.map(|p| p.revocation_future().boxed());
-        let (ins_tx, ins_rx) = mpsc::channel(1);
-        let handle = Arc::new(GrpcClient {
-            instructions: ins_tx,
-            peer: peer.clone(),
-        });
-        let Some(id) = self.manager.register(handle) else {
-            warn!(%peer, "refusing client: connection limit reached");
-            return Err(Status::resource_exhausted(
-                "the server's configured client limit is reached",
-            ));
-        };
-        info!(client = id, %peer, token = token.as_deref().unwrap_or("-"), connected = self.manager.len(), "client joined");
-        let (out_tx, out_rx) = mpsc::channel(1);
-        let manager = self.manager.clone();
-        tokio::spawn(async move {
-            let end = drive_stream(request.into_inner(), ins_rx, out_tx, revoked).await;
-            manager.unregister(id);
-            info!(client = id, %peer, reason = %end, connected = manager.len(), "client left");
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
     }
 }
 
@@ -195,8 +324,9 @@ fn expected_reply(instruction: &str) -> &'static str {
 async fn drive_stream(
     mut inbound: Streaming<pb::ClientMessage>,
     mut instructions: mpsc::Receiver<Instruction>,
-    outbound: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+    outbound: mpsc::Sender<Result<Bytes, Status>>,
     revoked: Option<BoxFuture<'static, ()>>,
+    max_message_size: usize,
 ) -> StreamEnd {
     let mut revoked = revoked.unwrap_or_else(|| futures::future::pending().boxed());
     let mut reconnect_sent = false;
@@ -232,7 +362,20 @@ async fn drive_stream(
         let kind = instruction.kind;
         let is_reconnect = kind == "reconnect_ins";
         debug!(kind = instruction.kind, "sending instruction");
-        if outbound.send(Ok(instruction.message)).await.is_err() {
+        let encoded = instruction.message.encoded();
+        if encoded.len() > max_message_size {
+            let why = format!(
+                "{} of {} bytes exceeds the max message size {max_message_size}",
+                kind,
+                encoded.len()
+            );
+            let _ = outbound.send(Err(Status::out_of_range(why.clone()))).await;
+            if let Some(reply) = instruction.reply {
+                let _ = reply.send(Err(ExchangeError::Protocol(why.clone())));
+            }
+            return StreamEnd::Disconnected(why);
+        }
+        if outbound.send(Ok(encoded)).await.is_err() {
             if let Some(reply) = instruction.reply {
                 let _ = reply.send(Err(ExchangeError::Closed("cancelled".into())));
             }
@@ -285,7 +428,7 @@ async fn drive_stream(
                     // A fire-and-forget instruction (shutdown's ReconnectIns)
                     // goes out now: the client reads it after its reply.
                     Some(Instruction { message, kind: "reconnect_ins", reply: None, .. }) => {
-                        reconnect_sent |= outbound.send(Ok(message)).await.is_ok();
+                        reconnect_sent |= outbound.send(Ok(message.encoded())).await.is_ok();
                     }
                     Some(other) => {
                         if let Some(r) = other.reply {

@@ -202,7 +202,7 @@ struct Delayed<C> {
 impl<C: flower_server::ClientHandle> flower_server::ClientHandle for Delayed<C> {
     fn exchange(
         &self,
-        message: ServerMessage,
+        message: Arc<flower_server::OutgoingMessage>,
         timeout: Option<Duration>,
     ) -> futures::future::BoxFuture<'static, Result<ClientMessage, ExchangeError>> {
         let fut = self.inner.exchange(message, timeout);
@@ -212,7 +212,7 @@ impl<C: flower_server::ClientHandle> flower_server::ClientHandle for Delayed<C> 
             fut.await
         })
     }
-    fn send_only(&self, message: ServerMessage) {
+    fn send_only(&self, message: Arc<flower_server::OutgoingMessage>) {
         self.inner.send_only(message)
     }
     fn peer(&self) -> String {
