@@ -104,6 +104,10 @@ pub(crate) struct Settings {
     /// Continue the run saved in --output-dir.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     resume: Option<bool>,
+    /// Fold fit results in client-join order (deterministic) or in arrival
+    /// order (least memory) [default: join].
+    #[arg(long, value_parser = ["join", "arrival"])]
+    aggregation_order: Option<String>,
     /// Seed for client sampling and strategy randomness [default: 0].
     #[arg(long)]
     seed: Option<u64>,
@@ -179,7 +183,7 @@ impl Settings {
                 max_message_size, keepalive_secs, max_clients, rounds, round_timeout,
                 client_wait_timeout, rejoin_wait_timeout, strategy, min_fit_clients, min_evaluate_clients,
                 min_available_clients, fraction_fit, fraction_evaluate, initial_parameters,
-                output_dir, resume, seed, log_json, token_file, vault_addr, vault_auth_path,
+                output_dir, resume, seed, aggregation_order, log_json, token_file, vault_addr, vault_auth_path,
                 vault_role, vault_mount, vault_secret_path, deployment_id, vault_refresh_interval,
                 vault_ca_cert, allow_insecure_auth);
             if cli.token.is_empty() {
@@ -303,6 +307,15 @@ impl Settings {
             seed: self.seed.unwrap_or(0),
             output_dir: self.output_dir.clone(),
             resume: self.resume.unwrap_or(false),
+            aggregation_order: match self.aggregation_order.as_deref() {
+                None | Some("join") => flower_server::AggregationOrder::JoinOrder,
+                Some("arrival") => flower_server::AggregationOrder::Arrival,
+                Some(other) => {
+                    return Err(format!(
+                        "--aggregation-order {other:?}: expected join or arrival"
+                    ))
+                }
+            },
             ..DriverConfig::default()
         })
     }

@@ -47,6 +47,21 @@ pub struct DriverConfig {
     pub resume: bool,
     /// After the final `ReconnectIns`, how long to wait for streams to close.
     pub shutdown_grace: Duration,
+    /// Order in which fit results are folded into the aggregate.
+    pub aggregation_order: AggregationOrder,
+}
+
+/// Order in which fit results reach the strategy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AggregationOrder {
+    /// Client-join (id) order: the same inputs give the same bits. A result
+    /// that arrives before its predecessors waits in memory.
+    #[default]
+    JoinOrder,
+    /// Arrival order: each result is folded and dropped as soon as it
+    /// arrives (memory O(model)); float sums then depend on timing, as in
+    /// Python Flower.
+    Arrival,
 }
 
 impl Default for DriverConfig {
@@ -60,6 +75,7 @@ impl Default for DriverConfig {
             output_dir: None,
             resume: false,
             shutdown_grace: Duration::from_secs(5),
+            aggregation_order: AggregationOrder::JoinOrder,
         }
     }
 }
@@ -455,8 +471,10 @@ impl RoundDriver {
             .collect();
         let (order, mut exchanges) = self.dispatch(messages, &mut failures);
 
-        // Results are folded in client-id order, whatever order they arrive
-        // in, so that the same inputs always give the same bits.
+        // By default results are folded in client-id order, whatever order
+        // they arrive in, so that the same inputs always give the same bits;
+        // early arrivals wait in `ready`. In arrival order nothing waits.
+        let arrival = self.config.aggregation_order == AggregationOrder::Arrival;
         let mut ready: BTreeMap<ClientId, Option<FitRes>> = BTreeMap::new();
         let mut next = 0;
         let mut results = 0;
@@ -482,10 +500,17 @@ impl RoundDriver {
                     None
                 }
             };
-            ready.insert(id, res);
-            while let Some(slot) = order.get(next).and_then(|id| ready.remove(id)) {
-                let client = order[next];
-                next += 1;
+            let mut due = Vec::new();
+            if arrival {
+                due.push((id, res));
+            } else {
+                ready.insert(id, res);
+                while let Some(slot) = order.get(next).and_then(|id| ready.remove(id)) {
+                    due.push((order[next], slot));
+                    next += 1;
+                }
+            }
+            for (client, slot) in due {
                 let Some(res) = slot else { continue };
                 match blocking(|| self.strategy.accumulate_fit(round, client, res)) {
                     Ok(()) => results += 1,

@@ -18,7 +18,7 @@ mod serve;
 mod transport;
 
 pub use client_manager::{ClientManager, FnClient, SnapshotSampler};
-pub use driver::{DriverConfig, RoundDriver, RunOutcome};
+pub use driver::{AggregationOrder, DriverConfig, RoundDriver, RunOutcome};
 pub use exchange::{ClientHandle, ExchangeError, OutgoingMessage};
 pub use history::{scalar_to_json, write_atomic, Checkpoint, History, RoundRecord};
 pub use model_file::{parameters_from_npz, parameters_to_npz};

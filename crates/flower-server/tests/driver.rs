@@ -219,3 +219,23 @@ impl<C: flower_server::ClientHandle> flower_server::ClientHandle for Delayed<C> 
         self.inner.peer()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrival_order_aggregates_the_same_values() {
+    let manager = ClientManager::default();
+    for k in [1.0, 2.0, 3.0] {
+        manager.register(Arc::new(client(k))).unwrap();
+    }
+    let config = DriverConfig {
+        num_rounds: 1,
+        shutdown_grace: Duration::from_millis(10),
+        aggregation_order: flower_server::AggregationOrder::Arrival,
+        ..DriverConfig::default()
+    };
+    let mut driver = RoundDriver::new(manager, fedavg(3), config);
+    let outcome = driver.run(no_shutdown()).await.unwrap();
+    let got = parameters_to_ndarrays(&outcome.parameters).unwrap();
+    let NdArray::F32(a) = &got[0] else { panic!() };
+    assert!((f64::from(a[[1, 1]]) - (4.0 + 14.0 / 6.0)).abs() < 1e-5);
+    assert_eq!(outcome.history.rounds[0].fit_results, 3);
+}
