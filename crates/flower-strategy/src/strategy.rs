@@ -116,3 +116,9 @@ pub trait Strategy: Send {
         Ok(())
     }
 }
+
+impl std::fmt::Debug for dyn Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Strategy({})", self.name())
+    }
+}

@@ -1,0 +1,229 @@
+//! [`FedAvgAndroid`]: FedAvg over raw float32 tensors (Flower's Android
+//! clients send `ndarray.tobytes()`, without an `.npy` header).
+
+use std::fmt;
+
+use bytes::Bytes;
+use flower_core::{Config, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, NdArray, Parameters};
+
+use crate::callbacks::weighted_loss_avg;
+use crate::common::{check_round, Base};
+use crate::fedavg::FedAvgOptions;
+use crate::layers::f32s_from_le;
+use crate::strategy::{ClientFailure, ClientId, ClientSampler, Strategy};
+use crate::StrategyError;
+
+/// `tensor_type` FedAvgAndroid writes (Flower's literal `"numpy.nda"`).
+const ANDROID_TENSOR_TYPE: &str = "numpy.nda";
+
+/// Flower's `FedAvgAndroid`: each tensor is the raw little-endian float32
+/// bytes of a 1-D array; aggregation is the plain weighted mean in f32
+/// (bit-equal to Flower); fit and evaluate metrics are always `{}` (the
+/// metrics callbacks of [`FedAvgOptions`] are not used, as in Flower);
+/// `inplace` is ignored.
+pub struct FedAvgAndroid {
+    base: Base,
+    round: Option<AndroidRound>,
+}
+
+struct AndroidRound {
+    server_round: u64,
+    lengths: Vec<usize>,
+    acc: Vec<Vec<f32>>,
+    total: i128,
+    count: usize,
+}
+
+impl fmt::Debug for FedAvgAndroid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FedAvgAndroid")
+            .field("options", &self.base.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FedAvgAndroid {
+    /// Builds FedAvgAndroid.
+    pub fn new(options: FedAvgOptions) -> Result<Self, StrategyError> {
+        Ok(FedAvgAndroid {
+            base: Base::new(options)?,
+            round: None,
+        })
+    }
+}
+
+fn f32_len(i: usize, t: &Bytes) -> Result<usize, StrategyError> {
+    if t.len() % 4 != 0 {
+        return Err(StrategyError::Decode(format!(
+            "tensor {i}: {} bytes is not a whole number of float32 values",
+            t.len()
+        )));
+    }
+    Ok(t.len() / 4)
+}
+
+impl Strategy for FedAvgAndroid {
+    fn name(&self) -> &str {
+        "FedAvgAndroid"
+    }
+
+    fn initialize_parameters(&mut self) -> Option<Parameters> {
+        self.base.take_initial()
+    }
+
+    fn min_available_clients(&self) -> usize {
+        self.base.opts.min_available_clients
+    }
+
+    fn evaluate(
+        &mut self,
+        server_round: u64,
+        parameters: &Parameters,
+    ) -> Result<Option<(f64, Metrics)>, StrategyError> {
+        let Some(f) = &self.base.opts.evaluate_fn else {
+            return Ok(None);
+        };
+        let arrays: Vec<NdArray> = parameters
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let n = f32_len(i, t)?;
+                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n]), f32s_from_le(t))
+                    .map(NdArray::F32)
+                    .map_err(|e| StrategyError::Decode(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(f(server_round, &arrays, &Config::new()))
+    }
+
+    fn configure_fit(
+        &mut self,
+        server_round: u64,
+        parameters: &Parameters,
+        clients: &mut dyn ClientSampler,
+    ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
+        Ok(self.base.configure_fit(server_round, parameters, clients))
+    }
+
+    fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
+        self.round = None;
+        let lengths = global
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| f32_len(i, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let acc = lengths.iter().map(|&n| vec![0.0f32; n]).collect();
+        self.round = Some(AndroidRound {
+            server_round,
+            lengths,
+            acc,
+            total: 0,
+            count: 0,
+        });
+        Ok(())
+    }
+
+    fn accumulate_fit(
+        &mut self,
+        server_round: u64,
+        _client: ClientId,
+        result: FitRes,
+    ) -> Result<(), StrategyError> {
+        check_round(self.round.as_ref().map(|r| r.server_round), server_round)?;
+        let Some(round) = &mut self.round else {
+            return Err(StrategyError::Other("no round in progress".into()));
+        };
+        let tensors = &result.parameters.tensors;
+        if tensors.len() != round.lengths.len() {
+            return Err(StrategyError::Mismatch(format!(
+                "{} tensors, the global model has {}",
+                tensors.len(),
+                round.lengths.len()
+            )));
+        }
+        for (i, (t, &n)) in tensors.iter().zip(&round.lengths).enumerate() {
+            if f32_len(i, t)? != n {
+                return Err(StrategyError::Mismatch(format!(
+                    "tensor {i} has {} values, the global model has {n}",
+                    t.len() / 4
+                )));
+            }
+        }
+        if result.num_examples < 0 {
+            return Err(StrategyError::NegativeExamples(result.num_examples));
+        }
+        let w = result.num_examples as f32;
+        let first = round.count == 0;
+        for (acc, t) in round.acc.iter_mut().zip(tensors) {
+            crate::mean::fold_f32_bytes(acc, t, w, first);
+        }
+        round.total += i128::from(result.num_examples);
+        round.count += 1;
+        Ok(())
+    }
+
+    fn aggregate_fit(
+        &mut self,
+        server_round: u64,
+        failures: &[ClientFailure],
+    ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
+        let round = match self.round.take() {
+            Some(r) if r.server_round == server_round => r,
+            _ => return Ok((None, Metrics::new())),
+        };
+        if !self.base.gate(round.count, failures) {
+            return Ok((None, Metrics::new()));
+        }
+        if round.total == 0 {
+            return Err(StrategyError::ZeroExamples);
+        }
+        let n = round.total as f32;
+        let tensors = round
+            .acc
+            .into_iter()
+            .map(|a| {
+                let mut out = Vec::with_capacity(a.len() * 4);
+                for x in a {
+                    out.extend_from_slice(&(x / n).to_le_bytes());
+                }
+                Bytes::from(out)
+            })
+            .collect();
+        Ok((
+            Some(Parameters {
+                tensors,
+                tensor_type: ANDROID_TENSOR_TYPE.to_owned(),
+            }),
+            Metrics::new(),
+        ))
+    }
+
+    fn configure_evaluate(
+        &mut self,
+        server_round: u64,
+        parameters: &Parameters,
+        clients: &mut dyn ClientSampler,
+    ) -> Result<Vec<(ClientId, EvaluateIns)>, StrategyError> {
+        Ok(self
+            .base
+            .configure_evaluate(server_round, parameters, clients))
+    }
+
+    fn aggregate_evaluate(
+        &mut self,
+        _server_round: u64,
+        results: &[(ClientId, EvaluateRes)],
+        failures: &[ClientFailure],
+    ) -> Result<(Option<f64>, Metrics), StrategyError> {
+        if !self.base.gate(results.len(), failures) {
+            return Ok((None, Metrics::new()));
+        }
+        let losses: Vec<(i64, f64)> = results
+            .iter()
+            .map(|(_, e)| (e.num_examples, f64::from(e.loss)))
+            .collect();
+        Ok((Some(weighted_loss_avg(&losses)?), Metrics::new()))
+    }
+}

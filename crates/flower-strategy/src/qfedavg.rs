@@ -1,0 +1,244 @@
+//! [`QFedAvg`]: q-Fair Federated Learning (Li et al., q-FFL).
+
+use std::fmt;
+
+use flower_core::{EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, Parameters};
+
+use crate::common::{check_round, Base};
+use crate::fedavg::FedAvgOptions;
+use crate::layers::{
+    self, check_views, decode_all, encode_all, pairwise_sum, parse_layout, parse_views,
+    view_to_layer, Data, DtypeRule, Layer, LayerSpec,
+};
+use crate::strategy::{ClientFailure, ClientId, ClientSampler, Strategy};
+use crate::StrategyError;
+
+/// Flower's `QFedAvg` (defaults `q_param = 0.2`, `qffl_learning_rate = 0.1`,
+/// and min clients 1 — see [`FedAvgOptions::with_min_clients`]).
+///
+/// With `w` the global model of the round and `L` the **server's** loss
+/// `evaluate_fn(t, w)` (clients' losses are not used): for each client
+/// `g_k = (w − x_k)/lr`, `Δ_k = (L+1e-10)^q·g_k`,
+/// `h_k = q·(L+1e-10)^(q−1)·‖g_k‖² + (L+1e-10)^q/lr`; the new model is
+/// `w − Σ Δ_k / Σ h_k`, in f64. `Σ Δ_k` is accumulated as results arrive.
+///
+/// Without `evaluate_fn` (or when it returns `None`), a round with results
+/// fails with [`StrategyError::Missing`] (Flower: NameError).
+pub struct QFedAvg {
+    base: Base,
+    q_param: f64,
+    learning_rate: f64,
+    round: Option<QRound>,
+}
+
+struct QRound {
+    server_round: u64,
+    layout: Vec<LayerSpec>,
+    w_pre: Vec<Layer>,
+    loss: Option<f64>,
+    first: Option<Vec<flower_core::DType>>,
+    sum_delta: Option<Vec<Vec<f64>>>,
+    hs: Vec<f64>,
+    metrics: Vec<(i64, Metrics)>,
+}
+
+impl fmt::Debug for QFedAvg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QFedAvg")
+            .field("q_param", &self.q_param)
+            .field("qffl_learning_rate", &self.learning_rate)
+            .field("options", &self.base.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QFedAvg {
+    /// Builds QFedAvg.
+    pub fn new(
+        options: FedAvgOptions,
+        q_param: f64,
+        qffl_learning_rate: f64,
+    ) -> Result<Self, StrategyError> {
+        Ok(QFedAvg {
+            base: Base::new(options)?,
+            q_param,
+            learning_rate: qffl_learning_rate,
+            round: None,
+        })
+    }
+}
+
+impl Strategy for QFedAvg {
+    fn name(&self) -> &str {
+        "QFedAvg"
+    }
+
+    fn initialize_parameters(&mut self) -> Option<Parameters> {
+        self.base.take_initial()
+    }
+
+    fn min_available_clients(&self) -> usize {
+        self.base.opts.min_available_clients
+    }
+
+    fn evaluate(
+        &mut self,
+        server_round: u64,
+        parameters: &Parameters,
+    ) -> Result<Option<(f64, Metrics)>, StrategyError> {
+        self.base.evaluate(server_round, parameters)
+    }
+
+    fn configure_fit(
+        &mut self,
+        server_round: u64,
+        parameters: &Parameters,
+        clients: &mut dyn ClientSampler,
+    ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
+        Ok(self.base.configure_fit(server_round, parameters, clients))
+    }
+
+    fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
+        self.round = None;
+        let layout = parse_layout(global)?;
+        let w_pre = decode_all(global)?;
+        let loss = self.base.evaluate(server_round, global)?.map(|(l, _)| l);
+        self.round = Some(QRound {
+            server_round,
+            layout,
+            w_pre,
+            loss,
+            first: None,
+            sum_delta: None,
+            hs: Vec::new(),
+            metrics: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn accumulate_fit(
+        &mut self,
+        server_round: u64,
+        _client: ClientId,
+        result: FitRes,
+    ) -> Result<(), StrategyError> {
+        check_round(self.round.as_ref().map(|r| r.server_round), server_round)?;
+        let Some(round) = &mut self.round else {
+            return Err(StrategyError::Other("no round in progress".into()));
+        };
+        let views = parse_views(&result.parameters)?;
+        check_views(
+            &round.layout,
+            &views,
+            DtypeRule::FloatWidthOrInt,
+            round.first.as_deref(),
+        )?;
+        let x: Vec<Layer> = views.iter().map(view_to_layer).collect::<Result<_, _>>()?;
+        if let Some(loss) = round.loss {
+            let inv_lr = 1.0 / self.learning_rate;
+            let grads: Vec<Data> = round
+                .w_pre
+                .iter()
+                .zip(&x)
+                .map(|(w, x)| layers::scale_weak(&layers::sub(&w.data, &x.data), inv_lr))
+                .collect();
+            // np.append flattens everything into one vector (f32 unless a layer is f64).
+            let flat = if grads.iter().all(|g| !g.is_f64()) {
+                Data::F32(
+                    grads
+                        .iter()
+                        .flat_map(|g| match g {
+                            Data::F32(v) => v.clone(),
+                            Data::F64(_) => Vec::new(),
+                        })
+                        .collect(),
+                )
+            } else {
+                Data::F64(grads.iter().flat_map(Data::to_f64).collect())
+            };
+            let norm = layers::sum_of_squares(&flat);
+            let base = loss + 1e-10;
+            let qp = base.powf(self.q_param);
+            let h = self.q_param * base.powf(self.q_param - 1.0) * norm + inv_lr * qp;
+            let deltas: Vec<Vec<f64>> = grads
+                .iter()
+                .map(|g| match layers::scale_strong(g, qp) {
+                    Data::F64(v) => v,
+                    Data::F32(v) => v.into_iter().map(f64::from).collect(),
+                })
+                .collect();
+            match &mut round.sum_delta {
+                None => round.sum_delta = Some(deltas),
+                Some(sum) => {
+                    for (s, d) in sum.iter_mut().zip(&deltas) {
+                        s.iter_mut().zip(d).for_each(|(s, d)| *s += d);
+                    }
+                }
+            }
+            round.hs.push(h);
+        }
+        if round.first.is_none() {
+            round.first = Some(views.iter().map(|v| v.dtype).collect());
+        }
+        round.metrics.push((result.num_examples, result.metrics));
+        Ok(())
+    }
+
+    fn aggregate_fit(
+        &mut self,
+        server_round: u64,
+        failures: &[ClientFailure],
+    ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
+        let round = match self.round.take() {
+            Some(r) if r.server_round == server_round => r,
+            _ => return Ok((None, Metrics::new())),
+        };
+        if !self.base.gate(round.metrics.len(), failures) {
+            return Ok((None, Metrics::new()));
+        }
+        if round.loss.is_none() {
+            return Err(StrategyError::Missing(
+                "QFedAvg needs a server-side evaluate_fn returning a loss for the pre-round weights".into(),
+            ));
+        }
+        let h_total = pairwise_sum(&round.hs);
+        let sum_delta = round.sum_delta.unwrap_or_default();
+        let new: Vec<Layer> = round
+            .w_pre
+            .iter()
+            .zip(&sum_delta)
+            .map(|(w, d)| {
+                let updates = Data::F64(d.iter().map(|d| d / h_total).collect());
+                Layer {
+                    shape: w.shape.clone(),
+                    data: layers::sub(&w.data, &updates),
+                    half: false,
+                }
+            })
+            .collect();
+        Ok((
+            Some(encode_all(&new)),
+            self.base.fit_metrics(&round.metrics),
+        ))
+    }
+
+    fn configure_evaluate(
+        &mut self,
+        server_round: u64,
+        parameters: &Parameters,
+        clients: &mut dyn ClientSampler,
+    ) -> Result<Vec<(ClientId, EvaluateIns)>, StrategyError> {
+        Ok(self
+            .base
+            .configure_evaluate(server_round, parameters, clients))
+    }
+
+    fn aggregate_evaluate(
+        &mut self,
+        _server_round: u64,
+        results: &[(ClientId, EvaluateRes)],
+        failures: &[ClientFailure],
+    ) -> Result<(Option<f64>, Metrics), StrategyError> {
+        self.base.aggregate_evaluate(results, failures)
+    }
+}

@@ -1,0 +1,533 @@
+//! XGBoost strategies: [`FedXgbBagging`] (tree bagging over XGBoost JSON
+//! models) and [`FedXgbCyclic`] (one client at a time).
+
+use std::fmt;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use flower_core::{Config, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, Parameters};
+
+use crate::callbacks::{Shown, XgbEvaluateFn};
+use crate::common::{check_round, eval_metrics, Base};
+use crate::fedavg::FedAvgOptions;
+use crate::pyjson::Json;
+use crate::strategy::{ClientFailure, ClientId, ClientSampler, Strategy};
+use crate::StrategyError;
+
+const MODEL_PATH: [&str; 3] = ["learner", "gradient_booster", "model"];
+
+fn bad(what: &str) -> StrategyError {
+    StrategyError::Decode(format!("XGBoost model: {what}"))
+}
+
+fn model_of(j: &Json) -> Option<&Json> {
+    MODEL_PATH.iter().try_fold(j, |j, k| j.get(k))
+}
+
+fn model_of_mut(j: &mut Json) -> Option<&mut Json> {
+    MODEL_PATH.iter().try_fold(j, |j, k| j.get_mut(k))
+}
+
+/// Python's `int(x)` of a JSON value (a number or a numeric string).
+fn py_int(j: &Json) -> Option<i128> {
+    match j {
+        Json::Int(v) => Some(*v),
+        Json::Float(v) if v.is_finite() => Some(v.trunc() as i128),
+        Json::Bool(b) => Some(i128::from(*b)),
+        Json::Str(s) => s.trim().replace('_', "").parse().ok(),
+        _ => None,
+    }
+}
+
+/// `(num_trees, num_parallel_tree)` of a model.
+fn tree_nums(j: &Json) -> Result<(i128, i128), StrategyError> {
+    let param = model_of(j)
+        .and_then(|m| m.get("gbtree_model_param"))
+        .ok_or_else(|| bad("no gbtree_model_param"))?;
+    let get = |k: &str| {
+        param
+            .get(k)
+            .and_then(py_int)
+            .ok_or_else(|| bad(&format!("bad {k}")))
+    };
+    Ok((get("num_trees")?, get("num_parallel_tree")?))
+}
+
+/// Flower's bagging `aggregate(prev, curr)`: the first model is taken
+/// verbatim, later ones have their first `num_parallel_tree` trees appended.
+pub(crate) fn bagging_aggregate(
+    prev: Option<&Bytes>,
+    curr: &Bytes,
+) -> Result<Bytes, StrategyError> {
+    let Some(prev) = prev.filter(|p| !p.is_empty()) else {
+        return Ok(curr.clone());
+    };
+    let mut prev_json = Json::parse(prev).map_err(|e| bad(&e))?;
+    let curr_json = Json::parse(curr).map_err(|e| bad(&e))?;
+    let (tree_num_prev, _) = tree_nums(&prev_json)?;
+    let (_, paral) = tree_nums(&curr_json)?;
+    let new_total = tree_num_prev
+        .checked_add(paral)
+        .ok_or_else(|| bad("tree count overflows"))?;
+    let trees_curr = match model_of(&curr_json).and_then(|m| m.get("trees")) {
+        Some(Json::Array(t)) => t.clone(),
+        _ => return Err(bad("no trees")),
+    };
+    let take = usize::try_from(paral.max(0)).map_err(|_| bad("num_parallel_tree too large"))?;
+    if take > trees_curr.len() {
+        return Err(bad(&format!(
+            "num_parallel_tree is {paral} but the model has {} trees",
+            trees_curr.len()
+        )));
+    }
+    let model = model_of_mut(&mut prev_json).ok_or_else(|| bad("no model"))?;
+    if let Some(param) = model.get_mut("gbtree_model_param") {
+        param.set("num_trees", Json::Str(new_total.to_string()));
+    }
+    match model.get_mut("iteration_indptr") {
+        Some(Json::Array(ptr)) => {
+            let last = ptr.last().ok_or_else(|| bad("empty iteration_indptr"))?;
+            let next = match last {
+                Json::Int(v) => Json::Int(
+                    v.checked_add(paral)
+                        .ok_or_else(|| bad("iteration_indptr overflows"))?,
+                ),
+                Json::Float(v) => Json::Float(v + paral as f64),
+                _ => return Err(bad("iteration_indptr holds a non-number")),
+            };
+            ptr.push(next);
+        }
+        _ => return Err(bad("no iteration_indptr")),
+    }
+    let mut appended = Vec::with_capacity(take);
+    for (count, tree) in trees_curr.into_iter().take(take).enumerate() {
+        let mut tree = tree;
+        let id = tree_num_prev + count as i128;
+        if !tree.set("id", Json::Int(id)) {
+            return Err(bad("a tree is not an object"));
+        }
+        appended.push(tree);
+    }
+    match model.get_mut("trees") {
+        Some(Json::Array(trees)) => trees.extend(appended),
+        _ => return Err(bad("no trees in the global model")),
+    }
+    match model.get_mut("tree_info") {
+        Some(Json::Array(info)) => info.extend((0..take).map(|_| Json::Int(0))),
+        _ => return Err(bad("no tree_info")),
+    }
+    Ok(Bytes::from(prev_json.dumps()))
+}
+
+fn xgb_parameters(model: Bytes) -> Parameters {
+    Parameters {
+        tensors: vec![model],
+        tensor_type: String::new(),
+    }
+}
+
+fn model_state(model: &Option<Bytes>) -> serde_json::Value {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    serde_json::json!({ "global_model": model.as_ref().map(|m| b64.encode(m)) })
+}
+
+fn model_restore(state: &serde_json::Value) -> Result<Option<Bytes>, StrategyError> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    match state.get("global_model") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => b64
+            .decode(s)
+            .map(|b| Some(Bytes::from(b)))
+            .map_err(|e| StrategyError::State(e.to_string())),
+        Some(_) => Err(StrategyError::State(
+            "global_model must be base64 or null".into(),
+        )),
+    }
+}
+
+/// The per-round part of both XGBoost strategies.
+struct XgbRound {
+    server_round: u64,
+    pending: Option<Bytes>,
+    count: usize,
+}
+
+/// Evaluation as FedXgbBagging/FedXgbCyclic do it: loss 0 plus the metrics
+/// callback's output.
+fn xgb_aggregate_evaluate(
+    base: &Base,
+    results: &[(ClientId, EvaluateRes)],
+    failures: &[ClientFailure],
+) -> (Option<f64>, Metrics) {
+    if !base.gate(results.len(), failures) {
+        return (None, Metrics::new());
+    }
+    (Some(0.0), base.evaluate_metrics(&eval_metrics(results)))
+}
+
+/// Flower's `FedXgbBagging`: keeps a global XGBoost JSON model and appends
+/// every client's new trees to it (each tensor of each result, in order).
+/// Fit metrics are always `{}`; evaluation loss is always 0.
+///
+/// Output bytes are Python `json.dumps` of the merged model (default
+/// separators, key order kept), as Flower writes them.
+pub struct FedXgbBagging {
+    base: Base,
+    evaluate_function: Option<XgbEvaluateFn>,
+    global_model: Option<Bytes>,
+    round: Option<XgbRound>,
+}
+
+impl fmt::Debug for FedXgbBagging {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FedXgbBagging")
+            .field("evaluate_function", &Shown(&self.evaluate_function))
+            .field(
+                "global_model_bytes",
+                &self.global_model.as_ref().map(Bytes::len),
+            )
+            .field("options", &self.base.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FedXgbBagging {
+    /// Builds FedXgbBagging (`evaluate_function` receives the raw model).
+    pub fn new(
+        options: FedAvgOptions,
+        evaluate_function: Option<XgbEvaluateFn>,
+    ) -> Result<Self, StrategyError> {
+        Ok(FedXgbBagging {
+            base: Base::new(options)?,
+            evaluate_function,
+            global_model: None,
+            round: None,
+        })
+    }
+}
+
+impl Strategy for FedXgbBagging {
+    fn name(&self) -> &str {
+        "FedXgbBagging"
+    }
+
+    fn initialize_parameters(&mut self) -> Option<Parameters> {
+        self.base.take_initial()
+    }
+
+    fn min_available_clients(&self) -> usize {
+        self.base.opts.min_available_clients
+    }
+
+    fn evaluate(
+        &mut self,
+        server_round: u64,
+        parameters: &Parameters,
+    ) -> Result<Option<(f64, Metrics)>, StrategyError> {
+        Ok(self
+            .evaluate_function
+            .as_ref()
+            .and_then(|f| f(server_round, parameters, &Config::new())))
+    }
+
+    fn configure_fit(
+        &mut self,
+        server_round: u64,
+        parameters: &Parameters,
+        clients: &mut dyn ClientSampler,
+    ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
+        Ok(self.base.configure_fit(server_round, parameters, clients))
+    }
+
+    fn begin_fit(&mut self, server_round: u64, _global: &Parameters) -> Result<(), StrategyError> {
+        self.round = Some(XgbRound {
+            server_round,
+            pending: self.global_model.clone(),
+            count: 0,
+        });
+        Ok(())
+    }
+
+    fn accumulate_fit(
+        &mut self,
+        server_round: u64,
+        _client: ClientId,
+        result: FitRes,
+    ) -> Result<(), StrategyError> {
+        check_round(self.round.as_ref().map(|r| r.server_round), server_round)?;
+        let Some(round) = &mut self.round else {
+            return Err(StrategyError::Other("no round in progress".into()));
+        };
+        let mut model = round.pending.clone();
+        for tensor in &result.parameters.tensors {
+            model = Some(bagging_aggregate(model.as_ref(), tensor)?);
+        }
+        round.pending = model;
+        round.count += 1;
+        Ok(())
+    }
+
+    fn aggregate_fit(
+        &mut self,
+        server_round: u64,
+        failures: &[ClientFailure],
+    ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
+        let round = match self.round.take() {
+            Some(r) if r.server_round == server_round => r,
+            _ => return Ok((None, Metrics::new())),
+        };
+        if !self.base.gate(round.count, failures) {
+            return Ok((None, Metrics::new()));
+        }
+        self.global_model = round.pending;
+        Ok((
+            self.global_model.clone().map(xgb_parameters),
+            Metrics::new(),
+        ))
+    }
+
+    fn configure_evaluate(
+        &mut self,
+        server_round: u64,
+        parameters: &Parameters,
+        clients: &mut dyn ClientSampler,
+    ) -> Result<Vec<(ClientId, EvaluateIns)>, StrategyError> {
+        Ok(self
+            .base
+            .configure_evaluate(server_round, parameters, clients))
+    }
+
+    fn aggregate_evaluate(
+        &mut self,
+        _server_round: u64,
+        results: &[(ClientId, EvaluateRes)],
+        failures: &[ClientFailure],
+    ) -> Result<(Option<f64>, Metrics), StrategyError> {
+        Ok(xgb_aggregate_evaluate(&self.base, results, failures))
+    }
+
+    fn state(&self) -> serde_json::Value {
+        model_state(&self.global_model)
+    }
+
+    fn restore_state(&mut self, state: serde_json::Value) -> Result<(), StrategyError> {
+        if !state.is_null() {
+            self.global_model = model_restore(&state)?;
+        }
+        Ok(())
+    }
+}
+
+/// Flower's `FedXgbCyclic`: each round trains on one client,
+/// `sampled[(t−1) mod len(sampled)]` of a FedAvg-style sample (evaluation
+/// likewise); the new model is the last tensor of the last result. Fit
+/// metrics are always `{}`; evaluation loss is always 0.
+pub struct FedXgbCyclic {
+    base: Base,
+    global_model: Option<Bytes>,
+    round: Option<XgbRound>,
+}
+
+impl fmt::Debug for FedXgbCyclic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FedXgbCyclic")
+            .field(
+                "global_model_bytes",
+                &self.global_model.as_ref().map(Bytes::len),
+            )
+            .field("options", &self.base.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FedXgbCyclic {
+    /// Builds FedXgbCyclic.
+    pub fn new(options: FedAvgOptions) -> Result<Self, StrategyError> {
+        Ok(FedXgbCyclic {
+            base: Base::new(options)?,
+            global_model: None,
+            round: None,
+        })
+    }
+}
+
+/// `clients[(t−1) % len]`, or nothing for an empty sample (Flower:
+/// ZeroDivisionError; see [`crate::deviations`]).
+fn pick_cyclic(server_round: u64, sampled: Vec<ClientId>) -> Option<ClientId> {
+    if sampled.is_empty() {
+        return None;
+    }
+    let idx = (server_round.wrapping_sub(1) % sampled.len() as u64) as usize;
+    sampled.get(idx).copied()
+}
+
+impl Strategy for FedXgbCyclic {
+    fn name(&self) -> &str {
+        "FedXgbCyclic"
+    }
+
+    fn initialize_parameters(&mut self) -> Option<Parameters> {
+        self.base.take_initial()
+    }
+
+    fn min_available_clients(&self) -> usize {
+        self.base.opts.min_available_clients
+    }
+
+    fn evaluate(
+        &mut self,
+        server_round: u64,
+        parameters: &Parameters,
+    ) -> Result<Option<(f64, Metrics)>, StrategyError> {
+        self.base.evaluate(server_round, parameters)
+    }
+
+    fn configure_fit(
+        &mut self,
+        server_round: u64,
+        parameters: &Parameters,
+        clients: &mut dyn ClientSampler,
+    ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
+        let config = self.base.fit_config(server_round);
+        let sampled = self.base.sample_fit(clients);
+        Ok(pick_cyclic(server_round, sampled)
+            .map(|id| {
+                (
+                    id,
+                    FitIns {
+                        parameters: parameters.clone(),
+                        config,
+                    },
+                )
+            })
+            .into_iter()
+            .collect())
+    }
+
+    fn begin_fit(&mut self, server_round: u64, _global: &Parameters) -> Result<(), StrategyError> {
+        self.round = Some(XgbRound {
+            server_round,
+            pending: None,
+            count: 0,
+        });
+        Ok(())
+    }
+
+    fn accumulate_fit(
+        &mut self,
+        server_round: u64,
+        _client: ClientId,
+        result: FitRes,
+    ) -> Result<(), StrategyError> {
+        check_round(self.round.as_ref().map(|r| r.server_round), server_round)?;
+        let Some(round) = &mut self.round else {
+            return Err(StrategyError::Other("no round in progress".into()));
+        };
+        if let Some(last) = result.parameters.tensors.last() {
+            round.pending = Some(last.clone());
+        }
+        round.count += 1;
+        Ok(())
+    }
+
+    fn aggregate_fit(
+        &mut self,
+        server_round: u64,
+        failures: &[ClientFailure],
+    ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
+        let round = match self.round.take() {
+            Some(r) if r.server_round == server_round => r,
+            _ => return Ok((None, Metrics::new())),
+        };
+        if !self.base.gate(round.count, failures) {
+            return Ok((None, Metrics::new()));
+        }
+        if round.pending.is_some() {
+            self.global_model = round.pending;
+        }
+        Ok((
+            self.global_model.clone().map(xgb_parameters),
+            Metrics::new(),
+        ))
+    }
+
+    fn configure_evaluate(
+        &mut self,
+        server_round: u64,
+        parameters: &Parameters,
+        clients: &mut dyn ClientSampler,
+    ) -> Result<Vec<(ClientId, EvaluateIns)>, StrategyError> {
+        if self.base.opts.fraction_evaluate == 0.0 {
+            return Ok(Vec::new());
+        }
+        let config = self.base.evaluate_config(server_round);
+        let sampled = self.base.sample_evaluate(clients);
+        Ok(pick_cyclic(server_round, sampled)
+            .map(|id| {
+                (
+                    id,
+                    EvaluateIns {
+                        parameters: parameters.clone(),
+                        config,
+                    },
+                )
+            })
+            .into_iter()
+            .collect())
+    }
+
+    fn aggregate_evaluate(
+        &mut self,
+        _server_round: u64,
+        results: &[(ClientId, EvaluateRes)],
+        failures: &[ClientFailure],
+    ) -> Result<(Option<f64>, Metrics), StrategyError> {
+        Ok(xgb_aggregate_evaluate(&self.base, results, failures))
+    }
+
+    fn state(&self) -> serde_json::Value {
+        model_state(&self.global_model)
+    }
+
+    fn restore_state(&mut self, state: serde_json::Value) -> Result<(), StrategyError> {
+        if !state.is_null() {
+            self.global_model = model_restore(&state)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(num_trees: &str, paral: &str, trees: &str, indptr: &str) -> Bytes {
+        Bytes::from(format!(
+            r#"{{"learner": {{"gradient_booster": {{"model": {{"gbtree_model_param": {{"num_trees": "{num_trees}", "num_parallel_tree": "{paral}"}}, "iteration_indptr": {indptr}, "tree_info": [0], "trees": {trees}}}}}}}}}"#
+        ))
+    }
+
+    #[test]
+    fn first_model_is_verbatim_then_trees_append() {
+        let a = model("1", "1", r#"[{"id": 0, "w": 1.5}]"#, "[0, 1]");
+        let b = model("1", "1", r#"[{"id": 0, "w": 2.5}]"#, "[0, 1]");
+        let first = bagging_aggregate(None, &a).unwrap();
+        assert_eq!(first, a);
+        let merged = bagging_aggregate(Some(&first), &b).unwrap();
+        let s = std::str::from_utf8(&merged).unwrap();
+        assert!(s.contains(r#""num_trees": "2""#), "{s}");
+        assert!(s.contains(r#""iteration_indptr": [0, 1, 2]"#), "{s}");
+        assert!(s.contains(r#"{"id": 1, "w": 2.5}"#), "{s}");
+        assert!(s.contains(r#""tree_info": [0, 0]"#), "{s}");
+        assert!(bagging_aggregate(Some(&first), &Bytes::from_static(b"not json")).is_err());
+        let too_many = model("1", "3", r#"[{"id": 0}]"#, "[0, 1]");
+        assert!(bagging_aggregate(Some(&first), &too_many).is_err());
+    }
+
+    #[test]
+    fn cyclic_pick() {
+        assert_eq!(pick_cyclic(1, vec![7, 8, 9]), Some(7));
+        assert_eq!(pick_cyclic(5, vec![7, 8, 9]), Some(8));
+        assert_eq!(pick_cyclic(1, vec![]), None);
+    }
+}
