@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::strategy_select::{self as strategy_registry, StrategySpec};
 use clap::Parser;
 use flower_server::{
     parameters_from_npz, serve, ClientManager, DriverConfig, FlowerTransport, RoundDriver,
     ServeOptions, ServerError, TlsFiles,
 };
+use flower_strategy::StrategySpec;
 use serde::Deserialize;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -161,7 +161,7 @@ pub(crate) struct Settings {
 }
 
 fn long_help() -> String {
-    format!("{AFTER_HELP}\n\n{}", strategy_registry::catalog_help())
+    format!("{AFTER_HELP}\n\n{}", flower_strategy::catalog_help())
 }
 
 macro_rules! merge {
@@ -375,11 +375,12 @@ async fn run(settings: Settings) -> Result<(), String> {
         ),
         None => None,
     };
-    let common = strategy_registry::CommonOptions {
-        seed: driver_config.seed,
+    let common = flower_strategy::CommonOptions {
+        seed: Some(driver_config.seed),
         initial_parameters: initial,
+        ..Default::default()
     };
-    let strategy = strategy_registry::build_strategy(&spec, common).map_err(|e| e.to_string())?;
+    let strategy = flower_strategy::build_strategy(&spec, common).map_err(|e| e.to_string())?;
     info!(
         strategy = strategy.name(),
         rounds = driver_config.num_rounds,

@@ -2,7 +2,6 @@
 //! clients (and flower-rs clients) join over TLS.
 
 mod cli;
-mod strategy_select;
 
 use std::process::ExitCode;
 

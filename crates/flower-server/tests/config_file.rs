@@ -26,7 +26,7 @@ output-dir = {out:?}
 seed = 7
 
 [strategy-options]
-evaluate_metrics_aggregation = "weighted_average"
+evaluate_metrics = "all"
 "#,
             out = out.display().to_string()
         ),

@@ -17,10 +17,7 @@ fn three_python_clients_complete_three_rounds_like_the_python_server() {
     let out = dir.path().join("rust");
 
     let mut args = server_args(&certs, &out, &init, 3, 3);
-    args.extend([
-        "--strategy-option".into(),
-        "evaluate_metrics_aggregation=weighted_average".into(),
-    ]);
+    args.extend(["--strategy-option".into(), "evaluate_metrics=all".into()]);
     let mut server = Server::start(&args, dir.path());
     let mut clients: Vec<_> = (0..3)
         .map(|i| {
@@ -70,6 +67,7 @@ fn three_python_clients_complete_three_rounds_like_the_python_server() {
             .arg("--cert-dir")
             .arg(&cert_dir)
             .env("FLWR_TELEMETRY_ENABLED", "0")
+            .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("ref.log")).unwrap())
             .spawn()
             .unwrap(),

@@ -1,0 +1,77 @@
+//! Strategies other than FedAvg, chosen by name on the command line, with 3
+//! stock Python clients for 3 rounds.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn run_strategy(name: &str, options: &[&str]) {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let certs = DevCertificates::generate();
+    let init = dir.path().join("init.npz");
+    write_initial_npz(&py, &init);
+    let out = dir.path().join("out");
+    let mut args = server_args(&certs, &out, &init, 3, 3);
+    args.extend(["--strategy".into(), name.into()]);
+    for o in options {
+        args.extend(["--strategy-option".into(), o.to_string()]);
+    }
+    let mut server = Server::start(&args, dir.path());
+    let mut clients: Vec<_> = (0..3)
+        .map(|i| {
+            python_client(
+                &py,
+                &server.address(),
+                Some(&certs.ca()),
+                i,
+                &[],
+                &dir.path().join(format!("c{i}.log")),
+            )
+        })
+        .collect();
+    let status = server.wait(Duration::from_secs(120));
+    let log = server.log_text();
+    assert!(status.success(), "{name}: {log}");
+    let history = history(&out);
+    let rounds = history["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3, "{log}");
+    for r in rounds {
+        assert_eq!(r["fit_results"], 3, "{log}");
+        assert_eq!(r["fit_failures"], 0, "{log}");
+    }
+    assert_eq!(history["losses_distributed"].as_array().unwrap().len(), 3);
+    let initial = model_from(&init);
+    let last = model(&out);
+    assert_eq!(last.len(), initial.len());
+    assert_ne!(last, initial, "{name} did not change the model");
+    for c in &mut clients {
+        assert!(c
+            .wait_timeout(Duration::from_secs(30))
+            .expect("exits")
+            .success());
+    }
+}
+
+fn model_from(path: &std::path::Path) -> Vec<Vec<f64>> {
+    flower_core::npz::read_npz(path)
+        .unwrap()
+        .into_iter()
+        .map(|(_, a)| flat(&a))
+        .collect()
+}
+
+#[test]
+fn fedadam_with_three_python_clients() {
+    run_strategy("fedadam", &["eta=0.05"]);
+}
+
+#[test]
+fn krum_with_three_python_clients() {
+    run_strategy(
+        "krum",
+        &["num_malicious_clients=0", "num_clients_to_keep=2"],
+    );
+}
