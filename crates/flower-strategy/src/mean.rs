@@ -132,9 +132,9 @@ fn fold_f32_le_scaled(acc: &mut [f32], data: &[u8], w: f64, first: bool, pending
                 let (w1, w) = (w1 as f32, w as f32);
                 it.for_each(|(a, c)| *a = *a * w1 + le32(c) * w)
             }
-            (false, Some(w1)) => {
-                it.for_each(|(a, c)| *a = (f64::from(*a) * w1) as f32 + (f64::from(le32(c)) * w) as f32)
-            }
+            (false, Some(w1)) => it.for_each(|(a, c)| {
+                *a = (f64::from(*a) * w1) as f32 + (f64::from(le32(c)) * w) as f32
+            }),
             (false, None) if small => {
                 let w = w as f32;
                 it.for_each(|(a, c)| *a += le32(c) * w)
@@ -555,7 +555,10 @@ mod tests {
             }
             let fast = x * w as f32;
             let wide = (f64::from(x) * w) as f32;
-            assert!(fast.to_bits() == wide.to_bits() || (fast.is_nan() && wide.is_nan()), "{x} * {w}");
+            assert!(
+                fast.to_bits() == wide.to_bits() || (fast.is_nan() && wide.is_nan()),
+                "{x} * {w}"
+            );
         }
     }
 
@@ -564,7 +567,10 @@ mod tests {
         let global = params(&[f32_layer(&[0.0, 0.0])]);
         let mut m = WeightedMean::new(MeanMode::InPlace, parse_layout(&global).unwrap()).unwrap();
         m.add(&params(&[f32_layer(&[0.1, 1.0 / 3.0])]), 7).unwrap();
-        assert_eq!(m.finish_layers().unwrap()[0].data, Data::F32(vec![0.1, 1.0 / 3.0]));
+        assert_eq!(
+            m.finish_layers().unwrap()[0].data,
+            Data::F32(vec![0.1, 1.0 / 3.0])
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! the same 20 × 40 MB (the bandwidth baseline; target ≥ 50 % of it).
 //!
 //! Run: `cargo bench --bench fedavg -- --warm-up-time 1 --measurement-time 5`
+//! (needs `[[bench]] name = "fedavg"`, `harness = false` in the root `Cargo.toml`).
 //!
 //! * `memcpy`: copy each client's 40 MB payload into one 40 MB buffer.
 //! * `inplace_accumulate` / `plain_accumulate`: `begin_fit` + 20
