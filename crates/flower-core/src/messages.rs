@@ -344,19 +344,15 @@ impl From<ServerMessage> for pb::ServerMessage {
     fn from(m: ServerMessage) -> Self {
         use pb::server_message as sm;
         let msg = match m {
-            ServerMessage::Reconnect(r) => sm::Msg::ReconnectIns(sm::ReconnectIns {
-                seconds: r.seconds,
+            ServerMessage::Reconnect(r) => {
+                sm::Msg::ReconnectIns(sm::ReconnectIns { seconds: r.seconds })
+            }
+            ServerMessage::GetProperties(i) => sm::Msg::GetPropertiesIns(sm::GetPropertiesIns {
+                config: map_to_proto(i.config),
             }),
-            ServerMessage::GetProperties(i) => {
-                sm::Msg::GetPropertiesIns(sm::GetPropertiesIns {
-                    config: map_to_proto(i.config),
-                })
-            }
-            ServerMessage::GetParameters(i) => {
-                sm::Msg::GetParametersIns(sm::GetParametersIns {
-                    config: map_to_proto(i.config),
-                })
-            }
+            ServerMessage::GetParameters(i) => sm::Msg::GetParametersIns(sm::GetParametersIns {
+                config: map_to_proto(i.config),
+            }),
             ServerMessage::Fit(i) => sm::Msg::FitIns(sm::FitIns {
                 parameters: Some(i.parameters.into()),
                 config: map_to_proto(i.config),
@@ -374,23 +370,30 @@ impl TryFrom<pb::ServerMessage> for ServerMessage {
     type Error = ConversionError;
     fn try_from(m: pb::ServerMessage) -> Result<Self, Self::Error> {
         use pb::server_message as sm;
-        Ok(match m.msg.ok_or(ConversionError::EmptyMessage("ServerMessage"))? {
-            sm::Msg::ReconnectIns(r) => ServerMessage::Reconnect(ReconnectIns { seconds: r.seconds }),
-            sm::Msg::GetPropertiesIns(i) => ServerMessage::GetProperties(GetPropertiesIns {
-                config: map_from_proto(i.config)?,
-            }),
-            sm::Msg::GetParametersIns(i) => ServerMessage::GetParameters(GetParametersIns {
-                config: map_from_proto(i.config)?,
-            }),
-            sm::Msg::FitIns(i) => ServerMessage::Fit(FitIns {
-                parameters: params_from(i.parameters),
-                config: map_from_proto(i.config)?,
-            }),
-            sm::Msg::EvaluateIns(i) => ServerMessage::Evaluate(EvaluateIns {
-                parameters: params_from(i.parameters),
-                config: map_from_proto(i.config)?,
-            }),
-        })
+        Ok(
+            match m
+                .msg
+                .ok_or(ConversionError::EmptyMessage("ServerMessage"))?
+            {
+                sm::Msg::ReconnectIns(r) => {
+                    ServerMessage::Reconnect(ReconnectIns { seconds: r.seconds })
+                }
+                sm::Msg::GetPropertiesIns(i) => ServerMessage::GetProperties(GetPropertiesIns {
+                    config: map_from_proto(i.config)?,
+                }),
+                sm::Msg::GetParametersIns(i) => ServerMessage::GetParameters(GetParametersIns {
+                    config: map_from_proto(i.config)?,
+                }),
+                sm::Msg::FitIns(i) => ServerMessage::Fit(FitIns {
+                    parameters: params_from(i.parameters),
+                    config: map_from_proto(i.config)?,
+                }),
+                sm::Msg::EvaluateIns(i) => ServerMessage::Evaluate(EvaluateIns {
+                    parameters: params_from(i.parameters),
+                    config: map_from_proto(i.config)?,
+                }),
+            },
+        )
     }
 }
 
@@ -430,31 +433,36 @@ impl TryFrom<pb::ClientMessage> for ClientMessage {
     type Error = ConversionError;
     fn try_from(m: pb::ClientMessage) -> Result<Self, Self::Error> {
         use pb::client_message as cm;
-        Ok(match m.msg.ok_or(ConversionError::EmptyMessage("ClientMessage"))? {
-            cm::Msg::DisconnectRes(d) => ClientMessage::Disconnect(DisconnectRes {
-                reason: d.reason.into(),
-            }),
-            cm::Msg::GetPropertiesRes(r) => ClientMessage::GetProperties(GetPropertiesRes {
-                status: status_from(r.status),
-                properties: map_from_proto(r.properties)?,
-            }),
-            cm::Msg::GetParametersRes(r) => ClientMessage::GetParameters(GetParametersRes {
-                status: status_from(r.status),
-                parameters: params_from(r.parameters),
-            }),
-            cm::Msg::FitRes(r) => ClientMessage::Fit(FitRes {
-                status: status_from(r.status),
-                parameters: params_from(r.parameters),
-                num_examples: r.num_examples,
-                metrics: map_from_proto(r.metrics)?,
-            }),
-            cm::Msg::EvaluateRes(r) => ClientMessage::Evaluate(EvaluateRes {
-                status: status_from(r.status),
-                loss: r.loss,
-                num_examples: r.num_examples,
-                metrics: map_from_proto(r.metrics)?,
-            }),
-        })
+        Ok(
+            match m
+                .msg
+                .ok_or(ConversionError::EmptyMessage("ClientMessage"))?
+            {
+                cm::Msg::DisconnectRes(d) => ClientMessage::Disconnect(DisconnectRes {
+                    reason: d.reason.into(),
+                }),
+                cm::Msg::GetPropertiesRes(r) => ClientMessage::GetProperties(GetPropertiesRes {
+                    status: status_from(r.status),
+                    properties: map_from_proto(r.properties)?,
+                }),
+                cm::Msg::GetParametersRes(r) => ClientMessage::GetParameters(GetParametersRes {
+                    status: status_from(r.status),
+                    parameters: params_from(r.parameters),
+                }),
+                cm::Msg::FitRes(r) => ClientMessage::Fit(FitRes {
+                    status: status_from(r.status),
+                    parameters: params_from(r.parameters),
+                    num_examples: r.num_examples,
+                    metrics: map_from_proto(r.metrics)?,
+                }),
+                cm::Msg::EvaluateRes(r) => ClientMessage::Evaluate(EvaluateRes {
+                    status: status_from(r.status),
+                    loss: r.loss,
+                    num_examples: r.num_examples,
+                    metrics: map_from_proto(r.metrics)?,
+                }),
+            },
+        )
     }
 }
 
@@ -474,7 +482,10 @@ mod tests {
 
     #[test]
     fn unknown_codes_survive() {
-        let s = Status::from(pb::Status { code: 42, message: "x".into() });
+        let s = Status::from(pb::Status {
+            code: 42,
+            message: "x".into(),
+        });
         assert_eq!(s.code, Code::Unrecognized(42));
         assert_eq!(pb::Status::from(s).code, 42);
     }

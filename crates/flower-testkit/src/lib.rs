@@ -147,8 +147,12 @@ impl DevCertificates {
         let key = KeyPair::generate().expect("server key");
         let mut params =
             CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
-        params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        params.subject_alt_names.push(SanType::IpAddress("::1".parse().unwrap()));
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("::1".parse().unwrap()));
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "localhost");
