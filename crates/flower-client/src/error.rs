@@ -83,6 +83,21 @@ pub enum ClientError {
     Runtime(String),
 }
 
+impl From<flower_auth::AuthError> for ClientError {
+    /// Credentials that cannot be built: [`AuthError::InsecureTransport`]
+    /// becomes [`ClientError::InsecureCredentials`], anything else (empty or
+    /// malformed token, unreadable token file, bad header name)
+    /// [`ClientError::InvalidOptions`].
+    ///
+    /// [`AuthError::InsecureTransport`]: flower_auth::AuthError::InsecureTransport
+    fn from(e: flower_auth::AuthError) -> Self {
+        match e {
+            flower_auth::AuthError::InsecureTransport => ClientError::InsecureCredentials,
+            other => ClientError::InvalidOptions(format!("bearer credentials: {other}")),
+        }
+    }
+}
+
 impl ClientError {
     /// True for [`ClientError::Auth`] and [`ClientError::InsecureCredentials`].
     pub fn is_auth(&self) -> bool {

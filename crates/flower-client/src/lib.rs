@@ -7,8 +7,11 @@
 //!   `NumPyClient`; [`NumPyClient::to_client`] turns it into a [`Client`].
 //! * [`Client`]: the same at the level of the typed Ins/Res messages.
 //! * [`start_client`] (async) / [`start_client_blocking`]: connect with
-//!   [`ClientOptions`] (TLS, bearer token, message size, keepalive, retries)
-//!   and serve the client until the server ends the run.
+//!   [`ClientOptions`] (TLS, bearer token or token file, message size,
+//!   keepalive, retries) and serve the client until the server ends the run.
+//!   The token goes through `flower-auth`'s
+//!   [`BearerCredentials`](flower_auth::BearerCredentials): never over
+//!   plaintext unless explicitly allowed, never logged.
 //!
 //! ```no_run
 //! use flower_client::{start_client_blocking, BoxError, ClientOptions, NumPyClient};

@@ -1,14 +1,15 @@
-//! Request metadata: the bearer token, static headers and a user interceptor.
+//! Request metadata: static headers, the bearer credentials and a user
+//! interceptor.
 //!
-//! This is the client side of bearer authentication, kept minimal until the
-//! `flower-auth` crate provides its own client interceptor; that one plugs
-//! in through [`ClientOptions::interceptor`](crate::ClientOptions::interceptor)
-//! and then replaces [`ClientOptions::token`](crate::ClientOptions::token)'s
-//! header building here.
+//! The bearer token itself is `flower-auth`'s [`BearerCredentials`] (the same
+//! call credentials every flower-rs client uses): it refuses plaintext unless
+//! allowed, validates the token, re-reads a token file when it changes and
+//! never shows the token in `Debug` output.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use flower_auth::BearerCredentials;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
@@ -26,11 +27,12 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Adds the configured metadata to every `Join`, then runs the user's
-/// interceptor, if any.
+/// Adds the configured headers and then the bearer credentials to every
+/// `Join`, then runs the user's interceptor, if any.
 #[derive(Clone)]
 pub(crate) struct RequestMetadata {
     headers: Arc<[(AsciiMetadataKey, AsciiMetadataValue)]>,
+    credentials: Option<BearerCredentials>,
     user: Option<SharedInterceptor>,
 }
 
@@ -45,6 +47,7 @@ impl fmt::Debug for RequestMetadata {
                     .map(|(k, _)| k.as_str())
                     .collect::<Vec<_>>(),
             )
+            .field("credentials", &self.credentials)
             .field("interceptor", &self.user.is_some())
             .finish()
     }
@@ -55,6 +58,7 @@ impl RequestMetadata {
     /// tonic/hyper never log them.
     pub(crate) fn new(
         headers: &[(String, Secret)],
+        credentials: Option<BearerCredentials>,
         user: Option<SharedInterceptor>,
     ) -> Result<Self, String> {
         let headers = headers
@@ -71,6 +75,7 @@ impl RequestMetadata {
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Self {
             headers: headers.into(),
+            credentials,
             user,
         })
     }
@@ -81,6 +86,9 @@ impl Interceptor for RequestMetadata {
         for (k, v) in self.headers.iter() {
             request.metadata_mut().insert(k.clone(), v.clone());
         }
+        if let Some(credentials) = &mut self.credentials {
+            request = credentials.call(request)?;
+        }
         match &self.user {
             Some(user) => user
                 .lock()
@@ -89,11 +97,6 @@ impl Interceptor for RequestMetadata {
             None => Ok(request),
         }
     }
-}
-
-/// `"Bearer <token>"`, the value Flower's bearer interceptors compare against.
-pub(crate) fn bearer_value(token: &str) -> Secret {
-    Secret(format!("Bearer {token}"))
 }
 
 #[cfg(test)]
@@ -106,20 +109,40 @@ mod tests {
             r.metadata_mut().insert("x-extra", "1".parse().unwrap());
             Ok(r)
         }));
+        let credentials = BearerCredentials::builder()
+            .token("s3cret")
+            .tls(true)
+            .build()
+            .unwrap();
         let mut m = RequestMetadata::new(
-            &[("Authorization".into(), bearer_value("s3cret"))],
+            &[
+                ("X-Api-Key".into(), Secret("k3y".into())),
+                // The credentials win over a static header of the same key.
+                ("Authorization".into(), Secret("Bearer static".into())),
+            ],
+            Some(credentials),
             Some(user),
         )
         .unwrap();
         let r = m.call(Request::new(())).unwrap();
         assert_eq!(r.metadata().get("authorization").unwrap(), "Bearer s3cret");
+        assert_eq!(r.metadata().get("x-api-key").unwrap(), "k3y");
         assert_eq!(r.metadata().get("x-extra").unwrap(), "1");
-        assert!(!format!("{m:?}").contains("s3cret"));
+        let shown = format!("{m:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("k3y"),
+            "{shown}"
+        );
     }
 
     #[test]
     fn rejects_bad_headers() {
-        assert!(RequestMetadata::new(&[("bad key".into(), Secret("v".into()))], None).is_err());
-        assert!(RequestMetadata::new(&[("k".into(), Secret("line\nbreak".into()))], None).is_err());
+        assert!(
+            RequestMetadata::new(&[("bad key".into(), Secret("v".into()))], None, None).is_err()
+        );
+        assert!(
+            RequestMetadata::new(&[("k".into(), Secret("line\nbreak".into()))], None, None)
+                .is_err()
+        );
     }
 }

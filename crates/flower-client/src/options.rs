@@ -8,12 +8,15 @@ use std::time::Duration;
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
-use crate::metadata::{bearer_value, RequestMetadata, Secret, SharedInterceptor};
+use flower_auth::BearerCredentials;
+
+use crate::metadata::{RequestMetadata, Secret, SharedInterceptor};
 use crate::retry::RetryPolicy;
 use crate::ClientError;
 
-/// Default metadata key of the bearer token.
-pub const DEFAULT_AUTH_HEADER_KEY: &str = "authorization";
+/// Default metadata key of the bearer token (`authorization`, what ai4flwr
+/// 0.2.0 sends; flower-rs servers also accept `x-authorization`).
+pub const DEFAULT_AUTH_HEADER_KEY: &str = flower_auth::DEFAULT_CLIENT_HEADER;
 
 /// Default connect (TCP + TLS handshake) timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,7 +60,7 @@ impl fmt::Debug for Transport {
 /// | setting | default |
 /// |---|---|
 /// | transport | TLS, trusting the system's root certificates ([`insecure`](Self::insecure) for plaintext) |
-/// | bearer token | none; header key `authorization`; only sent over TLS |
+/// | bearer token | none ([`token`](Self::token) or [`token_file`](Self::token_file)); header key `authorization`; only sent over TLS |
 /// | max message size | 2 147 483 647 bytes both ways (Flower's `GRPC_MAX_MESSAGE_LENGTH`) |
 /// | HTTP/2 keepalive | off (as Python's client) |
 /// | connect timeout | 10 s |
@@ -84,6 +87,7 @@ pub struct ClientOptions {
     transport: Transport,
     tls_domain_name: Option<String>,
     token: Option<Secret>,
+    token_file: Option<PathBuf>,
     auth_header_key: String,
     allow_insecure_auth: bool,
     headers: Vec<(String, Secret)>,
@@ -105,6 +109,7 @@ impl fmt::Debug for ClientOptions {
             .field("transport", &self.transport)
             .field("tls_domain_name", &self.tls_domain_name)
             .field("token", &self.token)
+            .field("token_file", &self.token_file)
             .field("auth_header_key", &self.auth_header_key)
             .field("allow_insecure_auth", &self.allow_insecure_auth)
             .field(
@@ -136,6 +141,7 @@ impl ClientOptions {
             transport: Transport::SystemRoots,
             tls_domain_name: None,
             token: None,
+            token_file: None,
             auth_header_key: DEFAULT_AUTH_HEADER_KEY.to_owned(),
             allow_insecure_auth: false,
             headers: Vec::new(),
@@ -200,11 +206,33 @@ impl ClientOptions {
     // ---- credentials ------------------------------------------------------
 
     /// Sends `Bearer <token>` under [`auth_header_key`](Self::auth_header_key)
-    /// with every `Join`. Only over TLS unless
-    /// [`allow_insecure_auth`](Self::allow_insecure_auth); never logged.
+    /// with every `Join`, through `flower-auth`'s
+    /// [`BearerCredentials`](flower_auth::BearerCredentials). Only over TLS
+    /// unless [`allow_insecure_auth`](Self::allow_insecure_auth); never
+    /// logged (only its 8-hex-digit SHA-256 fingerprint). Replaces a
+    /// [`token_file`](Self::token_file) given before.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(Secret(token.into()));
+        self.token_file = None;
         self
+    }
+
+    /// Like [`token`](Self::token), with the token read from a file (its
+    /// first non-blank line, trimmed) when the run starts, and re-read
+    /// whenever the file changes (checked at every `Join`, so a rotated
+    /// token is used from the next connection on). A missing or empty file
+    /// fails the run at start with [`ClientError::InvalidOptions`]; a later
+    /// unreadable file keeps the last good token. Replaces a
+    /// [`token`](Self::token) given before.
+    pub fn token_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.token_file = Some(path.into());
+        self.token = None;
+        self
+    }
+
+    /// True when a token or a token file is configured.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some() || self.token_file.is_some()
     }
 
     /// The metadata key carrying the token. Default: `authorization`
@@ -231,11 +259,13 @@ impl ClientOptions {
         self
     }
 
-    /// Runs `interceptor` on every `Join` request, after the token and
-    /// headers are added. This is where a credential provider plugs in, e.g.
-    /// the `flower-auth` crate's client interceptor; an `Err` it returns ends
-    /// the run like a server's answer with that status would (an
-    /// `UNAUTHENTICATED` one is not retried).
+    /// Runs `interceptor` on every `Join` request, after the headers and the
+    /// token are added. This is where another credential provider plugs in
+    /// (the bearer token itself needs none: [`token`](Self::token) and
+    /// [`token_file`](Self::token_file) already use `flower-auth`'s
+    /// [`BearerCredentials`](flower_auth::BearerCredentials)); an `Err` it
+    /// returns ends the run like a server's answer with that status would
+    /// (an `UNAUTHENTICATED` one is not retried).
     pub fn interceptor<I>(mut self, interceptor: I) -> Self
     where
         I: Interceptor + Send + 'static,
@@ -433,17 +463,9 @@ impl ClientOptions {
                 .map_err(|e| invalid(format!("TLS configuration: {}", error_chain(&e))))?;
         }
 
-        let mut headers = self.headers.clone();
-        if let Some(token) = &self.token {
-            if !tls && !self.allow_insecure_auth {
-                return Err(ClientError::InsecureCredentials);
-            }
-            if token.0.is_empty() {
-                return Err(invalid("empty bearer token".into()));
-            }
-            headers.push((self.auth_header_key.clone(), bearer_value(&token.0)));
-        }
-        let metadata = RequestMetadata::new(&headers, self.interceptor.clone()).map_err(invalid)?;
+        let credentials = self.credentials(tls)?;
+        let metadata = RequestMetadata::new(&self.headers, credentials, self.interceptor.clone())
+            .map_err(invalid)?;
 
         Ok(Prepared {
             uri,
@@ -453,8 +475,23 @@ impl ClientOptions {
             max_encoding_message_size: self.max_encoding_message_size,
             retry: self.retry.clone(),
             disconnect_grace: self.disconnect_grace,
-            has_token: self.token.is_some(),
+            has_token: self.has_token(),
         })
+    }
+
+    /// The bearer credentials, when a token is configured: refused over
+    /// plaintext unless allowed ([`ClientError::InsecureCredentials`]).
+    fn credentials(&self, tls: bool) -> Result<Option<BearerCredentials>, ClientError> {
+        let builder = BearerCredentials::builder()
+            .tls(tls)
+            .allow_insecure(self.allow_insecure_auth)
+            .header(self.auth_header_key.clone());
+        let builder = match (&self.token, &self.token_file) {
+            (Some(token), _) => builder.token(token.0.as_str()),
+            (None, Some(path)) => builder.token_file(path.clone()),
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(builder.build()?))
     }
 }
 
@@ -532,6 +569,54 @@ mod tests {
         let o = ClientOptions::new("127.0.0.1:1").insecure().token("t");
         assert!(matches!(o.prepare(), Err(ClientError::InsecureCredentials)));
         assert!(o.allow_insecure_auth().prepare().is_ok());
+        let o = ClientOptions::new("127.0.0.1:1")
+            .insecure()
+            .token_file("/nonexistent/token");
+        assert!(matches!(o.prepare(), Err(ClientError::InsecureCredentials)));
+    }
+
+    #[test]
+    fn bad_tokens_are_invalid_options() {
+        let tls = || ClientOptions::new("127.0.0.1:1").root_certificates_pem(ca_pem());
+        for o in [
+            tls().token(""),
+            tls().token("two words"),
+            tls().token("t").auth_header_key("bad key"),
+            tls().token_file("/nonexistent/token"),
+        ] {
+            assert!(
+                matches!(o.prepare(), Err(ClientError::InvalidOptions(_))),
+                "{o:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn token_file_is_sent_and_reread() {
+        use tonic::service::Interceptor as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "\n  first-token \n").unwrap();
+        let o = ClientOptions::new("127.0.0.1:1")
+            .root_certificates_pem(ca_pem())
+            .token("ignored")
+            .token_file(&path)
+            .auth_header_key("X-Authorization");
+        assert!(o.has_token());
+        let mut metadata = o.prepare().unwrap().metadata;
+        let sent = |m: &mut RequestMetadata| {
+            let r = m.call(tonic::Request::new(())).unwrap();
+            r.metadata()
+                .get("x-authorization")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(sent(&mut metadata), "Bearer first-token");
+        std::fs::write(&path, "second-token-longer\n").unwrap();
+        assert_eq!(sent(&mut metadata), "Bearer second-token-longer");
+        assert!(!format!("{metadata:?}").contains("second-token"));
     }
 
     #[test]
