@@ -179,7 +179,7 @@ impl RoundDriver {
             .wrapping_add(round.wrapping_mul(2).wrapping_add(phase))
     }
 
-    async fn wait_for_clients(&self, n: usize, what: &str) -> Result<(), ServerError> {
+    async fn wait_for_clients(&mut self, n: usize, what: &str) -> Result<(), ServerError> {
         if self.manager.len() >= n {
             return Ok(());
         }
@@ -601,7 +601,7 @@ impl RoundDriver {
 
     /// Sends `ReconnectIns` to every connected client and waits (bounded)
     /// for their streams to close. Never waits for `DisconnectRes`.
-    pub async fn disconnect_all(&self) {
+    pub async fn disconnect_all(&mut self) {
         let clients: Vec<(ClientId, Arc<dyn ClientHandle>)> = self.manager.all();
         if clients.is_empty() {
             return;

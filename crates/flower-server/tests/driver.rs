@@ -239,3 +239,11 @@ async fn arrival_order_aggregates_the_same_values() {
     assert!((f64::from(a[[1, 1]]) - (4.0 + 14.0 / 6.0)).abs() < 1e-5);
     assert_eq!(outcome.history.rounds[0].fit_results, 3);
 }
+
+#[test]
+fn the_run_future_can_be_spawned() {
+    fn assert_send<T: Send>(_: &T) {}
+    let mut driver = RoundDriver::new(ClientManager::default(), fedavg(1), DriverConfig::default());
+    let future = driver.run(no_shutdown());
+    assert_send(&future);
+}
