@@ -90,12 +90,7 @@ fn python_clients_with_tokens_complete_and_bad_tokens_fail_fast() {
     let status = server.wait(Duration::from_secs(120));
     let log = server.log_text();
     assert!(status.success(), "{log}");
-    for c in [&mut good_a, &mut good_b] {
-        assert!(c
-            .wait_timeout(Duration::from_secs(30))
-            .expect("exits")
-            .success());
-    }
+    assert_clients_succeed([&mut good_a, &mut good_b]);
     // Never log a token: neither accepted nor rejected values.
     let out_text = std::fs::read_to_string(&server.out).unwrap_or_default();
     for secret in [TOKEN_A, TOKEN_B, "not-a-valid-token-123"] {

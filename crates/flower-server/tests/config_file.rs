@@ -79,12 +79,7 @@ evaluate_metrics = "all"
     // The client's initial model has 12 + 5 values in two layers.
     let model = model(&out);
     assert_eq!(model.iter().map(Vec::len).collect::<Vec<_>>(), vec![12, 5]);
-    for c in [&mut a, &mut b] {
-        assert!(c
-            .wait_timeout(Duration::from_secs(30))
-            .expect("exits")
-            .success());
-    }
+    assert_clients_succeed([&mut a, &mut b]);
 }
 
 #[test]

@@ -76,12 +76,7 @@ fn client_killed_mid_fit_is_a_counted_failure() {
             .map(|s| s.code()),
         Some(Some(3))
     );
-    for c in [&mut ok1, &mut ok2] {
-        assert!(c
-            .wait_timeout(Duration::from_secs(30))
-            .expect("exits")
-            .success());
-    }
+    assert_clients_succeed([&mut ok1, &mut ok2]);
 }
 
 #[test]
@@ -127,12 +122,7 @@ fn wrong_shaped_result_is_a_failure_not_a_crash() {
     assert_eq!(rounds[0]["fit_failures"], 1, "{log}");
     assert_eq!(rounds[0]["fit_results"], 1, "{log}");
     assert_eq!(rounds[1]["fit_failures"], 0, "{log}");
-    for c in [&mut a, &mut b] {
-        assert!(c
-            .wait_timeout(Duration::from_secs(30))
-            .expect("exits")
-            .success());
-    }
+    assert_clients_succeed([&mut a, &mut b]);
 }
 
 #[test]

@@ -19,18 +19,7 @@ fn three_python_clients_complete_three_rounds_like_the_python_server() {
     let mut args = server_args(&certs, &out, &init, 3, 3);
     args.extend(["--strategy-option".into(), "evaluate_metrics=all".into()]);
     let mut server = Server::start(&args, dir.path());
-    let mut clients: Vec<_> = (0..3)
-        .map(|i| {
-            python_client(
-                &py,
-                &server.address(),
-                Some(&certs.ca()),
-                i,
-                &[],
-                &dir.path().join(format!("c{i}.log")),
-            )
-        })
-        .collect();
+    let mut clients = python_clients(&py, &server, &certs.ca(), 3, dir.path());
     let status = server.wait(Duration::from_secs(120));
     assert!(status.success(), "server failed:\n{}", server.log_text());
     for (i, c) in clients.iter_mut().enumerate() {

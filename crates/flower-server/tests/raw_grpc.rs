@@ -177,12 +177,7 @@ fn run_case(how: Misbehaviour) {
         end, "still open",
         "{how:?}: the server must end a misbehaving stream"
     );
-    for c in [&mut a, &mut b] {
-        assert!(c
-            .wait_timeout(Duration::from_secs(30))
-            .expect("exits")
-            .success());
-    }
+    assert_clients_succeed([&mut a, &mut b]);
 }
 
 #[test]

@@ -20,18 +20,7 @@ fn run_strategy(name: &str, options: &[&str]) {
         args.extend(["--strategy-option".into(), o.to_string()]);
     }
     let mut server = Server::start(&args, dir.path());
-    let mut clients: Vec<_> = (0..3)
-        .map(|i| {
-            python_client(
-                &py,
-                &server.address(),
-                Some(&certs.ca()),
-                i,
-                &[],
-                &dir.path().join(format!("c{i}.log")),
-            )
-        })
-        .collect();
+    let mut clients = python_clients(&py, &server, &certs.ca(), 3, dir.path());
     let status = server.wait(Duration::from_secs(120));
     let log = server.log_text();
     assert!(status.success(), "{name}: {log}");
@@ -47,12 +36,7 @@ fn run_strategy(name: &str, options: &[&str]) {
     let last = model(&out);
     assert_eq!(last.len(), initial.len());
     assert_ne!(last, initial, "{name} did not change the model");
-    for c in &mut clients {
-        assert!(c
-            .wait_timeout(Duration::from_secs(30))
-            .expect("exits")
-            .success());
-    }
+    assert_clients_succeed(&mut clients);
 }
 
 fn model_from(path: &std::path::Path) -> Vec<Vec<f64>> {

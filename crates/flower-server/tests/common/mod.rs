@@ -213,3 +213,35 @@ pub fn server_args(
     }
     v
 }
+
+/// Asserts (bounded) that every client exits with status 0.
+pub fn assert_clients_succeed<'a>(clients: impl IntoIterator<Item = &'a mut ChildGuard>) {
+    for (i, c) in clients.into_iter().enumerate() {
+        let status = c
+            .wait_timeout(Duration::from_secs(30))
+            .expect("client exits");
+        assert!(status.success(), "client {i} exited with {status}");
+    }
+}
+
+/// Starts `n` stock Python clients (partitions 0..n) against `server` over TLS.
+pub fn python_clients(
+    py: &Path,
+    server: &Server,
+    ca: &Path,
+    n: usize,
+    dir: &Path,
+) -> Vec<ChildGuard> {
+    (0..n)
+        .map(|i| {
+            python_client(
+                py,
+                &server.address(),
+                Some(ca),
+                i,
+                &[],
+                &dir.join(format!("c{i}.log")),
+            )
+        })
+        .collect()
+}
