@@ -15,13 +15,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use common::federation::{self, Federation, FederationConfig};
-use flower_server::TlsFiles;
+use common::federation::{self, ServerArgs};
 
 #[derive(Debug, Parser)]
 #[command(about = "Flower server accepting only clients with one of the given bearer tokens")]
@@ -29,27 +26,8 @@ struct Args {
     /// Accepted token(s).
     #[arg(required = true, num_args = 1..)]
     tokens: Vec<String>,
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:8080")]
-    address: SocketAddr,
-    /// CA certificate (PEM).
-    #[arg(long, default_value = "certificates/out/ca.pem")]
-    ssl_ca_certfile: PathBuf,
-    /// Server certificate (PEM).
-    #[arg(long, default_value = "certificates/out/server.pem")]
-    ssl_certfile: PathBuf,
-    /// Server private key (PEM).
-    #[arg(long, default_value = "certificates/out/server.key")]
-    ssl_keyfile: PathBuf,
-    /// Rounds of training.
-    #[arg(long, default_value_t = 2)]
-    rounds: u64,
-    /// Clients needed for every round.
-    #[arg(long, default_value_t = 2)]
-    min_clients: usize,
-    /// Where history.json and model.npz go.
-    #[arg(long, default_value = "output/bearer_server")]
-    output_dir: PathBuf,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[tokio::main]
@@ -59,33 +37,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let tls = TlsFiles {
-        ca_certfile: args.ssl_ca_certfile,
-        certfile: args.ssl_certfile,
-        keyfile: args.ssl_keyfile,
-    };
-    federation::check_tls_files(&tls)?;
-
     // Tokens are compared in constant time and never logged (only their
     // SHA-256 fingerprints).
     let auth = flower_auth::AuthConfig::builder()
         .tokens(args.tokens.iter().map(String::as_str))
         .build()?;
-    let server = Federation::start(FederationConfig {
-        address: args.address,
-        tls: Some(tls),
-        auth: Some(auth),
-        rounds: args.rounds,
-        min_clients: args.min_clients,
-        // None: the first client to connect is asked for the initial model.
-        initial_parameters: None,
-        output_dir: Some(args.output_dir.clone()),
-    })
-    .await?;
-    println!("flower-server listening on {}", server.address);
-
-    let outcome = server.run_until_ctrl_c().await?;
-    federation::print_history(&outcome.history);
-    federation::print_outputs(&args.output_dir);
-    Ok(())
+    federation::serve_with_auth(args.server, auth, "output/bearer_server").await
 }

@@ -17,15 +17,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use common::federation::{self, Federation, FederationConfig};
+use common::federation::{self, ServerArgs};
 use flower_auth::{AuthConfig, VaultConfig};
-use flower_server::TlsFiles;
 
 #[derive(Debug, Parser)]
 #[command(about = "Flower server with its bearer tokens in Vault (OIDC login)")]
@@ -38,27 +35,8 @@ struct Args {
     /// Role of the JWT login [default: the auth method's default role].
     #[arg(long)]
     vault_role: Option<String>,
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:8080")]
-    address: SocketAddr,
-    /// CA certificate (PEM).
-    #[arg(long, default_value = "certificates/out/ca.pem")]
-    ssl_ca_certfile: PathBuf,
-    /// Server certificate (PEM).
-    #[arg(long, default_value = "certificates/out/server.pem")]
-    ssl_certfile: PathBuf,
-    /// Server private key (PEM).
-    #[arg(long, default_value = "certificates/out/server.key")]
-    ssl_keyfile: PathBuf,
-    /// Rounds of training.
-    #[arg(long, default_value_t = 2)]
-    rounds: u64,
-    /// Clients needed for every round.
-    #[arg(long, default_value_t = 2)]
-    min_clients: usize,
-    /// Where history.json and model.npz go.
-    #[arg(long, default_value = "output/vault_server")]
-    output_dir: PathBuf,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[tokio::main]
@@ -68,13 +46,6 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let tls = TlsFiles {
-        ca_certfile: args.ssl_ca_certfile,
-        certfile: args.ssl_certfile,
-        keyfile: args.ssl_keyfile,
-    };
-    federation::check_tls_files(&tls)?;
-
     let oidc_token = std::env::var("OIDC_ACCESS_TOKEN")
         .context("set OIDC_ACCESS_TOKEN to your OIDC access token")?;
     let mut vault = VaultConfig::builder(args.vault_addr)
@@ -85,20 +56,5 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     // Logs in and loads the token list once: a failure here is fatal.
     let auth = AuthConfig::builder().vault(Some(vault.build()?)).build()?;
-    let server = Federation::start(FederationConfig {
-        address: args.address,
-        tls: Some(tls),
-        auth: Some(auth),
-        rounds: args.rounds,
-        min_clients: args.min_clients,
-        initial_parameters: None,
-        output_dir: Some(args.output_dir.clone()),
-    })
-    .await?;
-    println!("flower-server listening on {}", server.address);
-
-    let outcome = server.run_until_ctrl_c().await?;
-    federation::print_history(&outcome.history);
-    federation::print_outputs(&args.output_dir);
-    Ok(())
+    federation::serve_with_auth(args.server, auth, "output/vault_server").await
 }

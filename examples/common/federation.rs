@@ -264,3 +264,64 @@ pub fn init_logging(default_filter: &str) {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// Command-line options shared by the example servers (`bearer_server`,
+/// `vault_server`).
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub address: SocketAddr,
+    /// CA certificate (PEM).
+    #[arg(long, default_value = "certificates/out/ca.pem")]
+    pub ssl_ca_certfile: PathBuf,
+    /// Server certificate (PEM).
+    #[arg(long, default_value = "certificates/out/server.pem")]
+    pub ssl_certfile: PathBuf,
+    /// Server private key (PEM).
+    #[arg(long, default_value = "certificates/out/server.key")]
+    pub ssl_keyfile: PathBuf,
+    /// Rounds of training.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: u64,
+    /// Clients needed for every round.
+    #[arg(long, default_value_t = 2)]
+    pub min_clients: usize,
+    /// Where history.json and model.npz go [default: output/<example>].
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+}
+
+/// Runs a TLS federation with `auth` until it completes (or Ctrl-C), then
+/// prints the history and where the outputs went.
+pub async fn serve_with_auth(
+    args: ServerArgs,
+    auth: AuthConfig,
+    default_output: &str,
+) -> anyhow::Result<()> {
+    let tls = TlsFiles {
+        ca_certfile: args.ssl_ca_certfile,
+        certfile: args.ssl_certfile,
+        keyfile: args.ssl_keyfile,
+    };
+    check_tls_files(&tls)?;
+    let output_dir = args
+        .output_dir
+        .unwrap_or_else(|| PathBuf::from(default_output));
+    let server = Federation::start(FederationConfig {
+        address: args.address,
+        tls: Some(tls),
+        auth: Some(auth),
+        rounds: args.rounds,
+        min_clients: args.min_clients,
+        // None: the first client to connect is asked for the initial model.
+        initial_parameters: None,
+        output_dir: Some(output_dir.clone()),
+    })
+    .await?;
+    println!("flower-server listening on {}", server.address);
+    let outcome = server.run_until_ctrl_c().await?;
+    print_history(&outcome.history);
+    print_outputs(&output_dir);
+    Ok(())
+}

@@ -4,13 +4,12 @@
 use std::fmt;
 
 use bytes::Bytes;
-use flower_core::{Config, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, NdArray, Parameters};
+use flower_core::{Config, EvaluateRes, FitRes, Metrics, NdArray, Parameters};
 
-use crate::callbacks::weighted_loss_avg;
-use crate::common::{check_round, Base};
+use crate::common::{current_round, eval_loss, forward_to_base, Base, RoundState};
 use crate::fedavg::FedAvgOptions;
 use crate::layers::f32s_from_le;
-use crate::strategy::{ClientFailure, ClientId, ClientSampler, Strategy};
+use crate::strategy::{ClientFailure, ClientId, Strategy};
 use crate::StrategyError;
 
 /// `tensor_type` FedAvgAndroid writes (Flower's literal `"numpy.nda"`).
@@ -32,6 +31,16 @@ struct AndroidRound {
     acc: Vec<Vec<f32>>,
     total: i128,
     count: usize,
+}
+
+impl RoundState for AndroidRound {
+    fn server_round(&self) -> u64 {
+        self.server_round
+    }
+
+    fn num_results(&self) -> usize {
+        self.count
+    }
 }
 
 impl fmt::Debug for FedAvgAndroid {
@@ -67,13 +76,12 @@ impl Strategy for FedAvgAndroid {
         "FedAvgAndroid"
     }
 
-    fn initialize_parameters(&mut self) -> Option<Parameters> {
-        self.base.take_initial()
-    }
-
-    fn min_available_clients(&self) -> usize {
-        self.base.opts.min_available_clients
-    }
+    forward_to_base!(base =>
+        initialize_parameters,
+        min_available_clients,
+        configure_fit,
+        configure_evaluate,
+    );
 
     fn evaluate(
         &mut self,
@@ -95,15 +103,6 @@ impl Strategy for FedAvgAndroid {
             })
             .collect::<Result<_, _>>()?;
         Ok(f(server_round, &arrays, &Config::new()))
-    }
-
-    fn configure_fit(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
-        Ok(self.base.configure_fit(server_round, parameters, clients))
     }
 
     fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
@@ -131,10 +130,7 @@ impl Strategy for FedAvgAndroid {
         _client: ClientId,
         result: FitRes,
     ) -> Result<(), StrategyError> {
-        check_round(self.round.as_ref().map(|r| r.server_round), server_round)?;
-        let Some(round) = &mut self.round else {
-            return Err(StrategyError::Other("no round in progress".into()));
-        };
+        let round = current_round(&mut self.round, server_round)?;
         let tensors = &result.parameters.tensors;
         if tensors.len() != round.lengths.len() {
             return Err(StrategyError::Mismatch(format!(
@@ -169,13 +165,12 @@ impl Strategy for FedAvgAndroid {
         server_round: u64,
         failures: &[ClientFailure],
     ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let round = match self.round.take() {
-            Some(r) if r.server_round == server_round => r,
-            _ => return Ok((None, Metrics::new())),
-        };
-        if !self.base.gate(round.count, failures) {
+        let Some(round) = self
+            .base
+            .take_gated(&mut self.round, server_round, failures)
+        else {
             return Ok((None, Metrics::new()));
-        }
+        };
         if round.total == 0 {
             return Err(StrategyError::ZeroExamples);
         }
@@ -200,17 +195,6 @@ impl Strategy for FedAvgAndroid {
         ))
     }
 
-    fn configure_evaluate(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, EvaluateIns)>, StrategyError> {
-        Ok(self
-            .base
-            .configure_evaluate(server_round, parameters, clients))
-    }
-
     fn aggregate_evaluate(
         &mut self,
         _server_round: u64,
@@ -220,10 +204,6 @@ impl Strategy for FedAvgAndroid {
         if !self.base.gate(results.len(), failures) {
             return Ok((None, Metrics::new()));
         }
-        let losses: Vec<(i64, f64)> = results
-            .iter()
-            .map(|(_, e)| (e.num_examples, f64::from(e.loss)))
-            .collect();
-        Ok((Some(weighted_loss_avg(&losses)?), Metrics::new()))
+        Ok((Some(eval_loss(results)?), Metrics::new()))
     }
 }

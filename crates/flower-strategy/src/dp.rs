@@ -12,9 +12,11 @@
 
 use std::fmt;
 
-use flower_core::{EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, Parameters, Scalar};
+use flower_core::{FitIns, FitRes, Metrics, Parameters, Scalar};
 
-use crate::common::check_round;
+use crate::common::{
+    add_fit_config, check_round, current_round, forward_to_inner, take_round, RoundState,
+};
 use crate::layers::{
     self, check_views, decode_all, encode_all, l2_norm, parse_layout, parse_views, view_to_layer,
     Data, DtypeRule, Layer, LayerSpec,
@@ -182,46 +184,6 @@ fn warn_count(results: usize, num_sampled_clients: usize) {
     }
 }
 
-macro_rules! delegate_to_inner {
-    () => {
-        fn initialize_parameters(&mut self) -> Option<Parameters> {
-            self.inner.initialize_parameters()
-        }
-
-        fn min_available_clients(&self) -> usize {
-            self.inner.min_available_clients()
-        }
-
-        fn evaluate(
-            &mut self,
-            server_round: u64,
-            parameters: &Parameters,
-        ) -> Result<Option<(f64, Metrics)>, StrategyError> {
-            self.inner.evaluate(server_round, parameters)
-        }
-
-        fn configure_evaluate(
-            &mut self,
-            server_round: u64,
-            parameters: &Parameters,
-            clients: &mut dyn ClientSampler,
-        ) -> Result<Vec<(ClientId, EvaluateIns)>, StrategyError> {
-            self.inner
-                .configure_evaluate(server_round, parameters, clients)
-        }
-
-        fn aggregate_evaluate(
-            &mut self,
-            server_round: u64,
-            results: &[(ClientId, EvaluateRes)],
-            failures: &[ClientFailure],
-        ) -> Result<(Option<f64>, Metrics), StrategyError> {
-            self.inner
-                .aggregate_evaluate(server_round, results, failures)
-        }
-    };
-}
-
 /// Per-round bookkeeping of a wrapper.
 struct WrapRound {
     server_round: u64,
@@ -243,10 +205,13 @@ impl WrapRound {
     }
 }
 
-fn take_round(slot: &mut Option<WrapRound>, server_round: u64) -> Option<WrapRound> {
-    match slot.take() {
-        Some(r) if r.server_round == server_round => Some(r),
-        _ => None,
+impl RoundState for WrapRound {
+    fn server_round(&self) -> u64 {
+        self.server_round
+    }
+
+    fn num_results(&self) -> usize {
+        self.results
     }
 }
 
@@ -273,12 +238,6 @@ fn server_clip(
     Ok(result)
 }
 
-fn begin_server_round(server_round: u64, global: &Parameters) -> Result<WrapRound, StrategyError> {
-    let mut round = WrapRound::new(server_round);
-    round.global = Some((decode_all(global)?, parse_layout(global)?));
-    Ok(round)
-}
-
 fn validate_common(noise_multiplier: f64, num_sampled_clients: usize) -> Result<(), StrategyError> {
     if !non_negative(noise_multiplier) {
         return Err(config_err(
@@ -293,123 +252,145 @@ fn validate_common(noise_multiplier: f64, num_sampled_clients: usize) -> Result<
     Ok(())
 }
 
-// ---- Server-side fixed clipping ---------------------------------------------------
+fn norm_bit(result: &FitRes, key: &str) -> Result<bool, StrategyError> {
+    result
+        .metrics
+        .get(key)
+        .map(truthy)
+        .ok_or_else(|| StrategyError::MissingMetric(key.to_owned()))
+}
 
-/// Flower's `DifferentialPrivacyServerSideFixedClipping`: every update
-/// `x − g` is clipped to `clipping_norm` on the server, the inner strategy
-/// aggregates, and `N(0, (z·C/n_s)²)` noise is added to its result.
-pub struct DpServerSideFixedClipping {
+/// What every wrapper holds: the wrapped strategy, the number of sampled
+/// clients the noise is calibrated for, the noise stream and the round's
+/// bookkeeping; with the steps of the round protocol they all share.
+struct Wrap {
     inner: Box<dyn Strategy>,
-    noise_multiplier: f64,
-    clipping_norm: f64,
     num_sampled_clients: usize,
     rng: NoiseRng,
     round: Option<WrapRound>,
 }
 
-impl fmt::Debug for DpServerSideFixedClipping {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DpServerSideFixedClipping")
-            .field("inner", &self.inner.name())
-            .field("noise_multiplier", &self.noise_multiplier)
-            .field("clipping_norm", &self.clipping_norm)
-            .field("num_sampled_clients", &self.num_sampled_clients)
-            .finish_non_exhaustive()
-    }
-}
-
-impl DpServerSideFixedClipping {
-    /// Wraps `inner`. `seed` seeds the noise (`None`: from the OS).
-    pub fn new(
-        inner: Box<dyn Strategy>,
-        noise_multiplier: f64,
-        clipping_norm: f64,
-        num_sampled_clients: usize,
-        seed: Option<u64>,
-    ) -> Result<Self, StrategyError> {
-        validate_common(noise_multiplier, num_sampled_clients)?;
-        if !positive(clipping_norm) {
-            return Err(config_err("The clipping norm should be a positive value."));
-        }
-        Ok(DpServerSideFixedClipping {
+impl Wrap {
+    fn new(inner: Box<dyn Strategy>, num_sampled_clients: usize, seed: Option<u64>) -> Self {
+        Wrap {
             inner,
-            noise_multiplier,
-            clipping_norm,
             num_sampled_clients,
             rng: NoiseRng::new(seed),
             round: None,
-        })
-    }
-}
-
-impl Strategy for DpServerSideFixedClipping {
-    fn name(&self) -> &str {
-        "DifferentialPrivacyServerSideFixedClipping"
+        }
     }
 
-    delegate_to_inner!();
-
-    fn configure_fit(
+    /// `begin_fit`: a new round (keeping the global model when the server
+    /// clips), then the inner strategy's.
+    fn begin(
         &mut self,
         server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
-        self.inner.configure_fit(server_round, parameters, clients)
-    }
-
-    fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
+        global: &Parameters,
+        server_side: bool,
+    ) -> Result<(), StrategyError> {
         self.round = None;
-        self.round = Some(begin_server_round(server_round, global)?);
+        let mut round = WrapRound::new(server_round);
+        if server_side {
+            round.global = Some((decode_all(global)?, parse_layout(global)?));
+        }
+        self.round = Some(round);
         self.inner.begin_fit(server_round, global)
     }
 
-    fn accumulate_fit(
+    /// Errors unless `server_round` is the round in progress.
+    fn check(&self, server_round: u64) -> Result<(), StrategyError> {
+        check_round(self.round.as_ref().map(|r| r.server_round), server_round)
+    }
+
+    /// Server-side clipping: clips the result to `clipping_norm` and hands
+    /// it over; it counts (and counts as clipped) only if the inner strategy
+    /// takes it.
+    fn accumulate_clipped(
         &mut self,
         server_round: u64,
         client: ClientId,
         result: FitRes,
+        clipping_norm: f64,
     ) -> Result<(), StrategyError> {
-        check_round(self.round.as_ref().map(|r| r.server_round), server_round)?;
-        let Some(round) = &mut self.round else {
-            return Err(StrategyError::Other("no round in progress".into()));
-        };
-        let clipped = server_clip(round, result, self.clipping_norm)?;
-        self.inner.accumulate_fit(server_round, client, clipped)?;
+        let round = current_round(&mut self.round, server_round)?;
+        let bits_before = round.bits;
+        let clipped = server_clip(round, result, clipping_norm)?;
+        if let Err(e) = self.inner.accumulate_fit(server_round, client, clipped) {
+            round.bits = bits_before;
+            return Err(e);
+        }
         round.results += 1;
         Ok(())
     }
 
-    fn aggregate_fit(
+    /// Hands the result over, then counts it (and its norm bit).
+    fn accumulate_counted(
         &mut self,
         server_round: u64,
-        failures: &[ClientFailure],
-    ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let Some(round) = take_round(&mut self.round, server_round) else {
-            return Ok((None, Metrics::new()));
-        };
-        if !failures.is_empty() {
-            return Ok((None, Metrics::new()));
+        client: ClientId,
+        result: FitRes,
+        bit: bool,
+    ) -> Result<(), StrategyError> {
+        self.inner.accumulate_fit(server_round, client, result)?;
+        if let Some(r) = &mut self.round {
+            r.results += 1;
+            r.bits += usize::from(bit);
         }
-        warn_count(round.results, self.num_sampled_clients);
-        let (params, metrics) = self.inner.aggregate_fit(server_round, failures)?;
-        let std = self.noise_multiplier * self.clipping_norm / self.num_sampled_clients as f64;
+        Ok(())
+    }
+
+    /// The round to aggregate: `None` (return `(None, {})`) for another
+    /// round or when any client failed.
+    fn take(&mut self, server_round: u64, failures: &[ClientFailure]) -> Option<WrapRound> {
+        take_round(&mut self.round, server_round).filter(|_| failures.is_empty())
+    }
+
+    /// `noise_multiplier · clipping_norm / n_s`.
+    fn noise_std(&self, noise_multiplier: f64, clipping_norm: f64) -> f64 {
+        noise_multiplier * clipping_norm / self.num_sampled_clients as f64
+    }
+
+    /// The inner strategy's aggregate with `N(0, std²)` added.
+    fn noised(
+        &mut self,
+        (params, metrics): (Option<Parameters>, Metrics),
+        std: f64,
+    ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
         let params = params
             .map(|p| add_noise(p, std, &mut self.rng))
             .transpose()?;
         Ok((params, metrics))
     }
 
-    fn state(&self) -> serde_json::Value {
-        serde_json::json!({ "inner": self.inner.state(), "rng": self.rng.state() })
+    /// `{"inner", <norm key>?, "rng"}`.
+    fn state(&self, norm: Option<(&str, f64)>) -> serde_json::Value {
+        let mut state = serde_json::Map::new();
+        state.insert("inner".into(), self.inner.state());
+        if let Some((key, c)) = norm {
+            state.insert(key.into(), c.into());
+        }
+        state.insert("rng".into(), self.rng.state());
+        serde_json::Value::Object(state)
     }
 
-    fn restore_state(&mut self, state: serde_json::Value) -> Result<(), StrategyError> {
+    /// Restores what [`Wrap::state`] wrote (a null state restores nothing).
+    fn restore(
+        &mut self,
+        state: serde_json::Value,
+        norm: Option<(&str, &mut f64)>,
+    ) -> Result<(), StrategyError> {
         if state.is_null() {
             return Ok(());
         }
-        if let Some(rng) = state.get("rng") {
-            self.rng.restore(rng)?;
+        if let Some((key, c)) = norm {
+            if let Some(v) = state.get(key) {
+                *c = v
+                    .as_f64()
+                    .ok_or_else(|| StrategyError::State(format!("{key} must be a number")))?;
+            }
+        }
+        if let Some(r) = state.get("rng") {
+            self.rng.restore(r)?;
         }
         self.inner.restore_state(
             state
@@ -515,28 +496,277 @@ impl Adaptive {
     }
 }
 
-// ---- Server-side adaptive clipping ------------------------------------------------
+// ---- Central DP: server- or client-side, fixed or adaptive clipping ---------------
 
-/// Flower's `DifferentialPrivacyServerSideAdaptiveClipping`: clips every
-/// update with the current norm C, counts the clipped ones (b), updates
-/// `C ← C·exp(−η_C·((b + N(0,σ_b²))/R − γ))`, lets the inner strategy
-/// aggregate, then adds `N(0, (z_Δ·C/n_s)²)` with the new C.
-pub struct DpServerSideAdaptiveClipping {
-    inner: Box<dyn Strategy>,
-    num_sampled_clients: usize,
-    adaptive: Adaptive,
-    rng: NoiseRng,
-    round: Option<WrapRound>,
+/// How a central-DP wrapper chooses its clipping norm.
+enum Clip {
+    Fixed {
+        noise_multiplier: f64,
+        clipping_norm: f64,
+    },
+    Adaptive(Adaptive),
 }
 
-impl fmt::Debug for DpServerSideAdaptiveClipping {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DpServerSideAdaptiveClipping")
-            .field("inner", &self.inner.name())
-            .field("num_sampled_clients", &self.num_sampled_clients)
-            .field("adaptive", &self.adaptive)
-            .finish_non_exhaustive()
+impl Clip {
+    /// The current clipping norm.
+    fn norm(&self) -> f64 {
+        match self {
+            Clip::Fixed { clipping_norm, .. } => *clipping_norm,
+            Clip::Adaptive(a) => a.clipping_norm,
+        }
     }
+
+    /// The (effective) noise multiplier.
+    fn noise_multiplier(&self) -> f64 {
+        match self {
+            Clip::Fixed {
+                noise_multiplier, ..
+            } => *noise_multiplier,
+            Clip::Adaptive(a) => a.noise_multiplier,
+        }
+    }
+}
+
+/// The four `DifferentialPrivacy{Server,Client}Side{Fixed,Adaptive}Clipping`
+/// wrappers, which differ only in who clips (`server_side`) and how the
+/// norm is chosen (`clip`).
+struct Central {
+    w: Wrap,
+    server_side: bool,
+    clip: Clip,
+}
+
+impl Central {
+    fn fixed(
+        inner: Box<dyn Strategy>,
+        noise_multiplier: f64,
+        clipping_norm: f64,
+        num_sampled_clients: usize,
+        seed: Option<u64>,
+        server_side: bool,
+    ) -> Result<Self, StrategyError> {
+        validate_common(noise_multiplier, num_sampled_clients)?;
+        if !positive(clipping_norm) {
+            return Err(config_err(if server_side {
+                "The clipping norm should be a positive value."
+            } else {
+                "The clipping threshold should be a positive value."
+            }));
+        }
+        Ok(Central {
+            w: Wrap::new(inner, num_sampled_clients, seed),
+            server_side,
+            clip: Clip::Fixed {
+                noise_multiplier,
+                clipping_norm,
+            },
+        })
+    }
+
+    fn adaptive(
+        inner: Box<dyn Strategy>,
+        noise_multiplier: f64,
+        num_sampled_clients: usize,
+        options: AdaptiveClippingOptions,
+        seed: Option<u64>,
+        server_side: bool,
+    ) -> Result<Self, StrategyError> {
+        Ok(Central {
+            w: Wrap::new(inner, num_sampled_clients, seed),
+            server_side,
+            clip: Clip::Adaptive(Adaptive::new(
+                noise_multiplier,
+                num_sampled_clients,
+                options,
+            )?),
+        })
+    }
+
+    /// Adapts the clipping norm to the round's clipped count (adaptive only).
+    fn adapt(&mut self, round: &WrapRound) {
+        if let Clip::Adaptive(a) = &mut self.clip {
+            a.update(round.bits, round.results, &mut self.w.rng);
+        }
+    }
+
+    fn debug(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct(name);
+        d.field("inner", &self.w.inner.name());
+        match &self.clip {
+            Clip::Fixed {
+                noise_multiplier,
+                clipping_norm,
+            } => d
+                .field("noise_multiplier", noise_multiplier)
+                .field("clipping_norm", clipping_norm)
+                .field("num_sampled_clients", &self.w.num_sampled_clients),
+            Clip::Adaptive(a) => d
+                .field("num_sampled_clients", &self.w.num_sampled_clients)
+                .field("adaptive", a),
+        };
+        d.finish_non_exhaustive()
+    }
+}
+
+impl Strategy for Central {
+    fn name(&self) -> &str {
+        match (self.server_side, &self.clip) {
+            (true, Clip::Fixed { .. }) => "DifferentialPrivacyServerSideFixedClipping",
+            (true, Clip::Adaptive(_)) => "DifferentialPrivacyServerSideAdaptiveClipping",
+            (false, Clip::Fixed { .. }) => "DifferentialPrivacyClientSideFixedClipping",
+            (false, Clip::Adaptive(_)) => "DifferentialPrivacyClientSideAdaptiveClipping",
+        }
+    }
+
+    forward_to_inner!(w.inner =>
+        initialize_parameters,
+        min_available_clients,
+        evaluate,
+        configure_evaluate,
+        aggregate_evaluate,
+    );
+
+    /// Client-side clipping tells clients the norm (`"clipping_norm": C`).
+    fn configure_fit(
+        &mut self,
+        server_round: u64,
+        parameters: &Parameters,
+        clients: &mut dyn ClientSampler,
+    ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
+        let mut ins = self
+            .w
+            .inner
+            .configure_fit(server_round, parameters, clients)?;
+        if !self.server_side {
+            add_fit_config(
+                &mut ins,
+                &[(KEY_CLIPPING_NORM, Scalar::Double(self.clip.norm()))],
+            );
+        }
+        Ok(ins)
+    }
+
+    fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
+        self.w.begin(server_round, global, self.server_side)
+    }
+
+    /// Server side: clip with the current norm. Client side: count the
+    /// clients' `norm_bit` (adaptive; a result without it is refused).
+    fn accumulate_fit(
+        &mut self,
+        server_round: u64,
+        client: ClientId,
+        result: FitRes,
+    ) -> Result<(), StrategyError> {
+        if self.server_side {
+            let c = self.clip.norm();
+            return self.w.accumulate_clipped(server_round, client, result, c);
+        }
+        self.w.check(server_round)?;
+        let bit = match self.clip {
+            Clip::Adaptive(_) => norm_bit(&result, KEY_NORM_BIT)?,
+            Clip::Fixed { .. } => false,
+        };
+        self.w.accumulate_counted(server_round, client, result, bit)
+    }
+
+    /// The inner aggregate plus noise `N(0, (z·C/n_s)²)`; an adaptive norm
+    /// is updated before the noise (on the server side before the inner
+    /// aggregation, on the client side after it, as in Flower).
+    fn aggregate_fit(
+        &mut self,
+        server_round: u64,
+        failures: &[ClientFailure],
+    ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
+        let Some(round) = self.w.take(server_round, failures) else {
+            return Ok((None, Metrics::new()));
+        };
+        warn_count(round.results, self.w.num_sampled_clients);
+        if self.server_side {
+            self.adapt(&round);
+        }
+        let out = self.w.inner.aggregate_fit(server_round, failures)?;
+        if !self.server_side {
+            self.adapt(&round);
+        }
+        let std = self
+            .w
+            .noise_std(self.clip.noise_multiplier(), self.clip.norm());
+        self.w.noised(out, std)
+    }
+
+    fn state(&self) -> serde_json::Value {
+        match &self.clip {
+            Clip::Fixed { .. } => self.w.state(None),
+            Clip::Adaptive(a) => self.w.state(Some(("clipping_norm", a.clipping_norm))),
+        }
+    }
+
+    fn restore_state(&mut self, state: serde_json::Value) -> Result<(), StrategyError> {
+        match &mut self.clip {
+            Clip::Fixed { .. } => self.w.restore(state, None),
+            // The adaptive wrappers hand even a null state on to the inner strategy.
+            Clip::Adaptive(_) if state.is_null() => self.w.inner.restore_state(state),
+            Clip::Adaptive(a) => self
+                .w
+                .restore(state, Some(("clipping_norm", &mut a.clipping_norm))),
+        }
+    }
+}
+
+/// Declares a public central-DP wrapper type over [`Central`]: its `Debug`
+/// (under the type's name) and a [`Strategy`] impl forwarding everything.
+macro_rules! central_wrapper {
+    ($(#[$doc:meta])* $t:ident) => {
+        $(#[$doc])*
+        pub struct $t(Central);
+
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.debug(stringify!($t), f)
+            }
+        }
+
+        impl Strategy for $t {
+            forward_to_inner!(0 => all);
+        }
+    };
+}
+
+central_wrapper! {
+    /// Flower's `DifferentialPrivacyServerSideFixedClipping`: every update
+    /// `x − g` is clipped to `clipping_norm` on the server, the inner strategy
+    /// aggregates, and `N(0, (z·C/n_s)²)` noise is added to its result.
+    DpServerSideFixedClipping
+}
+
+impl DpServerSideFixedClipping {
+    /// Wraps `inner`. `seed` seeds the noise (`None`: from the OS).
+    pub fn new(
+        inner: Box<dyn Strategy>,
+        noise_multiplier: f64,
+        clipping_norm: f64,
+        num_sampled_clients: usize,
+        seed: Option<u64>,
+    ) -> Result<Self, StrategyError> {
+        Central::fixed(
+            inner,
+            noise_multiplier,
+            clipping_norm,
+            num_sampled_clients,
+            seed,
+            true,
+        )
+        .map(Self)
+    }
+}
+
+central_wrapper! {
+    /// Flower's `DifferentialPrivacyServerSideAdaptiveClipping`: clips every
+    /// update with the current norm C, counts the clipped ones (b), updates
+    /// `C ← C·exp(−η_C·((b + N(0,σ_b²))/R − γ))`, lets the inner strategy
+    /// aggregate, then adds `N(0, (z_Δ·C/n_s)²)` with the new C.
+    DpServerSideAdaptiveClipping
 }
 
 impl DpServerSideAdaptiveClipping {
@@ -548,147 +778,28 @@ impl DpServerSideAdaptiveClipping {
         options: AdaptiveClippingOptions,
         seed: Option<u64>,
     ) -> Result<Self, StrategyError> {
-        Ok(DpServerSideAdaptiveClipping {
+        Central::adaptive(
             inner,
+            noise_multiplier,
             num_sampled_clients,
-            adaptive: Adaptive::new(noise_multiplier, num_sampled_clients, options)?,
-            rng: NoiseRng::new(seed),
-            round: None,
-        })
+            options,
+            seed,
+            true,
+        )
+        .map(Self)
     }
 
     /// The current clipping norm.
     pub fn clipping_norm(&self) -> f64 {
-        self.adaptive.clipping_norm
+        self.0.clip.norm()
     }
 }
 
-impl Strategy for DpServerSideAdaptiveClipping {
-    fn name(&self) -> &str {
-        "DifferentialPrivacyServerSideAdaptiveClipping"
-    }
-
-    delegate_to_inner!();
-
-    fn configure_fit(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
-        self.inner.configure_fit(server_round, parameters, clients)
-    }
-
-    fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
-        self.round = None;
-        self.round = Some(begin_server_round(server_round, global)?);
-        self.inner.begin_fit(server_round, global)
-    }
-
-    fn accumulate_fit(
-        &mut self,
-        server_round: u64,
-        client: ClientId,
-        result: FitRes,
-    ) -> Result<(), StrategyError> {
-        check_round(self.round.as_ref().map(|r| r.server_round), server_round)?;
-        let Some(round) = &mut self.round else {
-            return Err(StrategyError::Other("no round in progress".into()));
-        };
-        let bits_before = round.bits;
-        let clipped = server_clip(round, result, self.adaptive.clipping_norm)?;
-        if let Err(e) = self.inner.accumulate_fit(server_round, client, clipped) {
-            round.bits = bits_before;
-            return Err(e);
-        }
-        round.results += 1;
-        Ok(())
-    }
-
-    fn aggregate_fit(
-        &mut self,
-        server_round: u64,
-        failures: &[ClientFailure],
-    ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let Some(round) = take_round(&mut self.round, server_round) else {
-            return Ok((None, Metrics::new()));
-        };
-        if !failures.is_empty() {
-            return Ok((None, Metrics::new()));
-        }
-        warn_count(round.results, self.num_sampled_clients);
-        self.adaptive
-            .update(round.bits, round.results, &mut self.rng);
-        let (params, metrics) = self.inner.aggregate_fit(server_round, failures)?;
-        let std = self.adaptive.noise_multiplier * self.adaptive.clipping_norm
-            / self.num_sampled_clients as f64;
-        let params = params
-            .map(|p| add_noise(p, std, &mut self.rng))
-            .transpose()?;
-        Ok((params, metrics))
-    }
-
-    fn state(&self) -> serde_json::Value {
-        serde_json::json!({
-            "inner": self.inner.state(),
-            "clipping_norm": self.adaptive.clipping_norm,
-            "rng": self.rng.state(),
-        })
-    }
-
-    fn restore_state(&mut self, state: serde_json::Value) -> Result<(), StrategyError> {
-        restore_adaptive(&state, &mut self.adaptive.clipping_norm, &mut self.rng)?;
-        self.inner.restore_state(
-            state
-                .get("inner")
-                .cloned()
-                .unwrap_or(serde_json::Value::Null),
-        )
-    }
-}
-
-fn restore_adaptive(
-    state: &serde_json::Value,
-    c: &mut f64,
-    rng: &mut NoiseRng,
-) -> Result<(), StrategyError> {
-    if state.is_null() {
-        return Ok(());
-    }
-    if let Some(v) = state.get("clipping_norm") {
-        *c = v
-            .as_f64()
-            .ok_or_else(|| StrategyError::State("clipping_norm must be a number".into()))?;
-    }
-    if let Some(r) = state.get("rng") {
-        rng.restore(r)?;
-    }
-    Ok(())
-}
-
-// ---- Client-side fixed clipping ---------------------------------------------------
-
-/// Flower's `DifferentialPrivacyClientSideFixedClipping`: clients clip (the
-/// fit config gains `"clipping_norm": C`), the inner strategy aggregates,
-/// and `N(0, (z·C/n_s)²)` noise is added.
-pub struct DpClientSideFixedClipping {
-    inner: Box<dyn Strategy>,
-    noise_multiplier: f64,
-    clipping_norm: f64,
-    num_sampled_clients: usize,
-    rng: NoiseRng,
-    round: Option<WrapRound>,
-}
-
-impl fmt::Debug for DpClientSideFixedClipping {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DpClientSideFixedClipping")
-            .field("inner", &self.inner.name())
-            .field("noise_multiplier", &self.noise_multiplier)
-            .field("clipping_norm", &self.clipping_norm)
-            .field("num_sampled_clients", &self.num_sampled_clients)
-            .finish_non_exhaustive()
-    }
+central_wrapper! {
+    /// Flower's `DifferentialPrivacyClientSideFixedClipping`: clients clip (the
+    /// fit config gains `"clipping_norm": C`), the inner strategy aggregates,
+    /// and `N(0, (z·C/n_s)²)` noise is added.
+    DpClientSideFixedClipping
 }
 
 impl DpClientSideFixedClipping {
@@ -700,136 +811,25 @@ impl DpClientSideFixedClipping {
         num_sampled_clients: usize,
         seed: Option<u64>,
     ) -> Result<Self, StrategyError> {
-        validate_common(noise_multiplier, num_sampled_clients)?;
-        if !positive(clipping_norm) {
-            return Err(config_err(
-                "The clipping threshold should be a positive value.",
-            ));
-        }
-        Ok(DpClientSideFixedClipping {
+        Central::fixed(
             inner,
             noise_multiplier,
             clipping_norm,
             num_sampled_clients,
-            rng: NoiseRng::new(seed),
-            round: None,
-        })
-    }
-}
-
-fn add_config(instructions: &mut [(ClientId, FitIns)], entries: &[(&str, Scalar)]) {
-    for (_, ins) in instructions {
-        for (k, v) in entries {
-            ins.config.insert((*k).to_owned(), v.clone());
-        }
-    }
-}
-
-impl Strategy for DpClientSideFixedClipping {
-    fn name(&self) -> &str {
-        "DifferentialPrivacyClientSideFixedClipping"
-    }
-
-    delegate_to_inner!();
-
-    fn configure_fit(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
-        let mut ins = self
-            .inner
-            .configure_fit(server_round, parameters, clients)?;
-        add_config(
-            &mut ins,
-            &[(KEY_CLIPPING_NORM, Scalar::Double(self.clipping_norm))],
-        );
-        Ok(ins)
-    }
-
-    fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
-        self.round = Some(WrapRound::new(server_round));
-        self.inner.begin_fit(server_round, global)
-    }
-
-    fn accumulate_fit(
-        &mut self,
-        server_round: u64,
-        client: ClientId,
-        result: FitRes,
-    ) -> Result<(), StrategyError> {
-        check_round(self.round.as_ref().map(|r| r.server_round), server_round)?;
-        self.inner.accumulate_fit(server_round, client, result)?;
-        if let Some(r) = &mut self.round {
-            r.results += 1;
-        }
-        Ok(())
-    }
-
-    fn aggregate_fit(
-        &mut self,
-        server_round: u64,
-        failures: &[ClientFailure],
-    ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let Some(round) = take_round(&mut self.round, server_round) else {
-            return Ok((None, Metrics::new()));
-        };
-        if !failures.is_empty() {
-            return Ok((None, Metrics::new()));
-        }
-        warn_count(round.results, self.num_sampled_clients);
-        let (params, metrics) = self.inner.aggregate_fit(server_round, failures)?;
-        let std = self.noise_multiplier * self.clipping_norm / self.num_sampled_clients as f64;
-        let params = params
-            .map(|p| add_noise(p, std, &mut self.rng))
-            .transpose()?;
-        Ok((params, metrics))
-    }
-
-    fn state(&self) -> serde_json::Value {
-        serde_json::json!({ "inner": self.inner.state(), "rng": self.rng.state() })
-    }
-
-    fn restore_state(&mut self, state: serde_json::Value) -> Result<(), StrategyError> {
-        if state.is_null() {
-            return Ok(());
-        }
-        if let Some(rng) = state.get("rng") {
-            self.rng.restore(rng)?;
-        }
-        self.inner.restore_state(
-            state
-                .get("inner")
-                .cloned()
-                .unwrap_or(serde_json::Value::Null),
+            seed,
+            false,
         )
+        .map(Self)
     }
 }
 
-// ---- Client-side adaptive clipping ------------------------------------------------
-
-/// Flower's `DifferentialPrivacyClientSideAdaptiveClipping`: the fit config
-/// gains `"clipping_norm": C`; clients clip and report `norm_bit` ("was
-/// clipped"); after the inner aggregation C is updated from the count of set
-/// bits, then noise `N(0, (z_Δ·C/n_s)²)` is added with the new C. A result
-/// without `norm_bit` is refused with [`StrategyError::MissingMetric`].
-pub struct DpClientSideAdaptiveClipping {
-    inner: Box<dyn Strategy>,
-    num_sampled_clients: usize,
-    adaptive: Adaptive,
-    rng: NoiseRng,
-    round: Option<WrapRound>,
-}
-
-impl fmt::Debug for DpClientSideAdaptiveClipping {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DpClientSideAdaptiveClipping")
-            .field("inner", &self.inner.name())
-            .field("num_sampled_clients", &self.num_sampled_clients)
-            .field("adaptive", &self.adaptive)
-            .finish_non_exhaustive()
-    }
+central_wrapper! {
+    /// Flower's `DifferentialPrivacyClientSideAdaptiveClipping`: the fit config
+    /// gains `"clipping_norm": C`; clients clip and report `norm_bit` ("was
+    /// clipped"); after the inner aggregation C is updated from the count of set
+    /// bits, then noise `N(0, (z_Δ·C/n_s)²)` is added with the new C. A result
+    /// without `norm_bit` is refused with [`StrategyError::MissingMetric`].
+    DpClientSideAdaptiveClipping
 }
 
 impl DpClientSideAdaptiveClipping {
@@ -841,115 +841,20 @@ impl DpClientSideAdaptiveClipping {
         options: AdaptiveClippingOptions,
         seed: Option<u64>,
     ) -> Result<Self, StrategyError> {
-        Ok(DpClientSideAdaptiveClipping {
+        Central::adaptive(
             inner,
+            noise_multiplier,
             num_sampled_clients,
-            adaptive: Adaptive::new(noise_multiplier, num_sampled_clients, options)?,
-            rng: NoiseRng::new(seed),
-            round: None,
-        })
+            options,
+            seed,
+            false,
+        )
+        .map(Self)
     }
 
     /// The current clipping norm.
     pub fn clipping_norm(&self) -> f64 {
-        self.adaptive.clipping_norm
-    }
-}
-
-fn norm_bit(result: &FitRes, key: &str) -> Result<bool, StrategyError> {
-    result
-        .metrics
-        .get(key)
-        .map(truthy)
-        .ok_or_else(|| StrategyError::MissingMetric(key.to_owned()))
-}
-
-impl Strategy for DpClientSideAdaptiveClipping {
-    fn name(&self) -> &str {
-        "DifferentialPrivacyClientSideAdaptiveClipping"
-    }
-
-    delegate_to_inner!();
-
-    fn configure_fit(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
-        let mut ins = self
-            .inner
-            .configure_fit(server_round, parameters, clients)?;
-        add_config(
-            &mut ins,
-            &[(
-                KEY_CLIPPING_NORM,
-                Scalar::Double(self.adaptive.clipping_norm),
-            )],
-        );
-        Ok(ins)
-    }
-
-    fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
-        self.round = Some(WrapRound::new(server_round));
-        self.inner.begin_fit(server_round, global)
-    }
-
-    fn accumulate_fit(
-        &mut self,
-        server_round: u64,
-        client: ClientId,
-        result: FitRes,
-    ) -> Result<(), StrategyError> {
-        check_round(self.round.as_ref().map(|r| r.server_round), server_round)?;
-        let bit = norm_bit(&result, KEY_NORM_BIT)?;
-        self.inner.accumulate_fit(server_round, client, result)?;
-        if let Some(r) = &mut self.round {
-            r.results += 1;
-            r.bits += usize::from(bit);
-        }
-        Ok(())
-    }
-
-    fn aggregate_fit(
-        &mut self,
-        server_round: u64,
-        failures: &[ClientFailure],
-    ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let Some(round) = take_round(&mut self.round, server_round) else {
-            return Ok((None, Metrics::new()));
-        };
-        if !failures.is_empty() {
-            return Ok((None, Metrics::new()));
-        }
-        warn_count(round.results, self.num_sampled_clients);
-        let (params, metrics) = self.inner.aggregate_fit(server_round, failures)?;
-        self.adaptive
-            .update(round.bits, round.results, &mut self.rng);
-        let std = self.adaptive.noise_multiplier * self.adaptive.clipping_norm
-            / self.num_sampled_clients as f64;
-        let params = params
-            .map(|p| add_noise(p, std, &mut self.rng))
-            .transpose()?;
-        Ok((params, metrics))
-    }
-
-    fn state(&self) -> serde_json::Value {
-        serde_json::json!({
-            "inner": self.inner.state(),
-            "clipping_norm": self.adaptive.clipping_norm,
-            "rng": self.rng.state(),
-        })
-    }
-
-    fn restore_state(&mut self, state: serde_json::Value) -> Result<(), StrategyError> {
-        restore_adaptive(&state, &mut self.adaptive.clipping_norm, &mut self.rng)?;
-        self.inner.restore_state(
-            state
-                .get("inner")
-                .cloned()
-                .unwrap_or(serde_json::Value::Null),
-        )
+        self.0.clip.norm()
     }
 }
 
@@ -962,13 +867,10 @@ impl Strategy for DpClientSideAdaptiveClipping {
 /// false, as in Flower), which makes the arrays f64; then the inner strategy
 /// aggregates (an unweighted mean with FedAvg).
 pub struct DpFedAvgFixed {
-    inner: Box<dyn Strategy>,
-    num_sampled_clients: usize,
+    w: Wrap,
     clip_norm: f64,
     noise_multiplier: f64,
     server_side_noising: bool,
-    rng: NoiseRng,
-    round: Option<WrapRound>,
     /// `Some` for DPFedAvgAdaptive.
     adaptive: Option<FedAvgAdaptiveState>,
 }
@@ -987,8 +889,8 @@ impl fmt::Debug for DpFedAvgFixed {
         } else {
             "DpFedAvgFixed"
         })
-        .field("inner", &self.inner.name())
-        .field("num_sampled_clients", &self.num_sampled_clients)
+        .field("inner", &self.w.inner.name())
+        .field("num_sampled_clients", &self.w.num_sampled_clients)
         .field("clip_norm", &self.clip_norm)
         .field("noise_multiplier", &self.noise_multiplier)
         .field("server_side_noising", &self.server_side_noising)
@@ -1015,19 +917,16 @@ impl DpFedAvgFixed {
         }
         validate_common(noise_multiplier, num_sampled_clients)?;
         Ok(DpFedAvgFixed {
-            inner,
-            num_sampled_clients,
+            w: Wrap::new(inner, num_sampled_clients, seed),
             clip_norm,
             noise_multiplier,
             server_side_noising,
-            rng: NoiseRng::new(seed),
-            round: None,
             adaptive: None,
         })
     }
 
     fn client_noise_stddev(&self) -> f64 {
-        self.noise_multiplier * self.clip_norm / (self.num_sampled_clients as f64).sqrt()
+        self.noise_multiplier * self.clip_norm / (self.w.num_sampled_clients as f64).sqrt()
     }
 
     /// The current clipping norm.
@@ -1096,70 +995,7 @@ impl DpFedAvgAdaptive {
 }
 
 impl Strategy for DpFedAvgAdaptive {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    fn initialize_parameters(&mut self) -> Option<Parameters> {
-        self.0.initialize_parameters()
-    }
-    fn min_available_clients(&self) -> usize {
-        self.0.min_available_clients()
-    }
-    fn evaluate(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-    ) -> Result<Option<(f64, Metrics)>, StrategyError> {
-        self.0.evaluate(server_round, parameters)
-    }
-    fn configure_fit(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
-        self.0.configure_fit(server_round, parameters, clients)
-    }
-    fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
-        self.0.begin_fit(server_round, global)
-    }
-    fn accumulate_fit(
-        &mut self,
-        server_round: u64,
-        client: ClientId,
-        result: FitRes,
-    ) -> Result<(), StrategyError> {
-        self.0.accumulate_fit(server_round, client, result)
-    }
-    fn aggregate_fit(
-        &mut self,
-        server_round: u64,
-        failures: &[ClientFailure],
-    ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        self.0.aggregate_fit(server_round, failures)
-    }
-    fn configure_evaluate(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, EvaluateIns)>, StrategyError> {
-        self.0.configure_evaluate(server_round, parameters, clients)
-    }
-    fn aggregate_evaluate(
-        &mut self,
-        server_round: u64,
-        results: &[(ClientId, EvaluateRes)],
-        failures: &[ClientFailure],
-    ) -> Result<(Option<f64>, Metrics), StrategyError> {
-        self.0.aggregate_evaluate(server_round, results, failures)
-    }
-    fn state(&self) -> serde_json::Value {
-        self.0.state()
-    }
-    fn restore_state(&mut self, state: serde_json::Value) -> Result<(), StrategyError> {
-        self.0.restore_state(state)
-    }
+    forward_to_inner!(0 => all);
 }
 
 impl DpFedAvgFixed {
@@ -1214,7 +1050,13 @@ impl Strategy for DpFedAvgFixed {
         }
     }
 
-    delegate_to_inner!();
+    forward_to_inner!(w.inner =>
+        initialize_parameters,
+        min_available_clients,
+        evaluate,
+        configure_evaluate,
+        aggregate_evaluate,
+    );
 
     fn configure_fit(
         &mut self,
@@ -1223,6 +1065,7 @@ impl Strategy for DpFedAvgFixed {
         clients: &mut dyn ClientSampler,
     ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
         let mut ins = self
+            .w
             .inner
             .configure_fit(server_round, parameters, clients)?;
         let mut entries = vec![("dpfedavg_clip_norm", Scalar::Double(self.clip_norm))];
@@ -1235,13 +1078,12 @@ impl Strategy for DpFedAvgFixed {
         if self.adaptive.is_some() {
             entries.push(("dpfedavg_adaptive_clip_enabled", Scalar::Bool(true)));
         }
-        add_config(&mut ins, &entries);
+        add_fit_config(&mut ins, &entries);
         Ok(ins)
     }
 
     fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
-        self.round = Some(WrapRound::new(server_round));
-        self.inner.begin_fit(server_round, global)
+        self.w.begin(server_round, global, false)
     }
 
     fn accumulate_fit(
@@ -1250,7 +1092,7 @@ impl Strategy for DpFedAvgFixed {
         client: ClientId,
         mut result: FitRes,
     ) -> Result<(), StrategyError> {
-        check_round(self.round.as_ref().map(|r| r.server_round), server_round)?;
+        self.w.check(server_round)?;
         let bit = match self.adaptive {
             Some(_) => norm_bit(&result, "dpfedavg_norm_bit")?,
             None => false,
@@ -1260,18 +1102,13 @@ impl Strategy for DpFedAvgFixed {
         for layer in &mut layers {
             // layer + np.random.normal(...): always float64.
             let mut v = layer.data.to_f64();
-            v.iter_mut().for_each(|x| *x += self.rng.normal(0.0, std));
+            v.iter_mut().for_each(|x| *x += self.w.rng.normal(0.0, std));
             layer.data = Data::F64(v);
             layer.half = false;
         }
         result.parameters = encode_all(&layers);
         result.num_examples = 1;
-        self.inner.accumulate_fit(server_round, client, result)?;
-        if let Some(r) = &mut self.round {
-            r.results += 1;
-            r.bits += usize::from(bit);
-        }
-        Ok(())
+        self.w.accumulate_counted(server_round, client, result, bit)
     }
 
     fn aggregate_fit(
@@ -1279,13 +1116,10 @@ impl Strategy for DpFedAvgFixed {
         server_round: u64,
         failures: &[ClientFailure],
     ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let Some(round) = take_round(&mut self.round, server_round) else {
+        let Some(round) = self.w.take(server_round, failures) else {
             return Ok((None, Metrics::new()));
         };
-        if !failures.is_empty() {
-            return Ok((None, Metrics::new()));
-        }
-        let out = self.inner.aggregate_fit(server_round, failures)?;
+        let out = self.w.inner.aggregate_fit(server_round, failures)?;
         if let Some(a) = &self.adaptive {
             if round.results > 0 {
                 self.clip_norm = update_clip_norm(
@@ -1295,7 +1129,7 @@ impl Strategy for DpFedAvgFixed {
                     a.clip_count_stddev,
                     a.clip_norm_lr,
                     a.target_quantile,
-                    &mut self.rng,
+                    &mut self.w.rng,
                 );
             }
         }
@@ -1303,31 +1137,12 @@ impl Strategy for DpFedAvgFixed {
     }
 
     fn state(&self) -> serde_json::Value {
-        serde_json::json!({
-            "inner": self.inner.state(),
-            "clip_norm": self.clip_norm,
-            "rng": self.rng.state(),
-        })
+        self.w.state(Some(("clip_norm", self.clip_norm)))
     }
 
     fn restore_state(&mut self, state: serde_json::Value) -> Result<(), StrategyError> {
-        if state.is_null() {
-            return Ok(());
-        }
-        if let Some(v) = state.get("clip_norm") {
-            self.clip_norm = v
-                .as_f64()
-                .ok_or_else(|| StrategyError::State("clip_norm must be a number".into()))?;
-        }
-        if let Some(r) = state.get("rng") {
-            self.rng.restore(r)?;
-        }
-        self.inner.restore_state(
-            state
-                .get("inner")
-                .cloned()
-                .unwrap_or(serde_json::Value::Null),
-        )
+        self.w
+            .restore(state, Some(("clip_norm", &mut self.clip_norm)))
     }
 }
 

@@ -3,14 +3,13 @@
 
 use std::fmt;
 
-use flower_core::{EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, Parameters};
+use flower_core::{EvaluateRes, FitRes, Metrics, Parameters};
 
-use crate::callbacks::weighted_loss_avg;
-use crate::common::{eval_metrics, Base};
-use crate::fedavg::{mean_accumulate, mean_begin, take_round, FedAvgOptions};
+use crate::common::{forward_to_base, take_round, Base};
+use crate::fedavg::{mean_accumulate, mean_begin, FedAvgOptions};
 use crate::layers::encode_all;
 use crate::mean::{MeanMode, MeanRound};
-use crate::strategy::{ClientFailure, ClientId, ClientSampler, Strategy};
+use crate::strategy::{ClientFailure, ClientId, Strategy};
 use crate::StrategyError;
 
 /// Flower's `FaultTolerantFedAvg` (min clients default to 1, see
@@ -56,8 +55,10 @@ impl FaultTolerantFedAvg {
     }
 }
 
-fn completion_rate(results: usize, failures: usize) -> f64 {
-    results as f64 / (results + failures) as f64
+/// The gate: true (aggregate nothing) without results or when
+/// `R/(R+F) < min_rate`.
+fn incomplete(results: usize, failures: &[ClientFailure], min_rate: f64) -> bool {
+    results == 0 || (results as f64 / (results + failures.len()) as f64) < min_rate
 }
 
 impl Strategy for FaultTolerantFedAvg {
@@ -65,30 +66,13 @@ impl Strategy for FaultTolerantFedAvg {
         "FaultTolerantFedAvg"
     }
 
-    fn initialize_parameters(&mut self) -> Option<Parameters> {
-        self.base.take_initial()
-    }
-
-    fn min_available_clients(&self) -> usize {
-        self.base.opts.min_available_clients
-    }
-
-    fn evaluate(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-    ) -> Result<Option<(f64, Metrics)>, StrategyError> {
-        self.base.evaluate(server_round, parameters)
-    }
-
-    fn configure_fit(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
-        Ok(self.base.configure_fit(server_round, parameters, clients))
-    }
+    forward_to_base!(base =>
+        initialize_parameters,
+        min_available_clients,
+        evaluate,
+        configure_fit,
+        configure_evaluate,
+    );
 
     fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
         mean_begin(&mut self.round, server_round, global, MeanMode::Plain)
@@ -111,8 +95,7 @@ impl Strategy for FaultTolerantFedAvg {
         let Some(round) = take_round(&mut self.round, server_round) else {
             return Ok((None, Metrics::new()));
         };
-        let r = round.num_results();
-        if r == 0 || completion_rate(r, failures.len()) < self.min_completion_rate_fit {
+        if incomplete(round.num_results(), failures, self.min_completion_rate_fit) {
             return Ok((None, Metrics::new()));
         }
         let layers = round.mean.finish_layers()?;
@@ -122,35 +105,15 @@ impl Strategy for FaultTolerantFedAvg {
         ))
     }
 
-    fn configure_evaluate(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, EvaluateIns)>, StrategyError> {
-        Ok(self
-            .base
-            .configure_evaluate(server_round, parameters, clients))
-    }
-
     fn aggregate_evaluate(
         &mut self,
         _server_round: u64,
         results: &[(ClientId, EvaluateRes)],
         failures: &[ClientFailure],
     ) -> Result<(Option<f64>, Metrics), StrategyError> {
-        let r = results.len();
-        if r == 0 || completion_rate(r, failures.len()) < self.min_completion_rate_evaluate {
+        if incomplete(results.len(), failures, self.min_completion_rate_evaluate) {
             return Ok((None, Metrics::new()));
         }
-        let losses: Vec<(i64, f64)> = results
-            .iter()
-            .map(|(_, e)| (e.num_examples, f64::from(e.loss)))
-            .collect();
-        let loss = weighted_loss_avg(&losses)?;
-        Ok((
-            Some(loss),
-            self.base.evaluate_metrics(&eval_metrics(results)),
-        ))
+        self.base.evaluate_summary(results)
     }
 }

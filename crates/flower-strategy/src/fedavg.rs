@@ -3,13 +3,13 @@
 
 use std::fmt;
 
-use flower_core::{EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, Parameters};
+use flower_core::{FitRes, Metrics, Parameters};
 
 use crate::callbacks::{ConfigFn, EvaluateFn, MetricsAggregationFn, Shown};
-use crate::common::{check_round, Base};
+use crate::common::{current_round, forward_to_base, Base, RoundState};
 use crate::layers::encode_all;
 use crate::mean::{MeanMode, MeanRound};
-use crate::strategy::{ClientFailure, ClientId, ClientSampler, Strategy};
+use crate::strategy::{ClientFailure, ClientId, Strategy};
 use crate::StrategyError;
 
 /// Flower's `FedAvg` constructor arguments, with Flower's defaults
@@ -242,18 +242,16 @@ pub(crate) fn mean_accumulate(
     server_round: u64,
     result: FitRes,
 ) -> Result<(), StrategyError> {
-    check_round(slot.as_ref().map(|r| r.server_round), server_round)?;
-    match slot {
-        Some(round) => round.accumulate(result),
-        None => Err(StrategyError::Other("no round in progress".into())),
-    }
+    current_round(slot, server_round)?.accumulate(result)
 }
 
-/// Takes the round if it belongs to `server_round`.
-pub(crate) fn take_round(slot: &mut Option<MeanRound>, server_round: u64) -> Option<MeanRound> {
-    match slot.take() {
-        Some(r) if r.server_round == server_round => Some(r),
-        _ => None,
+impl RoundState for MeanRound {
+    fn server_round(&self) -> u64 {
+        self.server_round
+    }
+
+    fn num_results(&self) -> usize {
+        MeanRound::num_results(self)
     }
 }
 
@@ -262,30 +260,7 @@ impl Strategy for FedAvg {
         "FedAvg"
     }
 
-    fn initialize_parameters(&mut self) -> Option<Parameters> {
-        self.base.take_initial()
-    }
-
-    fn min_available_clients(&self) -> usize {
-        self.base.opts.min_available_clients
-    }
-
-    fn evaluate(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-    ) -> Result<Option<(f64, Metrics)>, StrategyError> {
-        self.base.evaluate(server_round, parameters)
-    }
-
-    fn configure_fit(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
-        Ok(self.base.configure_fit(server_round, parameters, clients))
-    }
+    forward_to_base!(base => all);
 
     fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
         let mode = self.mode();
@@ -306,34 +281,14 @@ impl Strategy for FedAvg {
         server_round: u64,
         failures: &[ClientFailure],
     ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let Some(round) = take_round(&mut self.round, server_round) else {
+        let Some(round) = self
+            .base
+            .take_gated(&mut self.round, server_round, failures)
+        else {
             return Ok((None, Metrics::new()));
         };
-        if !self.base.gate(round.num_results(), failures) {
-            return Ok((None, Metrics::new()));
-        }
         let layers = round.mean.finish_layers()?;
         let metrics = self.base.fit_metrics(&round.metrics);
         Ok((Some(encode_all(&layers)), metrics))
-    }
-
-    fn configure_evaluate(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, EvaluateIns)>, StrategyError> {
-        Ok(self
-            .base
-            .configure_evaluate(server_round, parameters, clients))
-    }
-
-    fn aggregate_evaluate(
-        &mut self,
-        _server_round: u64,
-        results: &[(ClientId, EvaluateRes)],
-        failures: &[ClientFailure],
-    ) -> Result<(Option<f64>, Metrics), StrategyError> {
-        self.base.aggregate_evaluate(results, failures)
     }
 }

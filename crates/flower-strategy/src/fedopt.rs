@@ -3,16 +3,16 @@
 
 use std::fmt;
 
-use flower_core::{EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, Parameters};
+use flower_core::{FitRes, Metrics, Parameters};
 
-use crate::common::Base;
-use crate::fedavg::{mean_accumulate, mean_begin, take_round, FedAvgOptions};
+use crate::common::{forward_to_base, Base};
+use crate::fedavg::{mean_accumulate, mean_begin, FedAvgOptions};
 use crate::fedavgm::same_layout;
 use crate::layers::{
     self, decode_all, encode_all, opt_layers_from_json, opt_layers_to_json, Data, Layer,
 };
 use crate::mean::{MeanMode, MeanRound};
-use crate::strategy::{ClientFailure, ClientId, ClientSampler, Strategy};
+use crate::strategy::{ClientFailure, ClientId, Strategy};
 use crate::StrategyError;
 
 /// Which server optimizer [`FedOpt`] runs.
@@ -253,30 +253,7 @@ impl Strategy for FedOpt {
         self.kind.class_name()
     }
 
-    fn initialize_parameters(&mut self) -> Option<Parameters> {
-        self.base.take_initial()
-    }
-
-    fn min_available_clients(&self) -> usize {
-        self.base.opts.min_available_clients
-    }
-
-    fn evaluate(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-    ) -> Result<Option<(f64, Metrics)>, StrategyError> {
-        self.base.evaluate(server_round, parameters)
-    }
-
-    fn configure_fit(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
-        Ok(self.base.configure_fit(server_round, parameters, clients))
-    }
+    forward_to_base!(base => all);
 
     fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
         mean_begin(&mut self.round, server_round, global, MeanMode::InPlace)?;
@@ -300,12 +277,12 @@ impl Strategy for FedOpt {
         server_round: u64,
         failures: &[ClientFailure],
     ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let Some(round) = take_round(&mut self.round, server_round) else {
+        let Some(round) = self
+            .base
+            .take_gated(&mut self.round, server_round, failures)
+        else {
             return Ok((None, Metrics::new()));
         };
-        if !self.base.gate(round.num_results(), failures) {
-            return Ok((None, Metrics::new()));
-        }
         let avg = round.mean.finish_layers()?;
         let metrics = self.base.fit_metrics(&round.metrics);
         let out = match self.kind {
@@ -313,26 +290,6 @@ impl Strategy for FedOpt {
             _ => self.step(server_round, avg)?,
         };
         Ok((Some(encode_all(&out)), metrics))
-    }
-
-    fn configure_evaluate(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, EvaluateIns)>, StrategyError> {
-        Ok(self
-            .base
-            .configure_evaluate(server_round, parameters, clients))
-    }
-
-    fn aggregate_evaluate(
-        &mut self,
-        _server_round: u64,
-        results: &[(ClientId, EvaluateRes)],
-        failures: &[ClientFailure],
-    ) -> Result<(Option<f64>, Metrics), StrategyError> {
-        self.base.aggregate_evaluate(results, failures)
     }
 
     fn state(&self) -> serde_json::Value {

@@ -2,10 +2,12 @@
 
 use std::fmt;
 
-use flower_core::{EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, Parameters, Scalar};
+use flower_core::{FitIns, Parameters, Scalar};
+
+use crate::common::{add_fit_config, forward_to_inner};
 
 use crate::fedavg::{FedAvg, FedAvgOptions};
-use crate::strategy::{ClientFailure, ClientId, ClientSampler, Strategy};
+use crate::strategy::{ClientId, ClientSampler, Strategy};
 use crate::StrategyError;
 
 /// Flower's `FedProx`: aggregation is FedAvg's (in-place by default); every
@@ -45,21 +47,16 @@ impl Strategy for FedProx {
         "FedProx"
     }
 
-    fn initialize_parameters(&mut self) -> Option<Parameters> {
-        self.inner.initialize_parameters()
-    }
-
-    fn min_available_clients(&self) -> usize {
-        self.inner.min_available_clients()
-    }
-
-    fn evaluate(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-    ) -> Result<Option<(f64, Metrics)>, StrategyError> {
-        self.inner.evaluate(server_round, parameters)
-    }
+    forward_to_inner!(inner =>
+        initialize_parameters,
+        min_available_clients,
+        evaluate,
+        begin_fit,
+        accumulate_fit,
+        aggregate_fit,
+        configure_evaluate,
+        aggregate_evaluate,
+    );
 
     fn configure_fit(
         &mut self,
@@ -70,51 +67,10 @@ impl Strategy for FedProx {
         let mut instructions = self
             .inner
             .configure_fit(server_round, parameters, clients)?;
-        for (_, ins) in &mut instructions {
-            ins.config
-                .insert("proximal_mu".to_owned(), Scalar::Double(self.proximal_mu));
-        }
+        add_fit_config(
+            &mut instructions,
+            &[("proximal_mu", Scalar::Double(self.proximal_mu))],
+        );
         Ok(instructions)
-    }
-
-    fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
-        self.inner.begin_fit(server_round, global)
-    }
-
-    fn accumulate_fit(
-        &mut self,
-        server_round: u64,
-        client: ClientId,
-        result: FitRes,
-    ) -> Result<(), StrategyError> {
-        self.inner.accumulate_fit(server_round, client, result)
-    }
-
-    fn aggregate_fit(
-        &mut self,
-        server_round: u64,
-        failures: &[ClientFailure],
-    ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        self.inner.aggregate_fit(server_round, failures)
-    }
-
-    fn configure_evaluate(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, EvaluateIns)>, StrategyError> {
-        self.inner
-            .configure_evaluate(server_round, parameters, clients)
-    }
-
-    fn aggregate_evaluate(
-        &mut self,
-        server_round: u64,
-        results: &[(ClientId, EvaluateRes)],
-        failures: &[ClientFailure],
-    ) -> Result<(Option<f64>, Metrics), StrategyError> {
-        self.inner
-            .aggregate_evaluate(server_round, results, failures)
     }
 }

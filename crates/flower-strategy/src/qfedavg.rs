@@ -2,15 +2,15 @@
 
 use std::fmt;
 
-use flower_core::{EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, Parameters};
+use flower_core::{FitRes, Metrics, Parameters};
 
-use crate::common::{check_round, Base};
+use crate::common::{current_round, forward_to_base, Base, RoundState};
 use crate::fedavg::FedAvgOptions;
 use crate::layers::{
     self, check_views, decode_all, encode_all, pairwise_sum, parse_layout, parse_views,
     view_to_layer, Data, DtypeRule, Layer, LayerSpec,
 };
-use crate::strategy::{ClientFailure, ClientId, ClientSampler, Strategy};
+use crate::strategy::{ClientFailure, ClientId, Strategy};
 use crate::StrategyError;
 
 /// Flower's `QFedAvg` (defaults `q_param = 0.2`, `qffl_learning_rate = 0.1`,
@@ -40,6 +40,16 @@ struct QRound {
     sum_delta: Option<Vec<Vec<f64>>>,
     hs: Vec<f64>,
     metrics: Vec<(i64, Metrics)>,
+}
+
+impl RoundState for QRound {
+    fn server_round(&self) -> u64 {
+        self.server_round
+    }
+
+    fn num_results(&self) -> usize {
+        self.metrics.len()
+    }
 }
 
 impl fmt::Debug for QFedAvg {
@@ -73,30 +83,7 @@ impl Strategy for QFedAvg {
         "QFedAvg"
     }
 
-    fn initialize_parameters(&mut self) -> Option<Parameters> {
-        self.base.take_initial()
-    }
-
-    fn min_available_clients(&self) -> usize {
-        self.base.opts.min_available_clients
-    }
-
-    fn evaluate(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-    ) -> Result<Option<(f64, Metrics)>, StrategyError> {
-        self.base.evaluate(server_round, parameters)
-    }
-
-    fn configure_fit(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
-        Ok(self.base.configure_fit(server_round, parameters, clients))
-    }
+    forward_to_base!(base => all);
 
     fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
         self.round = None;
@@ -122,10 +109,7 @@ impl Strategy for QFedAvg {
         _client: ClientId,
         result: FitRes,
     ) -> Result<(), StrategyError> {
-        check_round(self.round.as_ref().map(|r| r.server_round), server_round)?;
-        let Some(round) = &mut self.round else {
-            return Err(StrategyError::Other("no round in progress".into()));
-        };
+        let round = current_round(&mut self.round, server_round)?;
         let views = parse_views(&result.parameters)?;
         check_views(
             &round.layout,
@@ -189,13 +173,12 @@ impl Strategy for QFedAvg {
         server_round: u64,
         failures: &[ClientFailure],
     ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let round = match self.round.take() {
-            Some(r) if r.server_round == server_round => r,
-            _ => return Ok((None, Metrics::new())),
-        };
-        if !self.base.gate(round.metrics.len(), failures) {
+        let Some(round) = self
+            .base
+            .take_gated(&mut self.round, server_round, failures)
+        else {
             return Ok((None, Metrics::new()));
-        }
+        };
         if round.loss.is_none() {
             return Err(StrategyError::Missing(
                 "QFedAvg needs a server-side evaluate_fn returning a loss for the pre-round weights".into(),
@@ -220,25 +203,5 @@ impl Strategy for QFedAvg {
             Some(encode_all(&new)),
             self.base.fit_metrics(&round.metrics),
         ))
-    }
-
-    fn configure_evaluate(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, EvaluateIns)>, StrategyError> {
-        Ok(self
-            .base
-            .configure_evaluate(server_round, parameters, clients))
-    }
-
-    fn aggregate_evaluate(
-        &mut self,
-        _server_round: u64,
-        results: &[(ClientId, EvaluateRes)],
-        failures: &[ClientFailure],
-    ) -> Result<(Option<f64>, Metrics), StrategyError> {
-        self.base.aggregate_evaluate(results, failures)
     }
 }

@@ -203,6 +203,25 @@ const INNER: Opt = opt(
     "wrapped strategy: { name, options } or a name",
 );
 
+const NUM_SAMPLED_CLIENTS: Opt = opt(
+    "num_sampled_clients",
+    "required",
+    "clients sampled per round (n_s)",
+);
+const NOISE_MULTIPLIER: Opt = opt("noise_multiplier", "required", "noise multiplier z");
+const DPFEDAVG_NOISE_MULTIPLIER: Opt = opt("noise_multiplier", "1.0", "noise multiplier");
+const SERVER_SIDE_NOISING: Opt = opt(
+    "server_side_noising",
+    "true",
+    "false: clients are told dpfedavg_noise_stddev",
+);
+const CLIP_NORM_LR: Opt = opt("clip_norm_lr", "0.2", "learning rate of the clipping norm");
+const NUM_MALICIOUS_CLIENTS: Opt = opt(
+    "num_malicious_clients",
+    "0",
+    "assumed number of malicious clients f",
+);
+
 type Builder = fn(&mut Ctx<'_>) -> Result<Box<dyn Strategy>, StrategyError>;
 
 struct Entry {
@@ -217,19 +236,15 @@ struct Entry {
 }
 
 const DP_ADAPTIVE: &[Opt] = &[
-    opt("noise_multiplier", "required", "noise multiplier z"),
-    opt(
-        "num_sampled_clients",
-        "required",
-        "clients sampled per round (n_s)",
-    ),
+    NOISE_MULTIPLIER,
+    NUM_SAMPLED_CLIENTS,
     opt("initial_clipping_norm", "0.1", "initial clipping norm"),
     opt(
         "target_clipped_quantile",
         "0.5",
         "target fraction of clipped updates",
     ),
-    opt("clip_norm_lr", "0.2", "learning rate of the clipping norm"),
+    CLIP_NORM_LR,
     opt(
         "clipped_count_stddev",
         "n_s/20 if z > 0 else 0",
@@ -239,13 +254,9 @@ const DP_ADAPTIVE: &[Opt] = &[
 ];
 
 const DP_FIXED: &[Opt] = &[
-    opt("noise_multiplier", "required", "noise multiplier z"),
+    NOISE_MULTIPLIER,
     opt("clipping_norm", "required", "clipping norm C"),
-    opt(
-        "num_sampled_clients",
-        "required",
-        "clients sampled per round (n_s)",
-    ),
+    NUM_SAMPLED_CLIENTS,
     INNER,
 ];
 
@@ -366,11 +377,7 @@ const ENTRIES: &[Entry] = &[
         summary: "Krum; MultiKrum with num_clients_to_keep > 0",
         common: Some(2),
         options: &[
-            opt(
-                "num_malicious_clients",
-                "0",
-                "assumed number of malicious clients f",
-            ),
+            NUM_MALICIOUS_CLIENTS,
             opt(
                 "num_clients_to_keep",
                 "0",
@@ -392,11 +399,7 @@ const ENTRIES: &[Entry] = &[
         summary: "Bulyan over Krum (needs 4f+3 results)",
         common: Some(2),
         options: &[
-            opt(
-                "num_malicious_clients",
-                "0",
-                "assumed number of malicious clients f",
-            ),
+            NUM_MALICIOUS_CLIENTS,
             opt(
                 "to_keep",
                 "required (0)",
@@ -484,17 +487,7 @@ const ENTRIES: &[Entry] = &[
         summary: "central DP, server-side fixed clipping",
         common: None,
         options: DP_FIXED,
-        build: |c| {
-            let inner = c.inner()?;
-            let seed = c.common.seed;
-            Ok(Box::new(DpServerSideFixedClipping::new(
-                inner,
-                c.f64_required("noise_multiplier")?,
-                c.f64_required("clipping_norm")?,
-                c.usize_required("num_sampled_clients")?,
-                seed,
-            )?))
-        },
+        build: |c| c.dp_fixed(DpServerSideFixedClipping::new),
     },
     Entry {
         name: "dp-client-fixed",
@@ -502,17 +495,7 @@ const ENTRIES: &[Entry] = &[
         summary: "central DP, client-side fixed clipping",
         common: None,
         options: DP_FIXED,
-        build: |c| {
-            let inner = c.inner()?;
-            let seed = c.common.seed;
-            Ok(Box::new(DpClientSideFixedClipping::new(
-                inner,
-                c.f64_required("noise_multiplier")?,
-                c.f64_required("clipping_norm")?,
-                c.usize_required("num_sampled_clients")?,
-                seed,
-            )?))
-        },
+        build: |c| c.dp_fixed(DpClientSideFixedClipping::new),
     },
     Entry {
         name: "dp-server-adaptive",
@@ -520,18 +503,7 @@ const ENTRIES: &[Entry] = &[
         summary: "central DP, server-side adaptive clipping",
         common: None,
         options: DP_ADAPTIVE,
-        build: |c| {
-            let inner = c.inner()?;
-            let seed = c.common.seed;
-            let o = c.adaptive_options()?;
-            Ok(Box::new(DpServerSideAdaptiveClipping::new(
-                inner,
-                c.f64_required("noise_multiplier")?,
-                c.usize_required("num_sampled_clients")?,
-                o,
-                seed,
-            )?))
-        },
+        build: |c| c.dp_adaptive(DpServerSideAdaptiveClipping::new),
     },
     Entry {
         name: "dp-client-adaptive",
@@ -539,18 +511,7 @@ const ENTRIES: &[Entry] = &[
         summary: "central DP, client-side adaptive clipping",
         common: None,
         options: DP_ADAPTIVE,
-        build: |c| {
-            let inner = c.inner()?;
-            let seed = c.common.seed;
-            let o = c.adaptive_options()?;
-            Ok(Box::new(DpClientSideAdaptiveClipping::new(
-                inner,
-                c.f64_required("noise_multiplier")?,
-                c.usize_required("num_sampled_clients")?,
-                o,
-                seed,
-            )?))
-        },
+        build: |c| c.dp_adaptive(DpClientSideAdaptiveClipping::new),
     },
     Entry {
         name: "dpfedavg-fixed",
@@ -558,18 +519,10 @@ const ENTRIES: &[Entry] = &[
         summary: "deprecated DP-FedAvg, fixed clipping",
         common: None,
         options: &[
-            opt(
-                "num_sampled_clients",
-                "required",
-                "clients sampled per round (n_s)",
-            ),
+            NUM_SAMPLED_CLIENTS,
             opt("clip_norm", "required", "clipping norm"),
-            opt("noise_multiplier", "1.0", "noise multiplier"),
-            opt(
-                "server_side_noising",
-                "true",
-                "false: clients are told dpfedavg_noise_stddev",
-            ),
+            DPFEDAVG_NOISE_MULTIPLIER,
+            SERVER_SIDE_NOISING,
             INNER,
         ],
         build: |c| {
@@ -591,19 +544,11 @@ const ENTRIES: &[Entry] = &[
         summary: "deprecated DP-FedAvg, adaptive clipping",
         common: None,
         options: &[
-            opt(
-                "num_sampled_clients",
-                "required",
-                "clients sampled per round (n_s)",
-            ),
+            NUM_SAMPLED_CLIENTS,
             opt("init_clip_norm", "0.1", "initial clipping norm"),
-            opt("noise_multiplier", "1.0", "noise multiplier"),
-            opt(
-                "server_side_noising",
-                "true",
-                "false: clients are told dpfedavg_noise_stddev",
-            ),
-            opt("clip_norm_lr", "0.2", "learning rate of the clipping norm"),
+            DPFEDAVG_NOISE_MULTIPLIER,
+            SERVER_SIDE_NOISING,
+            CLIP_NORM_LR,
             opt(
                 "clip_norm_target_quantile",
                 "0.5",
@@ -637,32 +582,59 @@ const ENTRIES: &[Entry] = &[
     },
 ];
 
+/// The FedOpt family's options, with each strategy's defaults.
+const fn eta(default: &'static str) -> Opt {
+    opt("eta", default, "server learning rate")
+}
+const fn eta_l(default: &'static str) -> Opt {
+    opt("eta_l", default, "client learning rate (stored, unused)")
+}
+const fn beta_1(default: &'static str) -> Opt {
+    opt("beta_1", default, "first-moment decay")
+}
+const fn beta_2(default: &'static str) -> Opt {
+    opt("beta_2", default, "second-moment decay")
+}
+const fn tau(default: &'static str) -> Opt {
+    opt("tau", default, "adaptivity")
+}
+
 const FEDOPT_OPTIONS: &[Opt] = &[
-    opt("eta", "0.1", "server learning rate"),
-    opt("eta_l", "0.1", "client learning rate (stored, unused)"),
-    opt("beta_1", "0.0", "first-moment decay"),
-    opt("beta_2", "0.0", "second-moment decay"),
-    opt("tau", "1e-9", "adaptivity"),
+    eta("0.1"),
+    eta_l("0.1"),
+    beta_1("0.0"),
+    beta_2("0.0"),
+    tau("1e-9"),
 ];
-const FEDADAGRAD_OPTIONS: &[Opt] = &[
-    opt("eta", "0.1", "server learning rate"),
-    opt("eta_l", "0.1", "client learning rate (stored, unused)"),
-    opt("tau", "1e-9", "adaptivity"),
-];
+const FEDADAGRAD_OPTIONS: &[Opt] = &[eta("0.1"), eta_l("0.1"), tau("1e-9")];
 const FEDADAM_OPTIONS: &[Opt] = &[
-    opt("eta", "0.1", "server learning rate"),
-    opt("eta_l", "0.1", "client learning rate (stored, unused)"),
-    opt("beta_1", "0.9", "first-moment decay"),
-    opt("beta_2", "0.99", "second-moment decay"),
-    opt("tau", "1e-9", "adaptivity"),
+    eta("0.1"),
+    eta_l("0.1"),
+    beta_1("0.9"),
+    beta_2("0.99"),
+    tau("1e-9"),
 ];
 const FEDYOGI_OPTIONS: &[Opt] = &[
-    opt("eta", "0.01", "server learning rate"),
-    opt("eta_l", "0.0316", "client learning rate (stored, unused)"),
-    opt("beta_1", "0.9", "first-moment decay"),
-    opt("beta_2", "0.99", "second-moment decay"),
-    opt("tau", "0.001", "adaptivity"),
+    eta("0.01"),
+    eta_l("0.0316"),
+    beta_1("0.9"),
+    beta_2("0.99"),
+    tau("0.001"),
 ];
+
+/// `new` of a fixed-clipping DP wrapper: `(inner, noise_multiplier,
+/// clipping_norm, num_sampled_clients, seed)`.
+type DpFixedNew<S> =
+    fn(Box<dyn Strategy>, f64, f64, usize, Option<u64>) -> Result<S, StrategyError>;
+/// `new` of an adaptive-clipping DP wrapper: `(inner, noise_multiplier,
+/// num_sampled_clients, options, seed)`.
+type DpAdaptiveNew<S> = fn(
+    Box<dyn Strategy>,
+    f64,
+    usize,
+    AdaptiveClippingOptions,
+    Option<u64>,
+) -> Result<S, StrategyError>;
 
 /// Build context: the options being read and the caller's common options.
 struct Ctx<'a> {
@@ -843,6 +815,39 @@ impl Ctx<'_> {
             tau: self.f64_or("tau", d.tau)?,
         };
         Ok(Box::new(FedOpt::new(kind, o, hp)?))
+    }
+
+    /// Builds `dp-server-fixed` / `dp-client-fixed` with `new`.
+    fn dp_fixed<S: Strategy + 'static>(
+        &mut self,
+        new: DpFixedNew<S>,
+    ) -> Result<Box<dyn Strategy>, StrategyError> {
+        let inner = self.inner()?;
+        let seed = self.common.seed;
+        Ok(Box::new(new(
+            inner,
+            self.f64_required("noise_multiplier")?,
+            self.f64_required("clipping_norm")?,
+            self.usize_required("num_sampled_clients")?,
+            seed,
+        )?))
+    }
+
+    /// Builds `dp-server-adaptive` / `dp-client-adaptive` with `new`.
+    fn dp_adaptive<S: Strategy + 'static>(
+        &mut self,
+        new: DpAdaptiveNew<S>,
+    ) -> Result<Box<dyn Strategy>, StrategyError> {
+        let inner = self.inner()?;
+        let seed = self.common.seed;
+        let o = self.adaptive_options()?;
+        Ok(Box::new(new(
+            inner,
+            self.f64_required("noise_multiplier")?,
+            self.usize_required("num_sampled_clients")?,
+            o,
+            seed,
+        )?))
     }
 
     fn adaptive_options(&self) -> Result<AdaptiveClippingOptions, StrategyError> {

@@ -6,18 +6,16 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use flower_core::{
-    DType, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, Parameters, NUMPY_TENSOR_TYPE,
-};
+use flower_core::{DType, FitRes, Metrics, Parameters, NUMPY_TENSOR_TYPE};
 
-use crate::common::{check_round, Base};
+use crate::common::{current_round, forward_to_base, Base, RoundState};
 use crate::fedavg::FedAvgOptions;
 use crate::layers::{
     check_views, encode_all, pairwise_sum, parse_layout, parse_views, view_to_layer, Data,
     DtypeRule, Layer, LayerSpec,
 };
 use crate::mean::{MeanMode, WeightedMean};
-use crate::strategy::{ClientFailure, ClientId, ClientSampler, Strategy};
+use crate::strategy::{ClientFailure, ClientId, Strategy};
 use crate::StrategyError;
 
 /// One kept result.
@@ -70,6 +68,16 @@ impl Collected {
     }
 }
 
+impl RoundState for Collected {
+    fn server_round(&self) -> u64 {
+        self.server_round
+    }
+
+    fn num_results(&self) -> usize {
+        self.results.len()
+    }
+}
+
 /// The round bookkeeping every robust aggregator shares.
 struct RobustCore {
     base: Base,
@@ -91,55 +99,21 @@ impl RobustCore {
     }
 
     fn accumulate(&mut self, server_round: u64, result: FitRes) -> Result<(), StrategyError> {
-        check_round(self.round.as_ref().map(|r| r.server_round), server_round)?;
-        match &mut self.round {
-            Some(r) => r.add(result),
-            None => Err(StrategyError::Other("no round in progress".into())),
-        }
+        current_round(&mut self.round, server_round)?.add(result)
     }
 
     /// The round's results if they are to be aggregated (gating passed).
     fn take(&mut self, server_round: u64, failures: &[ClientFailure]) -> Option<Collected> {
-        let round = match self.round.take() {
-            Some(r) if r.server_round == server_round => r,
-            _ => return None,
-        };
-        if !self.base.gate(round.results.len(), failures) {
-            return None;
-        }
-        Some(round)
+        self.base
+            .take_gated(&mut self.round, server_round, failures)
     }
 }
 
+/// The [`Strategy`] methods every robust aggregator shares: the `Base`
+/// forwards, and the round bookkeeping of [`RobustCore`].
 macro_rules! delegate_common {
     () => {
-        fn initialize_parameters(&mut self) -> Option<Parameters> {
-            self.core.base.take_initial()
-        }
-
-        fn min_available_clients(&self) -> usize {
-            self.core.base.opts.min_available_clients
-        }
-
-        fn evaluate(
-            &mut self,
-            server_round: u64,
-            parameters: &Parameters,
-        ) -> Result<Option<(f64, Metrics)>, StrategyError> {
-            self.core.base.evaluate(server_round, parameters)
-        }
-
-        fn configure_fit(
-            &mut self,
-            server_round: u64,
-            parameters: &Parameters,
-            clients: &mut dyn ClientSampler,
-        ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
-            Ok(self
-                .core
-                .base
-                .configure_fit(server_round, parameters, clients))
-        }
+        forward_to_base!(core.base => all);
 
         fn begin_fit(
             &mut self,
@@ -156,27 +130,6 @@ macro_rules! delegate_common {
             result: FitRes,
         ) -> Result<(), StrategyError> {
             self.core.accumulate(server_round, result)
-        }
-
-        fn configure_evaluate(
-            &mut self,
-            server_round: u64,
-            parameters: &Parameters,
-            clients: &mut dyn ClientSampler,
-        ) -> Result<Vec<(ClientId, EvaluateIns)>, StrategyError> {
-            Ok(self
-                .core
-                .base
-                .configure_evaluate(server_round, parameters, clients))
-        }
-
-        fn aggregate_evaluate(
-            &mut self,
-            _server_round: u64,
-            results: &[(ClientId, EvaluateRes)],
-            failures: &[ClientFailure],
-        ) -> Result<(Option<f64>, Metrics), StrategyError> {
-            self.core.base.aggregate_evaluate(results, failures)
         }
     };
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use flower_core::{Config, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, Parameters};
 
 use crate::callbacks::{Shown, XgbEvaluateFn};
-use crate::common::{check_round, eval_metrics, Base};
+use crate::common::{current_round, eval_metrics, forward_to_base, Base, RoundState};
 use crate::fedavg::FedAvgOptions;
 use crate::pyjson::Json;
 use crate::strategy::{ClientFailure, ClientId, ClientSampler, Strategy};
@@ -131,18 +131,28 @@ fn model_state(model: &Option<Bytes>) -> serde_json::Value {
     serde_json::json!({ "global_model": model.as_ref().map(|m| b64.encode(m)) })
 }
 
-fn model_restore(state: &serde_json::Value) -> Result<Option<Bytes>, StrategyError> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    match state.get("global_model") {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => b64
-            .decode(s)
-            .map(|b| Some(Bytes::from(b)))
-            .map_err(|e| StrategyError::State(e.to_string())),
-        Some(_) => Err(StrategyError::State(
-            "global_model must be base64 or null".into(),
-        )),
+/// Restores what [`model_state`] wrote (a null state restores nothing).
+fn model_restore(
+    model: &mut Option<Bytes>,
+    state: &serde_json::Value,
+) -> Result<(), StrategyError> {
+    if state.is_null() {
+        return Ok(());
     }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    *model = match state.get("global_model") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(Bytes::from(
+            b64.decode(s)
+                .map_err(|e| StrategyError::State(e.to_string()))?,
+        )),
+        Some(_) => {
+            return Err(StrategyError::State(
+                "global_model must be base64 or null".into(),
+            ))
+        }
+    };
+    Ok(())
 }
 
 /// The per-round part of both XGBoost strategies.
@@ -150,6 +160,31 @@ struct XgbRound {
     server_round: u64,
     pending: Option<Bytes>,
     count: usize,
+}
+
+impl XgbRound {
+    fn new(server_round: u64, pending: Option<Bytes>) -> Self {
+        XgbRound {
+            server_round,
+            pending,
+            count: 0,
+        }
+    }
+}
+
+impl RoundState for XgbRound {
+    fn server_round(&self) -> u64 {
+        self.server_round
+    }
+
+    fn num_results(&self) -> usize {
+        self.count
+    }
+}
+
+/// What `aggregate_fit` returns: the global model, metrics `{}`.
+fn model_output(model: &Option<Bytes>) -> (Option<Parameters>, Metrics) {
+    (model.clone().map(xgb_parameters), Metrics::new())
 }
 
 /// Evaluation as FedXgbBagging/FedXgbCyclic do it: loss 0 plus the metrics
@@ -211,13 +246,12 @@ impl Strategy for FedXgbBagging {
         "FedXgbBagging"
     }
 
-    fn initialize_parameters(&mut self) -> Option<Parameters> {
-        self.base.take_initial()
-    }
-
-    fn min_available_clients(&self) -> usize {
-        self.base.opts.min_available_clients
-    }
+    forward_to_base!(base =>
+        initialize_parameters,
+        min_available_clients,
+        configure_fit,
+        configure_evaluate,
+    );
 
     fn evaluate(
         &mut self,
@@ -230,21 +264,8 @@ impl Strategy for FedXgbBagging {
             .and_then(|f| f(server_round, parameters, &Config::new())))
     }
 
-    fn configure_fit(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
-        Ok(self.base.configure_fit(server_round, parameters, clients))
-    }
-
     fn begin_fit(&mut self, server_round: u64, _global: &Parameters) -> Result<(), StrategyError> {
-        self.round = Some(XgbRound {
-            server_round,
-            pending: self.global_model.clone(),
-            count: 0,
-        });
+        self.round = Some(XgbRound::new(server_round, self.global_model.clone()));
         Ok(())
     }
 
@@ -254,10 +275,7 @@ impl Strategy for FedXgbBagging {
         _client: ClientId,
         result: FitRes,
     ) -> Result<(), StrategyError> {
-        check_round(self.round.as_ref().map(|r| r.server_round), server_round)?;
-        let Some(round) = &mut self.round else {
-            return Err(StrategyError::Other("no round in progress".into()));
-        };
+        let round = current_round(&mut self.round, server_round)?;
         let mut model = round.pending.clone();
         for tensor in &result.parameters.tensors {
             model = Some(bagging_aggregate(model.as_ref(), tensor)?);
@@ -272,29 +290,14 @@ impl Strategy for FedXgbBagging {
         server_round: u64,
         failures: &[ClientFailure],
     ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let round = match self.round.take() {
-            Some(r) if r.server_round == server_round => r,
-            _ => return Ok((None, Metrics::new())),
-        };
-        if !self.base.gate(round.count, failures) {
-            return Ok((None, Metrics::new()));
-        }
-        self.global_model = round.pending;
-        Ok((
-            self.global_model.clone().map(xgb_parameters),
-            Metrics::new(),
-        ))
-    }
-
-    fn configure_evaluate(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, EvaluateIns)>, StrategyError> {
-        Ok(self
+        let Some(round) = self
             .base
-            .configure_evaluate(server_round, parameters, clients))
+            .take_gated(&mut self.round, server_round, failures)
+        else {
+            return Ok((None, Metrics::new()));
+        };
+        self.global_model = round.pending;
+        Ok(model_output(&self.global_model))
     }
 
     fn aggregate_evaluate(
@@ -311,10 +314,7 @@ impl Strategy for FedXgbBagging {
     }
 
     fn restore_state(&mut self, state: serde_json::Value) -> Result<(), StrategyError> {
-        if !state.is_null() {
-            self.global_model = model_restore(&state)?;
-        }
-        Ok(())
+        model_restore(&mut self.global_model, &state)
     }
 }
 
@@ -366,21 +366,7 @@ impl Strategy for FedXgbCyclic {
         "FedXgbCyclic"
     }
 
-    fn initialize_parameters(&mut self) -> Option<Parameters> {
-        self.base.take_initial()
-    }
-
-    fn min_available_clients(&self) -> usize {
-        self.base.opts.min_available_clients
-    }
-
-    fn evaluate(
-        &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-    ) -> Result<Option<(f64, Metrics)>, StrategyError> {
-        self.base.evaluate(server_round, parameters)
-    }
+    forward_to_base!(base => initialize_parameters, min_available_clients, evaluate);
 
     fn configure_fit(
         &mut self,
@@ -388,28 +374,15 @@ impl Strategy for FedXgbCyclic {
         parameters: &Parameters,
         clients: &mut dyn ClientSampler,
     ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
-        let config = self.base.fit_config(server_round);
-        let sampled = self.base.sample_fit(clients);
-        Ok(pick_cyclic(server_round, sampled)
-            .map(|id| {
-                (
-                    id,
-                    FitIns {
-                        parameters: parameters.clone(),
-                        config,
-                    },
-                )
-            })
-            .into_iter()
-            .collect())
+        Ok(self
+            .base
+            .configure_fit_picking(server_round, parameters, clients, |sampled| {
+                pick_cyclic(server_round, sampled).into_iter().collect()
+            }))
     }
 
     fn begin_fit(&mut self, server_round: u64, _global: &Parameters) -> Result<(), StrategyError> {
-        self.round = Some(XgbRound {
-            server_round,
-            pending: None,
-            count: 0,
-        });
+        self.round = Some(XgbRound::new(server_round, None));
         Ok(())
     }
 
@@ -419,10 +392,7 @@ impl Strategy for FedXgbCyclic {
         _client: ClientId,
         result: FitRes,
     ) -> Result<(), StrategyError> {
-        check_round(self.round.as_ref().map(|r| r.server_round), server_round)?;
-        let Some(round) = &mut self.round else {
-            return Err(StrategyError::Other("no round in progress".into()));
-        };
+        let round = current_round(&mut self.round, server_round)?;
         if let Some(last) = result.parameters.tensors.last() {
             round.pending = Some(last.clone());
         }
@@ -435,20 +405,16 @@ impl Strategy for FedXgbCyclic {
         server_round: u64,
         failures: &[ClientFailure],
     ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let round = match self.round.take() {
-            Some(r) if r.server_round == server_round => r,
-            _ => return Ok((None, Metrics::new())),
-        };
-        if !self.base.gate(round.count, failures) {
+        let Some(round) = self
+            .base
+            .take_gated(&mut self.round, server_round, failures)
+        else {
             return Ok((None, Metrics::new()));
-        }
+        };
         if round.pending.is_some() {
             self.global_model = round.pending;
         }
-        Ok((
-            self.global_model.clone().map(xgb_parameters),
-            Metrics::new(),
-        ))
+        Ok(model_output(&self.global_model))
     }
 
     fn configure_evaluate(
@@ -457,23 +423,11 @@ impl Strategy for FedXgbCyclic {
         parameters: &Parameters,
         clients: &mut dyn ClientSampler,
     ) -> Result<Vec<(ClientId, EvaluateIns)>, StrategyError> {
-        if self.base.opts.fraction_evaluate == 0.0 {
-            return Ok(Vec::new());
-        }
-        let config = self.base.evaluate_config(server_round);
-        let sampled = self.base.sample_evaluate(clients);
-        Ok(pick_cyclic(server_round, sampled)
-            .map(|id| {
-                (
-                    id,
-                    EvaluateIns {
-                        parameters: parameters.clone(),
-                        config,
-                    },
-                )
-            })
-            .into_iter()
-            .collect())
+        Ok(self
+            .base
+            .configure_evaluate_picking(server_round, parameters, clients, |sampled| {
+                pick_cyclic(server_round, sampled).into_iter().collect()
+            }))
     }
 
     fn aggregate_evaluate(
@@ -490,10 +444,7 @@ impl Strategy for FedXgbCyclic {
     }
 
     fn restore_state(&mut self, state: serde_json::Value) -> Result<(), StrategyError> {
-        if !state.is_null() {
-            self.global_model = model_restore(&state)?;
-        }
-        Ok(())
+        model_restore(&mut self.global_model, &state)
     }
 }
 
