@@ -54,6 +54,10 @@ pub(crate) struct CompareArgs {
     /// removed at the end).
     #[arg(long)]
     pub(crate) work_dir: Option<PathBuf>,
+    /// Extra argument for flower-server (repeatable, e.g.
+    /// `--server-arg=--aggregation-order --server-arg=arrival`).
+    #[arg(long = "server-arg", allow_hyphen_values = true, value_name = "ARG")]
+    pub(crate) server_args: Vec<String>,
     #[command(flatten)]
     pub(crate) env: EnvArgs,
 }
@@ -154,6 +158,7 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<i32> {
         nofile: 65536,
         client_wait_timeout: 300.0,
         round_timeout: None,
+        extra_args: args.server_args.clone(),
     };
     let plan = ClientsPlan {
         rust_clients: args.clients,
@@ -481,11 +486,6 @@ fn print_result(r: &CompareResult) {
             1,
         ),
         (
-            "/proc io rchar+wchar MB",
-            Box::new(|s| Some((s.proc_io_rchar_bytes + s.proc_io_wchar_bytes) as f64 / 1e6)),
-            1,
-        ),
-        (
             "model MB moved",
             Box::new(|s| Some(s.model_bytes_moved as f64 / 1e6)),
             1,
@@ -524,7 +524,7 @@ fn print_result(r: &CompareResult) {
     for s in &r.servers {
         let c = s.rust_clients.as_ref();
         println!(
-            "{}: exit {}, Rust clients ok {}/{} (errors: {:?}), Python clients ok/failed {:?}{}",
+            "{}: {}, Rust clients ok {}/{} (errors: {:?}), Python clients ok/failed {:?}{}",
             s.server,
             s.exit_status.as_deref().unwrap_or("?"),
             c.map_or(0, |c| c.ok),

@@ -69,9 +69,12 @@ pub(crate) struct ServerResult {
     pub(crate) wire_total_bytes: Option<u64>,
     /// TCP connections through the relay.
     pub(crate) wire_connections: Option<u64>,
-    /// `/proc/<pid>/io` `rchar` (last poll before exit; includes file reads).
+    /// `/proc/<pid>/io` `rchar` (last poll before exit). Not a wire figure:
+    /// it counts `read`/`readv` (files included) but not `recv`/`recvmsg`,
+    /// which is how tokio (std) and grpcio read sockets.
     pub(crate) proc_io_rchar_bytes: u64,
-    /// `/proc/<pid>/io` `wchar` (last poll before exit; includes file writes).
+    /// `/proc/<pid>/io` `wchar` (last poll before exit). Counts `write` and
+    /// `writev` (hyper's socket writes) but not `send`/`sendmsg` (grpcio's).
     pub(crate) proc_io_wchar_bytes: u64,
     /// Model bytes moved in the completed rounds: clients × 4P × 3 per round
     /// (fit download + fit upload + evaluate download).

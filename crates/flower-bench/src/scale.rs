@@ -52,6 +52,10 @@ pub(crate) struct ScaleArgs {
     /// Where to keep logs and certificates (default: a temporary directory).
     #[arg(long)]
     pub(crate) work_dir: Option<PathBuf>,
+    /// Extra argument for flower-server (repeatable, e.g.
+    /// `--server-arg=--aggregation-order --server-arg=arrival`).
+    #[arg(long = "server-arg", allow_hyphen_values = true, value_name = "ARG")]
+    pub(crate) server_args: Vec<String>,
     #[command(flatten)]
     pub(crate) env: EnvArgs,
 }
@@ -130,6 +134,7 @@ pub(crate) fn run(args: ScaleArgs) -> anyhow::Result<i32> {
             nofile: args.nofile,
             client_wait_timeout: (args.timeout_secs - 20.0).max(10.0),
             round_timeout: Some(120.0),
+            extra_args: args.server_args.clone(),
         };
         let plan = ClientsPlan {
             rust_clients: args.clients,

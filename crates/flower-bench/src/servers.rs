@@ -168,6 +168,8 @@ pub(crate) struct ServerSpec {
     pub(crate) client_wait_timeout: f64,
     /// Per-reply timeout for both servers (seconds).
     pub(crate) round_timeout: Option<f64>,
+    /// Extra flower-server arguments (experiments).
+    pub(crate) extra_args: Vec<String>,
 }
 
 /// A started server.
@@ -380,6 +382,7 @@ impl ServerProcess {
         args.push("--initial-parameters".into());
         args.push(spec.initial_npz.clone().into());
         args.push("--log-json".into());
+        args.extend(spec.extra_args.iter().map(OsString::from));
         let command_line = display_command(bin, &args, spec.token.as_deref());
         let mut command = with_nofile(spec.nofile, bin, &args);
         command.env("RUST_LOG", "info");
