@@ -53,6 +53,11 @@ pub(crate) struct Settings {
     /// HTTP/2 keepalive ping interval in seconds [default: 210].
     #[arg(long)]
     keepalive_secs: Option<u64>,
+    /// Receive at most this many large (>= 1 MiB) client messages at once;
+    /// the others wait in their HTTP/2 window. Bounds memory to about N x
+    /// model size; 0 = no limit [default: 2].
+    #[arg(long)]
+    max_concurrent_uploads: Option<usize>,
     /// Refuse clients beyond this many simultaneous streams [default: no limit].
     #[arg(long)]
     max_clients: Option<usize>,
@@ -180,7 +185,7 @@ impl Settings {
             let mut file: Settings =
                 toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             merge!(cli, file; address, insecure, ssl_ca_certfile, ssl_certfile, ssl_keyfile,
-                max_message_size, keepalive_secs, max_clients, rounds, round_timeout,
+                max_message_size, keepalive_secs, max_concurrent_uploads, max_clients, rounds, round_timeout,
                 client_wait_timeout, rejoin_wait_timeout, strategy, min_fit_clients, min_evaluate_clients,
                 min_available_clients, fraction_fit, fraction_evaluate, initial_parameters,
                 output_dir, resume, seed, aggregation_order, log_json, token_file, vault_addr, vault_auth_path,
@@ -388,7 +393,8 @@ async fn run(settings: Settings) -> Result<(), String> {
     );
 
     let manager = ClientManager::new(settings.max_clients);
-    let transport = FlowerTransport::new(manager.clone());
+    let transport = FlowerTransport::new(manager.clone())
+        .max_concurrent_uploads(Some(settings.max_concurrent_uploads.unwrap_or(2)));
 
     let auth = match settings
         .auth_flags()?

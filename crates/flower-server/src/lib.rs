@@ -13,6 +13,7 @@ mod client_manager;
 mod driver;
 mod exchange;
 mod history;
+mod inbound;
 mod model_file;
 mod serve;
 mod transport;

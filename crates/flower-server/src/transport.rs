@@ -24,12 +24,12 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use http_body::Frame;
 use tokio::sync::{mpsc, oneshot};
-use tonic::codec::{Codec, CompressionEncoding, Streaming};
 use tonic::Status;
 use tracing::{debug, info, warn};
 
 use crate::client_manager::ClientManager;
 use crate::exchange::{ClientHandle, ExchangeError, OutgoingMessage};
+use crate::inbound::{Inbound, UploadGate};
 
 /// The Join service (a tower service for tonic's router).
 ///
@@ -41,6 +41,7 @@ pub struct FlowerTransport {
     manager: ClientManager,
     max_decoding_message_size: usize,
     max_encoding_message_size: usize,
+    upload_gate: UploadGate,
 }
 
 impl std::fmt::Debug for FlowerTransport {
@@ -59,7 +60,17 @@ impl FlowerTransport {
             manager,
             max_decoding_message_size: flower_proto::GRPC_MAX_MESSAGE_LENGTH,
             max_encoding_message_size: flower_proto::GRPC_MAX_MESSAGE_LENGTH,
+            upload_gate: UploadGate::new(None),
         }
+    }
+
+    /// Receives at most `n` large (≥ 1 MiB) client messages at once; the
+    /// other clients wait within their HTTP/2 flow-control window. Bounds
+    /// receive memory to about `n` × model size. `None`: no limit.
+    #[must_use]
+    pub fn max_concurrent_uploads(mut self, n: Option<usize>) -> Self {
+        self.upload_gate = UploadGate::new(n);
+        self
     }
 
     /// Sets the max message size, both ways.
@@ -103,13 +114,10 @@ impl FlowerTransport {
         let token = auth.as_ref().map(|p| p.fingerprint().to_string());
         let revoked = auth.map(|p| p.revocation_future().boxed());
 
-        let decoder =
-            tonic_prost::ProstCodec::<pb::ServerMessage, pb::ClientMessage>::default().decoder();
-        let inbound = Streaming::new_request(
-            decoder,
+        let inbound = Inbound::new(
             request.into_body(),
-            None::<CompressionEncoding>,
-            Some(self.max_decoding_message_size),
+            self.upload_gate.clone(),
+            self.max_decoding_message_size,
         );
 
         let (ins_tx, ins_rx) = mpsc::channel(1);
@@ -322,7 +330,7 @@ fn expected_reply(instruction: &str) -> &'static str {
 }
 
 async fn drive_stream(
-    mut inbound: Streaming<pb::ClientMessage>,
+    mut inbound: Inbound,
     mut instructions: mpsc::Receiver<Instruction>,
     outbound: mpsc::Sender<Result<Bytes, Status>>,
     revoked: Option<BoxFuture<'static, ()>>,

@@ -1,0 +1,278 @@
+//! Reading client messages off a `Join` request body.
+//!
+//! Written here instead of using tonic's decoder for memory: tonic appends
+//! every message to one growing per-stream buffer and hands out slices of
+//! it, so each connected client keeps a model-sized allocation alive for as
+//! long as its stream lives. Here every message gets an exact-size buffer
+//! (from its gRPC length prefix) that is freed as soon as the decoded
+//! message is dropped, and large messages first take a permit of a shared
+//! [`UploadGate`]: clients that wait keep their data in their HTTP/2
+//! flow-control window (1 MiB), not in server memory.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use flower_proto as pb;
+use futures::future::BoxFuture;
+use http_body::Body;
+use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Status;
+
+/// Messages at least this large need an upload permit.
+const LARGE_MESSAGE: usize = 1 << 20;
+
+/// Shared limit on large client messages being received at once.
+#[derive(Debug, Clone)]
+pub(crate) struct UploadGate {
+    permits: Option<Arc<Semaphore>>,
+}
+
+impl UploadGate {
+    /// At most `n` large messages received at once; `None` or 0: no limit.
+    pub(crate) fn new(n: Option<usize>) -> Self {
+        UploadGate {
+            permits: n.filter(|n| *n > 0).map(|n| Arc::new(Semaphore::new(n))),
+        }
+    }
+}
+
+type BoxBody = Pin<Box<dyn Body<Data = Bytes, Error = Status> + Send>>;
+
+/// The client-message stream of one `Join` call.
+pub(crate) struct Inbound {
+    body: BoxBody,
+    gate: UploadGate,
+    max_message_size: usize,
+    /// Bytes read but not yet used.
+    pending: Bytes,
+    /// The 5-byte gRPC prefix of the next message, as far as read.
+    prefix: Vec<u8>,
+    /// The message being assembled (capacity = its length).
+    message: Option<Vec<u8>>,
+    waiting: Option<BoxFuture<'static, Option<OwnedSemaphorePermit>>>,
+    permit: Option<OwnedSemaphorePermit>,
+    /// Message length known, permit (if any) not yet granted.
+    announced: Option<usize>,
+    ended: bool,
+}
+
+impl Inbound {
+    /// Reads messages from `body`.
+    pub(crate) fn new<B>(body: B, gate: UploadGate, max_message_size: usize) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        use http_body_util::BodyExt;
+        let body = body.map_err(|e| {
+            let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+            Status::from_error(e)
+        });
+        Inbound {
+            body: Box::pin(body),
+            gate,
+            max_message_size,
+            pending: Bytes::new(),
+            prefix: Vec::with_capacity(5),
+            message: None,
+            waiting: None,
+            permit: None,
+            announced: None,
+            ended: false,
+        }
+    }
+
+    /// The next message; `Ok(None)` at the end of the stream. Cancel-safe:
+    /// all progress is kept in `self`.
+    pub(crate) async fn message(&mut self) -> Result<Option<pb::ClientMessage>, Status> {
+        std::future::poll_fn(|cx| self.poll_message(cx)).await
+    }
+
+    fn poll_message(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<pb::ClientMessage>, Status>> {
+        loop {
+            // A large message announced: wait for a permit before reading on.
+            if let Some(len) = self.announced {
+                if let Some(waiting) = self.waiting.as_mut() {
+                    self.permit = ready!(waiting.as_mut().poll(cx));
+                    self.waiting = None;
+                }
+                self.announced = None;
+                self.message = Some(Vec::with_capacity(len));
+            }
+            // Use what was read.
+            while self.pending.has_remaining() {
+                if let Some(buf) = self.message.as_mut() {
+                    let want = buf.capacity() - buf.len();
+                    let n = want.min(self.pending.len());
+                    buf.extend_from_slice(&self.pending[..n]);
+                    self.pending.advance(n);
+                    if buf.len() == buf.capacity() {
+                        let bytes = Bytes::from(self.message.take().unwrap_or_default());
+                        self.permit = None;
+                        return Poll::Ready(pb::ClientMessage::decode(bytes).map(Some).map_err(
+                            |e| Status::internal(format!("undecodable ClientMessage: {e}")),
+                        ));
+                    }
+                    continue;
+                }
+                let n = (5 - self.prefix.len()).min(self.pending.len());
+                self.prefix.extend_from_slice(&self.pending[..n]);
+                self.pending.advance(n);
+                if self.prefix.len() < 5 {
+                    continue;
+                }
+                if self.prefix[0] != 0 {
+                    return Poll::Ready(Err(Status::unimplemented(
+                        "compressed messages are not supported",
+                    )));
+                }
+                let len = u32::from_be_bytes([
+                    self.prefix[1],
+                    self.prefix[2],
+                    self.prefix[3],
+                    self.prefix[4],
+                ]) as usize;
+                self.prefix.clear();
+                if len > self.max_message_size {
+                    return Poll::Ready(Err(Status::out_of_range(format!(
+                        "message of {len} bytes exceeds the max message size {}",
+                        self.max_message_size
+                    ))));
+                }
+                if len == 0 {
+                    return Poll::Ready(
+                        pb::ClientMessage::decode(Bytes::new())
+                            .map(Some)
+                            .map_err(|e| Status::internal(e.to_string())),
+                    );
+                }
+                self.announced = Some(len);
+                if let (true, Some(sem)) = (len >= LARGE_MESSAGE, self.gate.permits.clone()) {
+                    self.waiting = Some(Box::pin(async move { sem.acquire_owned().await.ok() }));
+                }
+                break;
+            }
+            if self.announced.is_some() {
+                continue;
+            }
+            if self.ended {
+                return Poll::Ready(if self.message.is_some() || !self.prefix.is_empty() {
+                    Err(Status::internal("stream ended inside a message"))
+                } else {
+                    Ok(None)
+                });
+            }
+            match ready!(self.body.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        self.pending = data.copy_to_bytes(data.remaining());
+                    }
+                    // Trailers from a client carry nothing we need.
+                }
+                Some(Err(status)) => return Poll::Ready(Err(status)),
+                None => self.ended = true,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn framed(message: &pb::ClientMessage) -> Vec<u8> {
+        let payload = message.encode_to_vec();
+        let mut v = vec![0u8];
+        v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        v.extend_from_slice(&payload);
+        v
+    }
+
+    fn body_of(chunks: Vec<Vec<u8>>) -> impl Body<Data = Bytes, Error = Status> + Send + 'static {
+        let frames = chunks
+            .into_iter()
+            .map(|c| Ok::<_, Status>(http_body::Frame::data(Bytes::from(c))));
+        StreamBody::new(futures::stream::iter(frames)).boxed()
+    }
+
+    fn fit_res(n: usize) -> pb::ClientMessage {
+        flower_core::ClientMessage::Fit(flower_core::FitRes {
+            status: flower_core::Status::success(),
+            parameters: flower_core::Parameters {
+                tensors: vec![Bytes::from(vec![7u8; n])],
+                tensor_type: "numpy.ndarray".into(),
+            },
+            num_examples: 3,
+            metrics: Default::default(),
+        })
+        .into()
+    }
+
+    #[tokio::test]
+    async fn messages_split_anywhere_are_reassembled() {
+        let mut wire = framed(&fit_res(10));
+        wire.extend(framed(&fit_res(3 << 20)));
+        // Split into odd chunk sizes, including inside the prefixes.
+        let chunks: Vec<Vec<u8>> = wire.chunks(7777).map(<[u8]>::to_vec).collect();
+        let mut inbound = Inbound::new(body_of(chunks), UploadGate::new(Some(1)), usize::MAX);
+        assert_eq!(inbound.message().await.unwrap(), Some(fit_res(10)));
+        assert_eq!(inbound.message().await.unwrap(), Some(fit_res(3 << 20)));
+        assert_eq!(inbound.message().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn oversized_truncated_and_compressed_messages_are_errors() {
+        let wire = framed(&fit_res(100));
+        let mut inbound = Inbound::new(body_of(vec![wire.clone()]), UploadGate::new(None), 50);
+        assert_eq!(
+            inbound.message().await.unwrap_err().code(),
+            tonic::Code::OutOfRange
+        );
+        let mut inbound = Inbound::new(
+            body_of(vec![wire[..20].to_vec()]),
+            UploadGate::new(None),
+            usize::MAX,
+        );
+        assert_eq!(
+            inbound.message().await.unwrap_err().code(),
+            tonic::Code::Internal
+        );
+        let mut compressed = wire.clone();
+        compressed[0] = 1;
+        let mut inbound =
+            Inbound::new(body_of(vec![compressed]), UploadGate::new(None), usize::MAX);
+        assert_eq!(
+            inbound.message().await.unwrap_err().code(),
+            tonic::Code::Unimplemented
+        );
+        let mut garbage = vec![0u8, 0, 0, 0, 3];
+        garbage.extend_from_slice(&[0xff, 0xff, 0xff]);
+        let mut inbound = Inbound::new(body_of(vec![garbage]), UploadGate::new(None), usize::MAX);
+        assert_eq!(
+            inbound.message().await.unwrap_err().code(),
+            tonic::Code::Internal
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_large_upload_waits_for_the_permit() {
+        let gate = UploadGate::new(Some(1));
+        let big = framed(&fit_res(2 << 20));
+        let mut first = Inbound::new(body_of(vec![big.clone()]), gate.clone(), usize::MAX);
+        let mut second = Inbound::new(body_of(vec![big]), gate.clone(), usize::MAX);
+        // The first takes the permit and completes (returning it).
+        let a = first.message().await.unwrap();
+        assert!(a.is_some());
+        let b = tokio::time::timeout(std::time::Duration::from_secs(5), second.message())
+            .await
+            .expect("permit released after the first message");
+        assert!(b.unwrap().is_some());
+    }
+}
