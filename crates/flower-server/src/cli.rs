@@ -392,9 +392,11 @@ async fn run(settings: Settings) -> Result<(), String> {
         "starting"
     );
 
-    let manager = ClientManager::new(settings.max_clients);
-    let transport = FlowerTransport::new(manager.clone())
-        .max_concurrent_uploads(Some(settings.max_concurrent_uploads.unwrap_or(2)));
+    let manager = ClientManager::with_upload_limit(
+        settings.max_clients,
+        Some(settings.max_concurrent_uploads.unwrap_or(2)),
+    );
+    let transport = FlowerTransport::new(manager.clone());
 
     let auth = match settings
         .auth_flags()?

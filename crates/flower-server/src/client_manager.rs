@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::watch;
 
 use crate::exchange::{ClientHandle, ExchangeError, OutgoingMessage};
+use crate::inbound::UploadGate;
 use flower_core::{ClientMessage, ServerMessage};
 
 /// Connected clients, keyed by an id assigned in join order.
@@ -24,6 +25,7 @@ pub struct ClientManager {
 }
 
 struct Inner {
+    upload_gate: UploadGate,
     clients: Mutex<BTreeMap<ClientId, Arc<dyn ClientHandle>>>,
     next_id: AtomicU64,
     count: watch::Sender<usize>,
@@ -47,9 +49,17 @@ impl Default for ClientManager {
 impl ClientManager {
     /// An empty registry; `max_clients` caps simultaneous clients (no cap when `None`).
     pub fn new(max_clients: Option<usize>) -> Self {
+        Self::with_upload_limit(max_clients, None)
+    }
+
+    /// Like [`ClientManager::new`], and receives at most `max_uploads` large
+    /// (≥ 1 MiB) client messages at once, admitted in fold order (see
+    /// [`UploadGate`]): receive memory stays near `max_uploads` × model size.
+    pub fn with_upload_limit(max_clients: Option<usize>, max_uploads: Option<usize>) -> Self {
         let (count, _) = watch::channel(0);
         ClientManager {
             inner: Arc::new(Inner {
+                upload_gate: UploadGate::new(max_uploads),
                 clients: Mutex::new(BTreeMap::new()),
                 next_id: AtomicU64::new(1),
                 count,
@@ -62,6 +72,12 @@ impl ClientManager {
         // A poisoned lock only means another thread panicked mid-insert; the
         // map itself is still consistent.
         self.inner.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The gate shared by the transport (which waits on it) and the round
+    /// driver (which says in which order it folds results).
+    pub fn upload_gate(&self) -> &UploadGate {
+        &self.inner.upload_gate
     }
 
     /// Registers a client; `None` when the configured cap is reached.

@@ -151,6 +151,32 @@ fn same_instruction(a: &ServerMessage, b: &ServerMessage) -> bool {
     }
 }
 
+/// The clients whose fit results are still to be folded, announced to the
+/// upload gate; whatever is left when the round ends (an error, an early
+/// return) is released.
+struct FoldTurns {
+    gate: crate::UploadGate,
+    clients: Vec<ClientId>,
+}
+
+impl FoldTurns {
+    fn new(gate: &crate::UploadGate, clients: &[ClientId]) -> Self {
+        gate.expect(clients);
+        FoldTurns {
+            gate: gate.clone(),
+            clients: clients.to_vec(),
+        }
+    }
+}
+
+impl Drop for FoldTurns {
+    fn drop(&mut self) {
+        for client in &self.clients {
+            self.gate.done(*client);
+        }
+    }
+}
+
 type Exchanges = FuturesUnordered<
     futures::future::BoxFuture<'static, (ClientId, Result<ClientMessage, ExchangeError>)>,
 >;
@@ -473,8 +499,11 @@ impl RoundDriver {
 
         // By default results are folded in client-id order, whatever order
         // they arrive in, so that the same inputs always give the same bits;
-        // early arrivals wait in `ready`. In arrival order nothing waits.
+        // early arrivals wait in `ready`, and the upload gate admits large
+        // uploads in that order so that few ever wait. In arrival order
+        // nothing waits.
         let arrival = self.config.aggregation_order == AggregationOrder::Arrival;
+        let _turns = (!arrival).then(|| FoldTurns::new(self.manager.upload_gate(), &order));
         let mut ready: BTreeMap<ClientId, Option<FitRes>> = BTreeMap::new();
         let mut next = 0;
         let mut results = 0;
@@ -511,13 +540,15 @@ impl RoundDriver {
                 }
             }
             for (client, slot) in due {
-                let Some(res) = slot else { continue };
-                match blocking(|| self.strategy.accumulate_fit(round, client, res)) {
-                    Ok(()) => results += 1,
-                    Err(e) => {
-                        warn!(round, client, error = %e, "fit result refused");
-                        failures.push(failure(client, e.to_string()));
-                    }
+                let folded = match slot {
+                    None => Ok(()),
+                    Some(res) => blocking(|| self.strategy.accumulate_fit(round, client, res))
+                        .map(|()| results += 1),
+                };
+                self.manager.upload_gate().done(client);
+                if let Err(e) = folded {
+                    warn!(round, client, error = %e, "fit result refused");
+                    failures.push(failure(client, e.to_string()));
                 }
             }
         }

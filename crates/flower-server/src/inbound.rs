@@ -15,26 +15,120 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
 use flower_proto as pb;
+use flower_strategy::ClientId;
 use futures::future::BoxFuture;
 use http_body::Body;
 use prost::Message;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
 /// Messages at least this large need an upload permit.
 const LARGE_MESSAGE: usize = 1 << 20;
 
-/// Shared limit on large client messages being received at once.
-#[derive(Debug, Clone)]
-pub(crate) struct UploadGate {
-    permits: Option<Arc<Semaphore>>,
+/// Shared limit on large client messages being received at once, admitted
+/// in the order the driver folds them.
+///
+/// With a fold order set ([`UploadGate::expect`]), a client's large upload
+/// starts only when it is among the next `n` results the driver will fold,
+/// so results that arrive early never pile up in memory waiting for their
+/// turn: memory stays at about `n` × model size for any number of clients.
+/// Other uploads are admitted first come, first served.
+#[derive(Debug, Clone, Default)]
+pub struct UploadGate {
+    inner: Option<Arc<GateInner>>,
+}
+
+#[derive(Debug)]
+struct GateInner {
+    max: usize,
+    state: std::sync::Mutex<GateState>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// Large uploads being received now.
+    active: usize,
+    /// Clients whose results are still to be folded, in fold order.
+    pending: std::collections::BTreeSet<ClientId>,
+}
+
+/// Held while a large upload is being received.
+struct UploadPermit {
+    inner: Arc<GateInner>,
+}
+
+impl Drop for UploadPermit {
+    fn drop(&mut self) {
+        self.inner.lock().active -= 1;
+        self.inner.changed.notify_waiters();
+    }
+}
+
+impl GateInner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn try_admit(&self, client: Option<ClientId>) -> bool {
+        let mut state = self.lock();
+        if state.active >= self.max {
+            return false;
+        }
+        let in_turn = match client {
+            Some(c) if state.pending.contains(&c) => state.pending.range(..c).count() < self.max,
+            _ => true,
+        };
+        if in_turn {
+            state.active += 1;
+        }
+        in_turn
+    }
 }
 
 impl UploadGate {
     /// At most `n` large messages received at once; `None` or 0: no limit.
-    pub(crate) fn new(n: Option<usize>) -> Self {
+    pub fn new(n: Option<usize>) -> Self {
         UploadGate {
-            permits: n.filter(|n| *n > 0).map(|n| Arc::new(Semaphore::new(n))),
+            inner: n.filter(|n| *n > 0).map(|max| {
+                Arc::new(GateInner {
+                    max,
+                    state: Default::default(),
+                    changed: Default::default(),
+                })
+            }),
+        }
+    }
+
+    /// The driver will fold results of `clients` in id order: admit their
+    /// large uploads in that order.
+    pub fn expect(&self, clients: &[ClientId]) {
+        if let Some(inner) = &self.inner {
+            inner.lock().pending.extend(clients.iter().copied());
+            inner.changed.notify_waiters();
+        }
+    }
+
+    /// The result of `client` was folded, or will never come.
+    pub fn done(&self, client: ClientId) {
+        if let Some(inner) = &self.inner {
+            inner.lock().pending.remove(&client);
+            inner.changed.notify_waiters();
+        }
+    }
+
+    /// Waits until an upload by `client` may be received.
+    async fn admit(inner: Arc<GateInner>, client: Option<ClientId>) -> UploadPermit {
+        loop {
+            {
+                let changed = inner.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if !inner.try_admit(client) {
+                    changed.await;
+                    continue;
+                }
+            }
+            return UploadPermit { inner };
         }
     }
 }
@@ -52,8 +146,9 @@ pub(crate) struct Inbound {
     prefix: Vec<u8>,
     /// The message being assembled (capacity = its length).
     message: Option<Vec<u8>>,
-    waiting: Option<BoxFuture<'static, Option<OwnedSemaphorePermit>>>,
-    permit: Option<OwnedSemaphorePermit>,
+    waiting: Option<BoxFuture<'static, UploadPermit>>,
+    permit: Option<UploadPermit>,
+    client: Option<ClientId>,
     /// Message length known, permit (if any) not yet granted.
     announced: Option<usize>,
     ended: bool,
@@ -82,7 +177,19 @@ impl Inbound {
             permit: None,
             announced: None,
             ended: false,
+            client: None,
         }
+    }
+
+    /// Which client this stream belongs to (for ordered admission).
+    pub(crate) fn set_client(&mut self, client: ClientId) {
+        self.client = Some(client);
+    }
+
+    /// True once the next message has begun to arrive: a reply that has
+    /// started is not late, even if the gate makes it wait.
+    pub(crate) fn reply_started(&self) -> bool {
+        self.announced.is_some() || self.message.is_some() || !self.prefix.is_empty()
     }
 
     /// The next message; `Ok(None)` at the end of the stream. Cancel-safe:
@@ -99,7 +206,7 @@ impl Inbound {
             // A large message announced: wait for a permit before reading on.
             if let Some(len) = self.announced {
                 if let Some(waiting) = self.waiting.as_mut() {
-                    self.permit = ready!(waiting.as_mut().poll(cx));
+                    self.permit = Some(ready!(waiting.as_mut().poll(cx)));
                     self.waiting = None;
                 }
                 self.announced = None;
@@ -153,8 +260,8 @@ impl Inbound {
                     );
                 }
                 self.announced = Some(len);
-                if let (true, Some(sem)) = (len >= LARGE_MESSAGE, self.gate.permits.clone()) {
-                    self.waiting = Some(Box::pin(async move { sem.acquire_owned().await.ok() }));
+                if let (true, Some(inner)) = (len >= LARGE_MESSAGE, self.gate.inner.clone()) {
+                    self.waiting = Some(Box::pin(UploadGate::admit(inner, self.client)));
                 }
                 break;
             }
@@ -259,6 +366,29 @@ mod tests {
             inbound.message().await.unwrap_err().code(),
             tonic::Code::Internal
         );
+    }
+
+    #[tokio::test]
+    async fn ordered_uploads_wait_for_their_turn() {
+        let gate = UploadGate::new(Some(1));
+        gate.expect(&[1, 2]);
+        let big = framed(&fit_res(2 << 20));
+        let mut second = Inbound::new(body_of(vec![big.clone()]), gate.clone(), usize::MAX);
+        second.set_client(2);
+        // Client 2 is not next in fold order: it waits, its reply has started.
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(200), second.message()).await;
+        assert!(early.is_err());
+        assert!(second.reply_started());
+        let mut first = Inbound::new(body_of(vec![big]), gate.clone(), usize::MAX);
+        first.set_client(1);
+        assert!(first.message().await.unwrap().is_some());
+        gate.done(1);
+        let late = tokio::time::timeout(std::time::Duration::from_secs(5), second.message()).await;
+        assert!(late
+            .expect("admitted after client 1 is done")
+            .unwrap()
+            .is_some());
     }
 
     #[tokio::test]

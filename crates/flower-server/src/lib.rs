@@ -22,6 +22,7 @@ pub use client_manager::{ClientManager, FnClient, SnapshotSampler};
 pub use driver::{AggregationOrder, DriverConfig, RoundDriver, RunOutcome};
 pub use exchange::{ClientHandle, ExchangeError, OutgoingMessage};
 pub use history::{scalar_to_json, write_atomic, Checkpoint, History, RoundRecord};
+pub use inbound::UploadGate;
 pub use model_file::{parameters_from_npz, parameters_to_npz};
 pub use serve::{serve, ServeOptions, TlsFiles};
 pub use transport::FlowerTransport;

@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::client_manager::ClientManager;
 use crate::exchange::{ClientHandle, ExchangeError, OutgoingMessage};
-use crate::inbound::{Inbound, UploadGate};
+use crate::inbound::Inbound;
 
 /// The Join service (a tower service for tonic's router).
 ///
@@ -41,7 +41,6 @@ pub struct FlowerTransport {
     manager: ClientManager,
     max_decoding_message_size: usize,
     max_encoding_message_size: usize,
-    upload_gate: UploadGate,
 }
 
 impl std::fmt::Debug for FlowerTransport {
@@ -60,17 +59,7 @@ impl FlowerTransport {
             manager,
             max_decoding_message_size: flower_proto::GRPC_MAX_MESSAGE_LENGTH,
             max_encoding_message_size: flower_proto::GRPC_MAX_MESSAGE_LENGTH,
-            upload_gate: UploadGate::new(None),
         }
-    }
-
-    /// Receives at most `n` large (≥ 1 MiB) client messages at once; the
-    /// other clients wait within their HTTP/2 flow-control window. Bounds
-    /// receive memory to about `n` × model size. `None`: no limit.
-    #[must_use]
-    pub fn max_concurrent_uploads(mut self, n: Option<usize>) -> Self {
-        self.upload_gate = UploadGate::new(n);
-        self
     }
 
     /// Sets the max message size, both ways.
@@ -114,9 +103,9 @@ impl FlowerTransport {
         let token = auth.as_ref().map(|p| p.fingerprint().to_string());
         let revoked = auth.map(|p| p.revocation_future().boxed());
 
-        let inbound = Inbound::new(
+        let mut inbound = Inbound::new(
             request.into_body(),
-            self.upload_gate.clone(),
+            self.manager.upload_gate().clone(),
             self.max_decoding_message_size,
         );
 
@@ -130,6 +119,7 @@ impl FlowerTransport {
             return Status::resource_exhausted("the server's configured client limit is reached")
                 .into_http();
         };
+        inbound.set_client(id);
         info!(client = id, %peer, token = token.as_deref().unwrap_or("-"), connected = self.manager.len(), "client joined");
         let (out_tx, out_rx) = mpsc::channel(1);
         let manager = self.manager.clone();
@@ -399,6 +389,7 @@ async fn drive_stream(
         let timeout = instruction.timeout;
         let deadline = tokio::time::sleep(timeout.unwrap_or(Duration::MAX / 4));
         tokio::pin!(deadline);
+        let mut deadline_active = timeout.is_some();
         loop {
             tokio::select! {
                 msg = inbound.message() => match msg {
@@ -445,7 +436,13 @@ async fn drive_stream(
                     }
                     None => {}
                 },
-                () = &mut deadline, if timeout.is_some() => {
+                () = &mut deadline, if deadline_active => {
+                    if inbound.reply_started() {
+                        // The reply began in time; the upload gate may be
+                        // holding it back, which is not the client's fault.
+                        deadline_active = false;
+                        continue;
+                    }
                     let t = timeout.unwrap_or_default();
                     let _ = outbound
                         .send(Err(Status::deadline_exceeded(format!(
