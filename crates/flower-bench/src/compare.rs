@@ -38,7 +38,7 @@ pub(crate) struct CompareArgs {
     #[arg(long)]
     pub(crate) insecure: bool,
     /// Connect the clients to the servers directly (no byte-counting relay;
-    /// wire bytes then only from /proc/<pid>/io).
+    /// wire bytes then only from `/proc/<pid>/io`).
     #[arg(long)]
     pub(crate) no_relay: bool,
     /// Per-server time limit in seconds, counted from the clients' start.

@@ -70,8 +70,8 @@ pub(crate) struct EnvArgs {
     /// to this binary, or $FLOWER_SERVER_BIN].
     #[arg(long)]
     pub(crate) server_bin: Option<PathBuf>,
-    /// Python of the pinned venv [default: $FLOWER_PYTHON, or
-    /// <root>/.venv/bin/python].
+    /// Python of the pinned venv (default: `$FLOWER_PYTHON`, or
+    /// `<root>/.venv/bin/python`).
     #[arg(long)]
     pub(crate) python: Option<PathBuf>,
     /// Workspace root (holds python/ and .venv/) [default: $FLOWER_RS_ROOT,
