@@ -109,7 +109,12 @@ impl FlowerTransport {
             self.max_decoding_message_size,
         );
 
-        let (ins_tx, ins_rx) = mpsc::channel(1);
+        // Room for one exchange plus the fire-and-forget ReconnectIns, so
+        // that shutdown's `try_send` never finds the channel full. The
+        // ReconnectIns still waits for a pending reply: Python's client
+        // crashes (`queue.Full`) if the next instruction is already there
+        // when it sends its reply.
+        let (ins_tx, ins_rx) = mpsc::channel(2);
         let handle = Arc::new(GrpcClient {
             instructions: ins_tx,
             peer: peer.clone(),
@@ -422,19 +427,6 @@ async fn drive_stream(
                         let _ = reply.send(Err(ExchangeError::Closed(why.clone())));
                         return if reconnect_sent { StreamEnd::AfterReconnect } else { StreamEnd::Disconnected(why) };
                     }
-                },
-                ins = instructions.recv() => match ins {
-                    // A fire-and-forget instruction (shutdown's ReconnectIns)
-                    // goes out now: the client reads it after its reply.
-                    Some(Instruction { message, kind: "reconnect_ins", reply: None, .. }) => {
-                        reconnect_sent |= outbound.send(Ok(message.encoded())).await.is_ok();
-                    }
-                    Some(other) => {
-                        if let Some(r) = other.reply {
-                            let _ = r.send(Err(ExchangeError::Protocol("another exchange is in progress".into())));
-                        }
-                    }
-                    None => {}
                 },
                 () = &mut deadline, if deadline_active => {
                     if inbound.reply_started() {

@@ -178,10 +178,14 @@ fn sigterm_disconnects_clients_and_keeps_the_saved_state() {
     assert_eq!(rounds(&run.out()).len(), 1, "{log}");
     assert!(run.out().join("model.npz").exists());
     // Clients were told to disconnect (ReconnectIns) rather than cut off.
-    for c in [&mut a, &mut b] {
+    for (i, c) in [&mut a, &mut b].into_iter().enumerate() {
         let st = c
             .wait_timeout(Duration::from_secs(40))
             .expect("client exits");
-        assert!(st.success(), "{log}");
+        let client_log = std::fs::read_to_string(run.log(i)).unwrap_or_default();
+        assert!(
+            st.success() && client_log.contains("Disconnect and shut down"),
+            "client {i} ({st}) was not told to disconnect: {client_log}\nserver: {log}"
+        );
     }
 }
