@@ -9,4 +9,4 @@ bash scripts/setup-venv.sh
 export FLOWER_REQUIRE_PYTHON=1
 export FLOWER_PYTHON="$root/.venv/bin/python"
 export FLWR_TELEMETRY_ENABLED=0
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"
