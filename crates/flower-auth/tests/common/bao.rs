@@ -48,14 +48,31 @@ impl Bao {
         let bin = bao_binary()?;
         let mut bao = Self {
             bin,
-            port: flower_testkit::free_port(),
+            port: 0,
             guard: None,
         };
-        bao.launch();
-        Some(bao)
+        // A free port can be taken by another test between its pick and
+        // bao's bind, and a loaded machine starts bao slowly: try a few ports.
+        for _ in 0..3 {
+            bao.port = flower_testkit::free_port();
+            if bao.try_launch(Duration::from_secs(60)) {
+                return Some(bao);
+            }
+        }
+        panic!("bao dev server did not start on three ports");
     }
 
     fn launch(&mut self) {
+        assert!(
+            self.try_launch(Duration::from_secs(60)),
+            "bao dev server did not start on {}",
+            self.port
+        );
+    }
+
+    /// Starts `bao server -dev` on `self.port` and waits (bounded) until it
+    /// is unsealed and active; false when it exits or never gets ready.
+    fn try_launch(&mut self, wait: Duration) -> bool {
         assert!(self.guard.is_none(), "already running");
         let child = Command::new(&self.bin)
             .args([
@@ -71,21 +88,24 @@ impl Bao {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn bao server -dev");
-        let guard = ChildGuard(child);
-        assert!(
-            flower_testkit::wait_for_port(self.port, Duration::from_secs(15)),
-            "bao dev server did not listen on {}",
-            self.port
-        );
-        self.guard = Some(guard);
-        // Listening is not quite ready: wait (bounded) until unsealed and active.
-        for _ in 0..100 {
-            if self.try_cli(&["status"]).is_ok() {
-                return;
+        let mut guard = ChildGuard(child);
+        let deadline = std::time::Instant::now() + wait;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if matches!(guard.0.try_wait(), Ok(Some(_))) || std::time::Instant::now() > deadline {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("bao dev server on {} never became ready", self.port);
+        self.guard = Some(guard);
+        // Listening is not quite ready: wait (bounded) until unsealed and active.
+        while std::time::Instant::now() < deadline {
+            if self.try_cli(&["status"]).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.guard = None;
+        false
     }
 
     /// Stops the server (dev mode: all data is lost).
