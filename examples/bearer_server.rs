@@ -18,7 +18,8 @@ mod common;
 use std::process::ExitCode;
 
 use clap::Parser;
-use common::federation::{self, ServerArgs};
+use common::support::{self, ServerArgs};
+use flower_server::{DriverConfig, Server};
 
 #[derive(Debug, Parser)]
 #[command(about = "Flower server accepting only clients with one of the given bearer tokens")]
@@ -32,8 +33,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    federation::init_logging("info");
-    federation::exit_code(run(Args::parse()).await)
+    support::init_logging("info");
+    support::exit_code(run(Args::parse()).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -42,5 +43,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let auth = flower_auth::AuthConfig::builder()
         .tokens(args.tokens.iter().map(String::as_str))
         .build()?;
-    federation::serve_with_auth(args.server, auth, "output/bearer_server").await
+    serve(args.server, auth, "output/bearer_server").await
+}
+
+/// Runs the federation: FedAvg over `args.min_clients` clients with
+/// `auth`, until the rounds are done or Ctrl-C.
+async fn serve(
+    args: ServerArgs,
+    auth: flower_auth::AuthConfig,
+    default_output: &str,
+) -> anyhow::Result<()> {
+    let output_dir = args
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| default_output.into());
+    let server = Server::builder()
+        .address(args.address)
+        .tls(args.tls()?)
+        .auth(auth)
+        // No initial model: the first client to connect is asked for it.
+        .strategy(support::fedavg(args.min_clients, None)?)
+        .driver(DriverConfig {
+            num_rounds: args.rounds,
+            ..DriverConfig::default()
+        })
+        .output_dir(&output_dir)
+        .bind()
+        .await?;
+    println!("flower-server listening on {}", server.local_addr());
+    let outcome = server.run(support::ctrl_c()).await?;
+    support::print_history(&outcome.history);
+    support::print_outputs(&output_dir);
+    Ok(())
 }

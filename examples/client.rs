@@ -72,9 +72,9 @@ pub struct Args {
 }
 
 fn main() -> ExitCode {
-    common::federation::init_logging("info");
+    common::support::init_logging("info");
     // 0 after a clean end of the run; otherwise the error and exit code 1.
-    common::federation::exit_code(run(Args::parse()))
+    common::support::exit_code(run(Args::parse()))
 }
 
 /// Runs the client until the server ends the run (or writes the data set).

@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use common::data::partition;
-use common::federation::{self, Federation, FederationConfig};
 use common::model::{initial_parameters, IrisClient};
+use common::support;
 use flower_client::{start_client, ClientOptions, NumPyClient as _};
+use flower_server::{DriverConfig, Server};
 use rand::distributions::{Alphanumeric, DistString as _};
 
 const NUM_CLIENTS: usize = 3;
@@ -35,8 +36,8 @@ const ROUNDS: u64 = 5;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    federation::init_logging("warn");
-    federation::exit_code(run().await)
+    support::init_logging("warn");
+    support::exit_code(run().await)
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -49,28 +50,31 @@ async fn run() -> anyhow::Result<()> {
 
     // 1. Throwaway certificates (deleted at exit) and a random token.
     let certs_dir = tempfile::tempdir()?;
-    let tls = federation::generate_dev_certificates(certs_dir.path())?;
+    let tls = support::generate_dev_certificates(certs_dir.path())?;
     let ca = tls.ca_certfile.clone();
     let token = Alphanumeric.sample_string(&mut rand::thread_rng(), 32);
 
-    // 2. The server: TLS, only our token accepted, results in output_dir.
-    let server = Federation::start(FederationConfig {
-        address: "127.0.0.1:0".parse()?,
-        tls: Some(tls),
-        auth: Some(
+    // 2. The server: TLS, only our token accepted, FedAvg over all clients,
+    //    results in output_dir. Clients can connect once it is bound.
+    let server = Server::builder()
+        .address("127.0.0.1:0".parse()?)
+        .tls(tls)
+        .auth(
             flower_auth::AuthConfig::builder()
                 .token(token.as_str())
                 .build()?,
-        ),
-        rounds: ROUNDS,
-        min_clients: NUM_CLIENTS,
-        initial_parameters: Some(initial_parameters()),
-        output_dir: Some(output_dir.clone()),
-    })
-    .await?;
+        )
+        .strategy(support::fedavg(NUM_CLIENTS, Some(initial_parameters()))?)
+        .driver(DriverConfig {
+            num_rounds: ROUNDS,
+            ..DriverConfig::default()
+        })
+        .output_dir(&output_dir)
+        .bind()
+        .await?;
+    let address = server.local_addr();
     println!(
-        "server listening on {} (TLS; token fingerprint {})",
-        server.address,
+        "server listening on {address} (TLS; token fingerprint {})",
         flower_auth::Fingerprint::of(&token)
     );
 
@@ -85,7 +89,7 @@ async fn run() -> anyhow::Result<()> {
             data.train_y.len(),
             data.test_y.len()
         );
-        let options = ClientOptions::new(server.address.to_string())
+        let options = ClientOptions::new(address.to_string())
             .root_certificates_file(&ca)
             .token(token.as_str());
         clients.push(tokio::spawn(start_client(
@@ -94,14 +98,16 @@ async fn run() -> anyhow::Result<()> {
         )));
         anyhow::ensure!(
             server
-                .wait_for_clients(id + 1, Duration::from_secs(30))
+                .clients()
+                .wait_for(id + 1, Duration::from_secs(30))
                 .await,
             "client {id} did not connect"
         );
     }
 
-    // 4. Run the rounds; at the end the server tells the clients to disconnect.
-    let outcome = server.run().await?;
+    // 4. Run the rounds (Ctrl-C stops early); at the end the server tells
+    //    the clients to disconnect.
+    let outcome = server.run(support::ctrl_c()).await?;
     for (id, client) in clients.into_iter().enumerate() {
         let summary = client
             .await?
@@ -112,13 +118,13 @@ async fn run() -> anyhow::Result<()> {
         );
     }
     println!();
-    federation::print_history(&outcome.history);
+    support::print_history(&outcome.history);
     println!();
     println!(
         "{} rounds completed in {:.1?}",
         outcome.completed_rounds,
         started.elapsed()
     );
-    federation::print_outputs(&output_dir);
+    support::print_outputs(&output_dir);
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::error::Error as StdError;
 use std::time::{Duration, Instant};
 
-use flower_core::{ClientMessage, DisconnectRes, Reason, ServerMessage};
+use flower_core::{ClientMessage, DisconnectRes, InstructionKind, Reason, ServerMessage};
 use flower_proto as pb;
 use flower_proto::flower_service_client::FlowerServiceClient;
 use tokio::sync::mpsc;
@@ -268,7 +268,7 @@ impl<C: Client + Send + 'static> Driver<C> {
                 }
             };
             let kind = message.kind();
-            debug!(kind, "instruction received");
+            debug!(%kind, "instruction received");
 
             if let ServerMessage::Reconnect(ins) = message {
                 let reply = ClientMessage::Disconnect(DisconnectRes {
@@ -305,7 +305,7 @@ impl<C: Client + Send + 'static> Driver<C> {
                 Err(e) => return SessionEnd::Fatal(e),
             };
             self.summary.count(&reply);
-            debug!(kind = reply.kind(), "reply sent");
+            debug!(kind = %reply.kind(), "reply sent");
             if tx.send(reply.into()).await.is_err() {
                 // The request stream is gone; the response stream tells why.
                 debug!("request stream closed while sending a reply");
@@ -317,7 +317,7 @@ impl<C: Client + Send + 'static> Driver<C> {
     async fn answer(
         &mut self,
         message: ServerMessage,
-        kind: &'static str,
+        kind: InstructionKind,
     ) -> Result<ClientMessage, ClientError> {
         let Some(mut client) = self.client.take() else {
             return Err(ClientError::Protocol("client unavailable".into()));

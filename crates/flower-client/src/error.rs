@@ -72,7 +72,7 @@ pub enum ClientError {
     #[error("client code panicked while handling {kind}: {message}")]
     ClientPanicked {
         /// The instruction being handled (`fit_ins`, ...).
-        kind: &'static str,
+        kind: flower_core::InstructionKind,
         /// The panic payload, when it was a string.
         message: String,
     },

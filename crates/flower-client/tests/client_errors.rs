@@ -168,7 +168,7 @@ async fn a_panic_in_client_code_ends_the_run_with_an_error() {
     .expect("bounded");
     match outcome {
         Err(ClientError::ClientPanicked { kind, message }) => {
-            assert_eq!(kind, "fit_ins");
+            assert_eq!(kind, flower_core::InstructionKind::Fit);
             assert_eq!(message, "bug in user code");
         }
         other => panic!("expected ClientPanicked, got {other:?}"),

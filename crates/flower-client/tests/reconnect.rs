@@ -81,7 +81,11 @@ async fn reconnect_with_seconds_rejoins_and_zero_shuts_down() {
     let disconnect = ClientMessage::Disconnect(DisconnectRes {
         reason: Reason::Reconnect,
     });
-    let kinds: Vec<(usize, &str)> = seen.replies.iter().map(|(i, m)| (*i, m.kind())).collect();
+    let kinds: Vec<(usize, &str)> = seen
+        .replies
+        .iter()
+        .map(|(i, m)| (*i, m.kind().as_str()))
+        .collect();
     assert_eq!(
         kinds,
         vec![
@@ -93,7 +97,7 @@ async fn reconnect_with_seconds_rejoins_and_zero_shuts_down() {
     assert!(seen
         .replies
         .iter()
-        .filter(|(_, m)| m.kind() == "disconnect_res")
+        .filter(|(_, m)| m.kind().as_str() == "disconnect_res")
         .all(|(_, m)| *m == disconnect));
 }
 

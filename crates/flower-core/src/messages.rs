@@ -267,28 +267,107 @@ pub enum ClientMessage {
     Evaluate(EvaluateRes),
 }
 
-impl ServerMessage {
-    /// Short name of the instruction kind, for logs and errors.
-    pub fn kind(&self) -> &'static str {
+/// The kind of a [`ServerMessage`]: which instruction it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InstructionKind {
+    /// `reconnect_ins`.
+    Reconnect,
+    /// `get_properties_ins`.
+    GetProperties,
+    /// `get_parameters_ins`.
+    GetParameters,
+    /// `fit_ins`.
+    Fit,
+    /// `evaluate_ins`.
+    Evaluate,
+}
+
+impl InstructionKind {
+    /// The protobuf oneof field name (`"fit_ins"`, ...), for logs and errors.
+    pub const fn as_str(self) -> &'static str {
         match self {
-            ServerMessage::Reconnect(_) => "reconnect_ins",
-            ServerMessage::GetProperties(_) => "get_properties_ins",
-            ServerMessage::GetParameters(_) => "get_parameters_ins",
-            ServerMessage::Fit(_) => "fit_ins",
-            ServerMessage::Evaluate(_) => "evaluate_ins",
+            InstructionKind::Reconnect => "reconnect_ins",
+            InstructionKind::GetProperties => "get_properties_ins",
+            InstructionKind::GetParameters => "get_parameters_ins",
+            InstructionKind::Fit => "fit_ins",
+            InstructionKind::Evaluate => "evaluate_ins",
+        }
+    }
+
+    /// The reply kind that answers this instruction.
+    pub const fn reply(self) -> ReplyKind {
+        match self {
+            InstructionKind::Reconnect => ReplyKind::Disconnect,
+            InstructionKind::GetProperties => ReplyKind::GetProperties,
+            InstructionKind::GetParameters => ReplyKind::GetParameters,
+            InstructionKind::Fit => ReplyKind::Fit,
+            InstructionKind::Evaluate => ReplyKind::Evaluate,
+        }
+    }
+}
+
+impl std::fmt::Display for InstructionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The kind of a [`ClientMessage`]: which reply it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReplyKind {
+    /// `disconnect_res`.
+    Disconnect,
+    /// `get_properties_res`.
+    GetProperties,
+    /// `get_parameters_res`.
+    GetParameters,
+    /// `fit_res`.
+    Fit,
+    /// `evaluate_res`.
+    Evaluate,
+}
+
+impl ReplyKind {
+    /// The protobuf oneof field name (`"fit_res"`, ...), for logs and errors.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReplyKind::Disconnect => "disconnect_res",
+            ReplyKind::GetProperties => "get_properties_res",
+            ReplyKind::GetParameters => "get_parameters_res",
+            ReplyKind::Fit => "fit_res",
+            ReplyKind::Evaluate => "evaluate_res",
+        }
+    }
+}
+
+impl std::fmt::Display for ReplyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ServerMessage {
+    /// Which instruction this is.
+    pub fn kind(&self) -> InstructionKind {
+        match self {
+            ServerMessage::Reconnect(_) => InstructionKind::Reconnect,
+            ServerMessage::GetProperties(_) => InstructionKind::GetProperties,
+            ServerMessage::GetParameters(_) => InstructionKind::GetParameters,
+            ServerMessage::Fit(_) => InstructionKind::Fit,
+            ServerMessage::Evaluate(_) => InstructionKind::Evaluate,
         }
     }
 }
 
 impl ClientMessage {
-    /// Short name of the reply kind, for logs and errors.
-    pub fn kind(&self) -> &'static str {
+    /// Which reply this is.
+    pub fn kind(&self) -> ReplyKind {
         match self {
-            ClientMessage::Disconnect(_) => "disconnect_res",
-            ClientMessage::GetProperties(_) => "get_properties_res",
-            ClientMessage::GetParameters(_) => "get_parameters_res",
-            ClientMessage::Fit(_) => "fit_res",
-            ClientMessage::Evaluate(_) => "evaluate_res",
+            ClientMessage::Disconnect(_) => ReplyKind::Disconnect,
+            ClientMessage::GetProperties(_) => ReplyKind::GetProperties,
+            ClientMessage::GetParameters(_) => ReplyKind::GetParameters,
+            ClientMessage::Fit(_) => ReplyKind::Fit,
+            ClientMessage::Evaluate(_) => ReplyKind::Evaluate,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Registry of connected clients, bounded waiting, and seeded sampling.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,8 +12,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::watch;
 
-use crate::exchange::{ClientHandle, ExchangeError, OutgoingMessage};
-use crate::inbound::UploadGate;
+use crate::grpc::UploadGate;
+use crate::node::{ClientHandle, ExchangeError, OutgoingMessage};
 use flower_core::{ClientMessage, ServerMessage};
 
 /// Connected clients, keyed by an id assigned in join order.
@@ -86,7 +86,7 @@ impl ClientManager {
         if self.inner.max_clients.is_some_and(|m| clients.len() >= m) {
             return None;
         }
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = ClientId::from(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         clients.insert(id, handle);
         self.inner.count.send_replace(clients.len());
         Some(id)
@@ -135,6 +135,25 @@ impl ClientManager {
         tokio::time::timeout(timeout, rx.wait_for(|c| *c <= n))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits until none of `ids` is connected any more, at most `timeout`.
+    /// Returns whether they all left.
+    pub async fn wait_until_gone(&self, ids: &BTreeSet<ClientId>, timeout: Duration) -> bool {
+        let mut rx = self.inner.count.subscribe();
+        // Every register/unregister bumps the count channel, so re-checking
+        // on each change sees every departure.
+        let all_gone = async {
+            loop {
+                if !self.lock().keys().any(|id| ids.contains(id)) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, all_gone).await.is_ok()
     }
 
     /// A sampler over the clients connected now, drawing from `rng`.
@@ -258,7 +277,7 @@ mod tests {
 
     #[test]
     fn sampling_is_seeded_and_without_replacement() {
-        let ids: Vec<u64> = (1..=10).collect();
+        let ids: Vec<ClientId> = (1..=10u64).map(ClientId::from).collect();
         let a = SnapshotSampler::new(ids.clone(), 7).sample(5, 2);
         let b = SnapshotSampler::new(ids.clone(), 7).sample(5, 2);
         assert_eq!(a, b);

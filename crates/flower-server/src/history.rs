@@ -1,13 +1,9 @@
 //! Run history (like Flower's `History`) and checkpoints.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use flower_core::{Metrics, Scalar};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-use crate::ServerError;
+use std::collections::BTreeMap;
 
 /// What happened in one round, besides losses and metrics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,23 +105,4 @@ pub struct Checkpoint {
     pub strategy_state: Value,
     /// History so far.
     pub history: History,
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same
-/// directory, synced, then renamed over the target.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let io = |e: std::io::Error| ServerError::Io(format!("writing {}: {e}", path.display()));
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(())
 }

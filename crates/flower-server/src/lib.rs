@@ -1,70 +1,40 @@
-//! Flower's grpc-bidi server, in Rust.
+//! Flower's server, in Rust: rounds of federated learning over connected
+//! clients, with authentication built in.
 //!
-//! * [`FlowerTransport`] — the tonic service for `flwr.proto.FlowerService/Join`:
-//!   one registered client per open stream, strict lock-step exchanges.
-//! * [`ClientManager`] — registry of connected clients, bounded waits, seeded sampling.
-//! * [`RoundDriver`] — Flower's round loop (fit, evaluate, history,
-//!   checkpoints), testable without sockets through [`ClientHandle`].
-//! * [`serve`] — binds the listener (TLS via rustls, ALPN `h2`) and serves.
+//! Start with [`Server::builder`]: strategy, TLS, optional token
+//! authentication, round settings and a run store, then
+//! [`bind`](ServerBuilder::bind) and [`run`](Server::run). The pieces:
 //!
-//! The `flower-server` binary wires these to a CLI.
+//! * [`RoundDriver`]: Flower's round loop (fit, evaluate, history,
+//!   checkpoints), transport-agnostic: it reaches clients through the
+//!   [`ClientHandle`] trait and persists through a [`RunStore`].
+//! * [`ClientManager`]: registry of connected clients, bounded waits, seeded
+//!   sampling, the [`UploadGate`].
+//! * [`grpc`]: the grpc-bidi transport (`flwr.proto.FlowerService/Join`),
+//!   with [`StreamError`] mapping every refusal to one gRPC status.
+//!
+//! The `flower-server` binary (crate `flower-server-cli`) maps its flags
+//! onto the builder.
 
+mod builder;
 mod client_manager;
 mod driver;
-mod exchange;
+mod error;
+pub mod grpc;
 mod history;
-mod inbound;
 mod model_file;
-mod serve;
-mod transport;
+mod node;
+mod store;
 
+pub use builder::{Server, ServerBuilder};
 pub use client_manager::{ClientManager, FnClient, SnapshotSampler};
-pub use driver::{AggregationOrder, DriverConfig, RoundDriver, RunOutcome};
-pub use exchange::{ClientHandle, ExchangeError, OutgoingMessage};
-pub use history::{scalar_to_json, write_atomic, Checkpoint, History, RoundRecord};
-pub use inbound::UploadGate;
+pub use driver::fold::AggregationOrder;
+pub use driver::reply::ReplyFailure;
+pub use driver::{DriverConfig, RoundDriver, RunOutcome};
+pub use error::{error_chain, ModelFileError, ServerError};
+pub use flower_strategy::ClientId;
+pub use grpc::{FlowerTransport, ServeOptions, StreamError, TlsFiles, UploadGate};
+pub use history::{scalar_to_json, Checkpoint, History, RoundRecord};
 pub use model_file::{parameters_from_npz, parameters_to_npz};
-pub use serve::{serve, ServeOptions, TlsFiles};
-pub use transport::FlowerTransport;
-
-use std::time::Duration;
-
-/// Errors of the server.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServerError {
-    /// Invalid configuration.
-    #[error("configuration: {0}")]
-    Config(String),
-    /// File system error.
-    #[error("i/o: {0}")]
-    Io(String),
-    /// A model or checkpoint file could not be read.
-    #[error("model file: {0}")]
-    ModelFile(String),
-    /// TLS set-up failed.
-    #[error("tls: {0}")]
-    Tls(String),
-    /// The gRPC transport failed.
-    #[error("transport: {0}")]
-    Transport(String),
-    /// Too few clients connected within the bounded wait.
-    #[error("only {connected} of {required} required clients connected after waiting {waited:?}")]
-    TooFewClients {
-        /// Clients needed.
-        required: usize,
-        /// Clients connected when the wait ended.
-        connected: usize,
-        /// How long the server waited.
-        waited: Duration,
-    },
-    /// A client broke the protocol where the run cannot go on without it.
-    #[error("protocol: {0}")]
-    Protocol(String),
-    /// The strategy failed.
-    #[error("strategy: {0}")]
-    Strategy(#[from] flower_strategy::StrategyError),
-    /// The run was interrupted (SIGINT/SIGTERM).
-    #[error("interrupted")]
-    Interrupted,
-}
+pub use node::{ClientHandle, ExchangeError, OutgoingMessage};
+pub use store::{write_atomic, DirectoryStore, RunStore, SavedRun};

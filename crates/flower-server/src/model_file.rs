@@ -13,28 +13,24 @@ use bytes::Bytes;
 use flower_core::npy::{npy_header, parse_npy};
 use flower_core::{DType, Parameters, NUMPY_TENSOR_TYPE};
 
-use crate::ServerError;
+use crate::{ModelFileError, ServerError};
 
 /// Serializes parameters as `.npz` bytes.
-pub fn parameters_to_npz(parameters: &Parameters) -> Result<Vec<u8>, ServerError> {
+pub fn parameters_to_npz(parameters: &Parameters) -> Result<Vec<u8>, ModelFileError> {
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
         .large_file(parameters.byte_len() > (u32::MAX as usize) / 2);
-    let err = |e: zip::result::ZipError| ServerError::Io(format!("writing npz: {e}"));
     for (i, tensor) in parameters.tensors.iter().enumerate() {
-        zip.start_file(format!("arr_{i}.npy"), options)
-            .map_err(err)?;
-        let io = |e: std::io::Error| ServerError::Io(format!("writing npz: {e}"));
+        zip.start_file(format!("arr_{i}.npy"), options)?;
         if parameters.tensor_type == NUMPY_TENSOR_TYPE {
-            zip.write_all(tensor).map_err(io)?;
+            zip.write_all(tensor)?;
         } else {
-            zip.write_all(&npy_header(DType::U8, &[tensor.len()]))
-                .map_err(io)?;
-            zip.write_all(tensor).map_err(io)?;
+            zip.write_all(&npy_header(DType::U8, &[tensor.len()]))?;
+            zip.write_all(tensor)?;
         }
     }
-    Ok(zip.finish().map_err(err)?.into_inner())
+    Ok(zip.finish()?.into_inner())
 }
 
 /// Reads parameters from an `.npz` file: entries `arr_N.npy` in numeric
@@ -42,22 +38,28 @@ pub fn parameters_to_npz(parameters: &Parameters) -> Result<Vec<u8>, ServerError
 /// Every entry must be a valid `.npy` of a supported dtype. With a
 /// `tensor_type` other than `numpy.ndarray`, the `uint8` wrapping is undone.
 pub fn parameters_from_npz(path: &Path, tensor_type: &str) -> Result<Parameters, ServerError> {
-    let bad = |why: String| ServerError::ModelFile(format!("{}: {why}", path.display()));
-    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
+    let bad = |source: ModelFileError| ServerError::ModelFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(|e| bad(e.into()))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(e.into()))?;
     let mut entries: Vec<(Option<u64>, usize, Bytes)> = Vec::new();
     for index in 0..archive.len() {
-        let mut entry = archive.by_index(index).map_err(|e| bad(e.to_string()))?;
+        let mut entry = archive.by_index(index).map_err(|e| bad(e.into()))?;
         let name = entry.name().to_string();
         let stem = name.strip_suffix(".npy").unwrap_or(&name).to_string();
         let number = stem
             .strip_prefix("arr_")
             .and_then(|n| n.parse::<u64>().ok());
         let mut data = Vec::new();
-        entry
-            .read_to_end(&mut data)
-            .map_err(|e| bad(format!("entry {name}: {e}")))?;
-        let view = parse_npy(&data).map_err(|e| bad(format!("entry {name}: {e}")))?;
+        entry.read_to_end(&mut data).map_err(|e| bad(e.into()))?;
+        let view = parse_npy(&data).map_err(|source| {
+            bad(ModelFileError::Npy {
+                entry: name.clone(),
+                source,
+            })
+        })?;
         let tensor = if tensor_type == NUMPY_TENSOR_TYPE {
             Bytes::from(data)
         } else {

@@ -19,17 +19,18 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use flower_core::ClientMessage;
-use flower_proto as pb;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use http_body::Frame;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
+use super::inbound::Inbound;
+use super::stream::{Instruction, StreamTask};
+use super::StreamError;
 use crate::client_manager::ClientManager;
-use crate::exchange::{ClientHandle, ExchangeError, OutgoingMessage};
-use crate::inbound::Inbound;
+use crate::node::{ClientHandle, ExchangeError, OutgoingMessage};
 
 /// The Join service (a tower service for tonic's router).
 ///
@@ -77,10 +78,8 @@ impl FlowerTransport {
     {
         if let Some(encoding) = request.headers().get("grpc-encoding") {
             if encoding != "identity" {
-                return Status::unimplemented(format!(
-                    "message compression {encoding:?} is not supported"
-                ))
-                .into_http();
+                let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
+                return Status::from(StreamError::UnsupportedEncoding(encoding)).into_http();
             }
         }
         let peer = request
@@ -121,18 +120,19 @@ impl FlowerTransport {
         });
         let Some(id) = self.manager.register(handle) else {
             warn!(%peer, "refusing client: connection limit reached");
-            return Status::resource_exhausted("the server's configured client limit is reached")
-                .into_http();
+            return Status::from(StreamError::ClientLimit).into_http();
         };
         inbound.set_client(id);
-        info!(client = id, %peer, token = token.as_deref().unwrap_or("-"), connected = self.manager.len(), "client joined");
+        info!(client = %id, %peer, token = token.as_deref().unwrap_or("-"), connected = self.manager.len(), "client joined");
         let (out_tx, out_rx) = mpsc::channel(1);
         let manager = self.manager.clone();
         let max_out = self.max_encoding_message_size;
         tokio::spawn(async move {
-            let end = drive_stream(inbound, ins_rx, out_tx, revoked, max_out).await;
+            let end = StreamTask::new(inbound, ins_rx, out_tx, revoked, max_out)
+                .run()
+                .await;
             manager.unregister(id);
-            info!(client = id, %peer, reason = %end, connected = manager.len(), "client left");
+            info!(client = %id, %peer, reason = %end, connected = manager.len(), "client left");
         });
         let mut response = http::Response::new(tonic::body::Body::new(JoinBody {
             outbound: out_rx,
@@ -164,7 +164,8 @@ where
         let response = if request.uri().path() == flower_proto::JOIN_PATH {
             self.join(request)
         } else {
-            Status::unimplemented(format!("unknown method {}", request.uri().path())).into_http()
+            let path = request.uri().path().to_string();
+            Status::from(StreamError::UnknownMethod(path)).into_http()
         };
         std::future::ready(Ok(response))
     }
@@ -225,14 +226,6 @@ impl http_body::Body for JoinBody {
     }
 }
 
-struct Instruction {
-    message: Arc<OutgoingMessage>,
-    kind: &'static str,
-    timeout: Option<Duration>,
-    /// `None` for fire-and-forget instructions (the final ReconnectIns).
-    reply: Option<oneshot::Sender<Result<ClientMessage, ExchangeError>>>,
-}
-
 /// [`ClientHandle`] of one gRPC stream.
 struct GrpcClient {
     instructions: mpsc::Sender<Instruction>,
@@ -247,7 +240,6 @@ impl ClientHandle for GrpcClient {
     ) -> BoxFuture<'static, Result<ClientMessage, ExchangeError>> {
         let (tx, rx) = oneshot::channel();
         let instruction = Instruction {
-            kind: message.message().kind(),
             message,
             timeout,
             reply: Some(tx),
@@ -266,7 +258,6 @@ impl ClientHandle for GrpcClient {
 
     fn send_only(&self, message: Arc<OutgoingMessage>) {
         let instruction = Instruction {
-            kind: message.message().kind(),
             message,
             timeout: None,
             reply: None,
@@ -276,181 +267,5 @@ impl ClientHandle for GrpcClient {
 
     fn peer(&self) -> String {
         self.peer.clone()
-    }
-}
-
-/// Why a stream task ended (for the log).
-#[derive(Debug)]
-enum StreamEnd {
-    Disconnected(String),
-    AfterReconnect,
-    ServerDropped,
-    Timeout(Duration),
-    Unsolicited,
-    Invalid,
-    Revoked,
-}
-
-impl std::fmt::Display for StreamEnd {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StreamEnd::Disconnected(why) => write!(f, "disconnected ({why})"),
-            StreamEnd::AfterReconnect => f.write_str("disconnected after ReconnectIns"),
-            StreamEnd::ServerDropped => f.write_str("server released the client"),
-            StreamEnd::Timeout(t) => write!(f, "no reply within {t:?}; stream cancelled"),
-            StreamEnd::Unsolicited => f.write_str("unsolicited message; stream closed"),
-            StreamEnd::Invalid => f.write_str("invalid reply; stream closed"),
-            StreamEnd::Revoked => f.write_str("token revoked; stream closed"),
-        }
-    }
-}
-
-fn describe(result: &Result<Option<pb::ClientMessage>, Status>) -> String {
-    match result {
-        Ok(Some(_)) => "message".into(),
-        Ok(None) => "end of stream".into(),
-        Err(status) => format!("{:?}: {}", status.code(), status.message()),
-    }
-}
-
-/// The reply kind that answers an instruction kind.
-fn expected_reply(instruction: &str) -> &'static str {
-    match instruction {
-        "reconnect_ins" => "disconnect_res",
-        "get_properties_ins" => "get_properties_res",
-        "get_parameters_ins" => "get_parameters_res",
-        "fit_ins" => "fit_res",
-        _ => "evaluate_res",
-    }
-}
-
-async fn drive_stream(
-    mut inbound: Inbound,
-    mut instructions: mpsc::Receiver<Instruction>,
-    outbound: mpsc::Sender<Result<Bytes, Status>>,
-    revoked: Option<BoxFuture<'static, ()>>,
-    max_message_size: usize,
-) -> StreamEnd {
-    let mut revoked = revoked.unwrap_or_else(|| futures::future::pending().boxed());
-    let mut reconnect_sent = false;
-    loop {
-        // Idle: wait for the next instruction, but notice at once if the
-        // client goes away (or speaks out of turn).
-        let instruction = tokio::select! {
-            ins = instructions.recv() => match ins {
-                Some(ins) => ins,
-                None => return StreamEnd::ServerDropped,
-            },
-            msg = inbound.message() => {
-                if reconnect_sent {
-                    // A late DisconnectRes, or the stream ending: both normal now.
-                    if matches!(msg, Ok(Some(_))) { continue; }
-                    return StreamEnd::AfterReconnect;
-                }
-                if let Ok(Some(_)) = msg {
-                    let _ = outbound.send(Err(Status::failed_precondition(
-                        "unsolicited ClientMessage: the client must answer exactly one message per ServerMessage",
-                    ))).await;
-                    return StreamEnd::Unsolicited;
-                }
-                return StreamEnd::Disconnected(describe(&msg));
-            }
-            _ = outbound.closed() => return if reconnect_sent { StreamEnd::AfterReconnect } else { StreamEnd::Disconnected("cancelled".into()) },
-            _ = &mut revoked => {
-                let _ = outbound.send(Err(Status::unauthenticated("Invalid token"))).await;
-                return StreamEnd::Revoked;
-            }
-        };
-
-        let kind = instruction.kind;
-        let is_reconnect = kind == "reconnect_ins";
-        debug!(kind = instruction.kind, "sending instruction");
-        let encoded = instruction.message.encoded();
-        if encoded.len() > max_message_size {
-            let why = format!(
-                "{} of {} bytes exceeds the max message size {max_message_size}",
-                kind,
-                encoded.len()
-            );
-            let _ = outbound.send(Err(Status::out_of_range(why.clone()))).await;
-            if let Some(reply) = instruction.reply {
-                let _ = reply.send(Err(ExchangeError::Protocol(why.clone())));
-            }
-            return StreamEnd::Disconnected(why);
-        }
-        if outbound.send(Ok(encoded)).await.is_err() {
-            if let Some(reply) = instruction.reply {
-                let _ = reply.send(Err(ExchangeError::Closed("cancelled".into())));
-            }
-            return StreamEnd::Disconnected("cancelled".into());
-        }
-        if is_reconnect {
-            reconnect_sent = true;
-        }
-        let Some(reply) = instruction.reply else {
-            continue;
-        };
-
-        let timeout = instruction.timeout;
-        let deadline = tokio::time::sleep(timeout.unwrap_or(Duration::MAX / 4));
-        tokio::pin!(deadline);
-        let mut deadline_active = timeout.is_some();
-        loop {
-            tokio::select! {
-                msg = inbound.message() => match msg {
-                    Ok(Some(message)) => {
-                        let typed = ClientMessage::try_from(message)
-                            .map_err(|e| ExchangeError::Protocol(e.to_string()))
-                            .and_then(|m| {
-                                if m.kind() == expected_reply(kind) {
-                                    Ok(m)
-                                } else {
-                                    Err(ExchangeError::Protocol(format!(
-                                        "answered {} with {}",
-                                        kind,
-                                        m.kind()
-                                    )))
-                                }
-                            });
-                        if let Err(e) = &typed {
-                            // A desynchronized peer cannot be trusted with the
-                            // next exchange: end its stream.
-                            let _ = outbound.send(Err(Status::invalid_argument(e.to_string()))).await;
-                            let _ = reply.send(typed);
-                            return StreamEnd::Invalid;
-                        }
-                        let _ = reply.send(typed);
-                        break;
-                    }
-                    other => {
-                        let why = describe(&other);
-                        let _ = reply.send(Err(ExchangeError::Closed(why.clone())));
-                        return if reconnect_sent { StreamEnd::AfterReconnect } else { StreamEnd::Disconnected(why) };
-                    }
-                },
-                () = &mut deadline, if deadline_active => {
-                    if inbound.reply_started() {
-                        // The reply began in time; the upload gate may be
-                        // holding it back, which is not the client's fault.
-                        deadline_active = false;
-                        continue;
-                    }
-                    let t = timeout.unwrap_or_default();
-                    let _ = outbound
-                        .send(Err(Status::deadline_exceeded(format!(
-                            "Timeout of {}sec was exceeded.",
-                            t.as_secs_f64()
-                        ))))
-                        .await;
-                    let _ = reply.send(Err(ExchangeError::Timeout(t)));
-                    return StreamEnd::Timeout(t);
-                }
-                _ = &mut revoked => {
-                    let _ = outbound.send(Err(Status::unauthenticated("Invalid token"))).await;
-                    let _ = reply.send(Err(ExchangeError::Closed("token revoked".into())));
-                    return StreamEnd::Revoked;
-                }
-            }
-        }
     }
 }

@@ -10,7 +10,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tracing::info;
 
-use crate::transport::FlowerTransport;
+use super::transport::FlowerTransport;
 use crate::ServerError;
 
 /// PEM files for the server's TLS (Flower's `--ssl-*` flags).
@@ -24,10 +24,26 @@ pub struct TlsFiles {
     pub keyfile: PathBuf,
 }
 
-/// Listener settings.
+impl TlsFiles {
+    /// The three PEM files.
+    pub fn new(
+        ca_certfile: impl Into<PathBuf>,
+        certfile: impl Into<PathBuf>,
+        keyfile: impl Into<PathBuf>,
+    ) -> Self {
+        TlsFiles {
+            ca_certfile: ca_certfile.into(),
+            certfile: certfile.into(),
+            keyfile: keyfile.into(),
+        }
+    }
+}
+
+/// Listener settings of the grpc-bidi port. The `Default` values are the
+/// only copy of these defaults (the binary's flags and help read them).
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Address to bind (port 0 picks a free port).
+    /// Address to bind (default `0.0.0.0:8080`, Flower's; port 0 picks a free port).
     pub address: SocketAddr,
     /// TLS files; `None` serves plaintext.
     pub tls: Option<TlsFiles>,
@@ -35,6 +51,12 @@ pub struct ServeOptions {
     pub max_message_size: usize,
     /// HTTP/2 keepalive ping interval (Flower's server: 210 s).
     pub keepalive: Duration,
+    /// Refuse clients beyond this many simultaneous streams (default: no limit).
+    pub max_clients: Option<usize>,
+    /// Receive at most this many large (>= 1 MiB) client messages at once,
+    /// admitted in fold order (default 2; `None`: no limit). Bounds receive
+    /// memory to about this many model sizes.
+    pub max_concurrent_uploads: Option<usize>,
 }
 
 impl Default for ServeOptions {
@@ -44,17 +66,19 @@ impl Default for ServeOptions {
             tls: None,
             max_message_size: flower_proto::GRPC_MAX_MESSAGE_LENGTH,
             keepalive: Duration::from_secs(210),
+            max_clients: None,
+            max_concurrent_uploads: Some(2),
         }
     }
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, ServerError> {
-    std::fs::read(path).map_err(|e| ServerError::Tls(format!("reading {}: {e}", path.display())))
+    std::fs::read(path).map_err(ServerError::io("reading", path))
 }
 
 /// Binds `options.address`, logs `listening on <addr>`, and returns the bound
 /// address plus a future that serves until `stop` completes.
-pub async fn serve<L>(
+pub(crate) async fn serve<L>(
     options: &ServeOptions,
     transport: FlowerTransport,
     layer: L,
@@ -84,14 +108,16 @@ where
         // clients require.
         builder = builder
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
-            .map_err(|e| ServerError::Tls(e.to_string()))?;
+            .map_err(|e| ServerError::Tls(e.into()))?;
     }
+    let bind_error = |source| ServerError::Bind {
+        address: options.address,
+        source,
+    };
     let listener = TcpListener::bind(options.address)
         .await
-        .map_err(|e| ServerError::Transport(format!("binding {}: {e}", options.address)))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| ServerError::Transport(e.to_string()))?;
+        .map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let service = transport.max_message_size(options.max_message_size);
     let router = builder.layer(layer).add_service(service);
@@ -100,7 +126,7 @@ where
         router
             .serve_with_incoming_shutdown(incoming, stop)
             .await
-            .map_err(|e| ServerError::Transport(e.to_string()))
+            .map_err(|e| ServerError::Transport(e.into()))
     };
     Ok((local, fut))
 }

@@ -2,12 +2,10 @@
 //! wrong message kind, an oversized message. The server counts each as that
 //! client's failure, never panics, and finishes with the others.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::{Buf, BufMut};
-use common::*;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

@@ -21,6 +21,8 @@ use http_body::Body;
 use prost::Message;
 use tonic::Status;
 
+use super::StreamError;
+
 /// Messages at least this large need an upload permit.
 const LARGE_MESSAGE: usize = 1 << 20;
 
@@ -194,14 +196,14 @@ impl Inbound {
 
     /// The next message; `Ok(None)` at the end of the stream. Cancel-safe:
     /// all progress is kept in `self`.
-    pub(crate) async fn message(&mut self) -> Result<Option<pb::ClientMessage>, Status> {
+    pub(crate) async fn message(&mut self) -> Result<Option<pb::ClientMessage>, StreamError> {
         std::future::poll_fn(|cx| self.poll_message(cx)).await
     }
 
     fn poll_message(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<Option<pb::ClientMessage>, Status>> {
+    ) -> Poll<Result<Option<pb::ClientMessage>, StreamError>> {
         loop {
             // A large message announced: wait for a permit before reading on.
             if let Some(len) = self.announced {
@@ -222,9 +224,11 @@ impl Inbound {
                     if buf.len() == buf.capacity() {
                         let bytes = Bytes::from(self.message.take().unwrap_or_default());
                         self.permit = None;
-                        return Poll::Ready(pb::ClientMessage::decode(bytes).map(Some).map_err(
-                            |e| Status::internal(format!("undecodable ClientMessage: {e}")),
-                        ));
+                        return Poll::Ready(
+                            pb::ClientMessage::decode(bytes)
+                                .map(Some)
+                                .map_err(StreamError::Undecodable),
+                        );
                     }
                     continue;
                 }
@@ -235,9 +239,7 @@ impl Inbound {
                     continue;
                 }
                 if self.prefix[0] != 0 {
-                    return Poll::Ready(Err(Status::unimplemented(
-                        "compressed messages are not supported",
-                    )));
+                    return Poll::Ready(Err(StreamError::CompressedMessage));
                 }
                 let len = u32::from_be_bytes([
                     self.prefix[1],
@@ -247,16 +249,16 @@ impl Inbound {
                 ]) as usize;
                 self.prefix.clear();
                 if len > self.max_message_size {
-                    return Poll::Ready(Err(Status::out_of_range(format!(
-                        "message of {len} bytes exceeds the max message size {}",
-                        self.max_message_size
-                    ))));
+                    return Poll::Ready(Err(StreamError::MessageTooLarge {
+                        len,
+                        max: self.max_message_size,
+                    }));
                 }
                 if len == 0 {
                     return Poll::Ready(
                         pb::ClientMessage::decode(Bytes::new())
                             .map(Some)
-                            .map_err(|e| Status::internal(e.to_string())),
+                            .map_err(StreamError::Undecodable),
                     );
                 }
                 self.announced = Some(len);
@@ -270,7 +272,7 @@ impl Inbound {
             }
             if self.ended {
                 return Poll::Ready(if self.message.is_some() || !self.prefix.is_empty() {
-                    Err(Status::internal("stream ended inside a message"))
+                    Err(StreamError::EndedInsideMessage)
                 } else {
                     Ok(None)
                 });
@@ -282,7 +284,7 @@ impl Inbound {
                     }
                     // Trailers from a client carry nothing we need.
                 }
-                Some(Err(status)) => return Poll::Ready(Err(status)),
+                Some(Err(status)) => return Poll::Ready(Err(StreamError::Body(status))),
                 None => self.ended = true,
             }
         }
@@ -339,7 +341,7 @@ mod tests {
         let wire = framed(&fit_res(100));
         let mut inbound = Inbound::new(body_of(vec![wire.clone()]), UploadGate::new(None), 50);
         assert_eq!(
-            inbound.message().await.unwrap_err().code(),
+            Status::from(inbound.message().await.unwrap_err()).code(),
             tonic::Code::OutOfRange
         );
         let mut inbound = Inbound::new(
@@ -348,7 +350,7 @@ mod tests {
             usize::MAX,
         );
         assert_eq!(
-            inbound.message().await.unwrap_err().code(),
+            Status::from(inbound.message().await.unwrap_err()).code(),
             tonic::Code::Internal
         );
         let mut compressed = wire.clone();
@@ -356,14 +358,14 @@ mod tests {
         let mut inbound =
             Inbound::new(body_of(vec![compressed]), UploadGate::new(None), usize::MAX);
         assert_eq!(
-            inbound.message().await.unwrap_err().code(),
+            Status::from(inbound.message().await.unwrap_err()).code(),
             tonic::Code::Unimplemented
         );
         let mut garbage = vec![0u8, 0, 0, 0, 3];
         garbage.extend_from_slice(&[0xff, 0xff, 0xff]);
         let mut inbound = Inbound::new(body_of(vec![garbage]), UploadGate::new(None), usize::MAX);
         assert_eq!(
-            inbound.message().await.unwrap_err().code(),
+            Status::from(inbound.message().await.unwrap_err()).code(),
             tonic::Code::Internal
         );
     }

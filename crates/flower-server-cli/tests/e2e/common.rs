@@ -1,6 +1,5 @@
 //! Helpers for the server's end-to-end tests: the `flower-server` binary,
 //! stock Python Flower clients from the pinned venv, and dev certificates.
-#![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -8,24 +7,24 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-pub use flower_testkit::{python, ChildGuard, DevCertificates};
+pub(crate) use flower_testkit::{python, ChildGuard, DevCertificates};
 
 /// A running `flower-server` process.
-pub struct Server {
-    pub child: ChildGuard,
-    pub port: u16,
-    pub log: PathBuf,
-    pub out: PathBuf,
+pub(crate) struct Server {
+    pub(crate) child: ChildGuard,
+    pub(crate) port: u16,
+    pub(crate) log: PathBuf,
+    pub(crate) out: PathBuf,
 }
 
 impl Server {
     /// Starts the binary with `args` plus `--address 127.0.0.1:0` and waits
     /// (bounded) for its `listening` line.
-    pub fn start(args: &[String], workdir: &Path) -> Server {
+    pub(crate) fn start(args: &[String], workdir: &Path) -> Server {
         Self::start_at(args, workdir, "127.0.0.1:0")
     }
 
-    pub fn start_at(args: &[String], workdir: &Path, address: &str) -> Server {
+    pub(crate) fn start_at(args: &[String], workdir: &Path, address: &str) -> Server {
         let log = workdir.join(format!("server-{}.log", unique()));
         let out = workdir.join(format!("server-{}.out", unique()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_flower-server"))
@@ -68,16 +67,16 @@ impl Server {
         }
     }
 
-    pub fn address(&self) -> String {
+    pub(crate) fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits (bounded) until `needle` appears `count` times in the log.
-    pub fn wait_for_log(&self, needle: &str, count: usize, timeout: Duration) {
+    pub(crate) fn wait_for_log(&self, needle: &str, count: usize, timeout: Duration) {
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
             if self.log_text().matches(needle).count() >= count {
@@ -92,7 +91,7 @@ impl Server {
     }
 
     /// Waits for exit (bounded); panics with the log on timeout.
-    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
         match self.child.wait_timeout(timeout) {
             Some(status) => status,
             None => panic!(
@@ -110,12 +109,12 @@ fn unique() -> u64 {
 }
 
 /// The Python scripts directory (`python/` at the workspace root).
-pub fn scripts() -> PathBuf {
+pub(crate) fn scripts() -> PathBuf {
     flower_testkit::workspace_root().join("python")
 }
 
 /// Starts one stock Flower client (`python/flower_test_client.py`).
-pub fn python_client(
+pub(crate) fn python_client(
     py: &Path,
     address: &str,
     ca: Option<&Path>,
@@ -138,7 +137,7 @@ pub fn python_client(
 }
 
 /// Writes the test client's initial parameters as `init.npz` with numpy.
-pub fn write_initial_npz(py: &Path, path: &Path) {
+pub(crate) fn write_initial_npz(py: &Path, path: &Path) {
     let script = format!(
         "import sys; sys.path.insert(0, {scripts:?}); import numpy as np; from flower_test_client import initial_parameters; np.savez(sys.argv[1], *initial_parameters())",
         scripts = scripts().display().to_string()
@@ -147,18 +146,18 @@ pub fn write_initial_npz(py: &Path, path: &Path) {
 }
 
 /// Reads the JSON history the server wrote.
-pub fn history(dir: &Path) -> serde_json::Value {
+pub(crate) fn history(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("history.json")).expect("history.json"))
         .unwrap()
 }
 
 /// Reads the model the server wrote as flat f64 vectors per layer.
-pub fn model(dir: &Path) -> Vec<Vec<f64>> {
+pub(crate) fn model(dir: &Path) -> Vec<Vec<f64>> {
     let arrays = flower_core::npz::read_npz(&dir.join("model.npz")).expect("model.npz");
     arrays.into_iter().map(|(_, a)| flat(&a)).collect()
 }
 
-pub fn flat(a: &flower_core::NdArray) -> Vec<f64> {
+pub(crate) fn flat(a: &flower_core::NdArray) -> Vec<f64> {
     match a {
         flower_core::NdArray::F32(a) => a.iter().map(|v| *v as f64).collect(),
         flower_core::NdArray::F64(a) => a.iter().copied().collect(),
@@ -166,7 +165,7 @@ pub fn flat(a: &flower_core::NdArray) -> Vec<f64> {
     }
 }
 
-pub fn assert_close(got: &[Vec<f64>], want: &[Vec<f64>], rel: f64) {
+pub(crate) fn assert_close(got: &[Vec<f64>], want: &[Vec<f64>], rel: f64) {
     assert_eq!(got.len(), want.len(), "layer count");
     for (g, w) in got.iter().zip(want) {
         assert_eq!(g.len(), w.len(), "layer size");
@@ -180,7 +179,7 @@ pub fn assert_close(got: &[Vec<f64>], want: &[Vec<f64>], rel: f64) {
 }
 
 /// Common server arguments: TLS with `certs`, output dir, initial model, N clients.
-pub fn server_args(
+pub(crate) fn server_args(
     certs: &DevCertificates,
     out: &Path,
     init: &Path,
@@ -215,7 +214,7 @@ pub fn server_args(
 }
 
 /// Asserts (bounded) that every client exits with status 0.
-pub fn assert_clients_succeed<'a>(clients: impl IntoIterator<Item = &'a mut ChildGuard>) {
+pub(crate) fn assert_clients_succeed<'a>(clients: impl IntoIterator<Item = &'a mut ChildGuard>) {
     for (i, c) in clients.into_iter().enumerate() {
         let status = c
             .wait_timeout(Duration::from_secs(30))
@@ -225,7 +224,7 @@ pub fn assert_clients_succeed<'a>(clients: impl IntoIterator<Item = &'a mut Chil
 }
 
 /// Starts `n` stock Python clients (partitions 0..n) against `server` over TLS.
-pub fn python_clients(
+pub(crate) fn python_clients(
     py: &Path,
     server: &Server,
     ca: &Path,

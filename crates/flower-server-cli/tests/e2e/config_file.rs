@@ -1,11 +1,9 @@
 //! The TOML configuration file maps onto the same settings as the flags, and
 //! without initial parameters the server asks one client for them.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn toml_config_runs_a_federation_and_initial_parameters_come_from_a_client() {

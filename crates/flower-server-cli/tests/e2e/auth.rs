@@ -2,11 +2,9 @@
 //! token with ai4flwr's plugin (`authorization`) and under `x-authorization`,
 //! rejected clients failing fast, revocation, and no token in the logs.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const TOKEN_A: &str = "tok-alpha-3f9c1d0e8b7a";
 const TOKEN_B: &str = "tok-bravo-77e1c2a9d4f0";

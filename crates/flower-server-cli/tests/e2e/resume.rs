@@ -2,11 +2,9 @@
 //! `--resume`; the run completes 4 rounds and the final model equals an
 //! uninterrupted run's.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn start_clients(
     py: &std::path::Path,

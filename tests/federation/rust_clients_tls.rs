@@ -2,15 +2,13 @@
 //! this process, over TLS with a bearer token: the run completes, the model
 //! learns, and the same run gives the same model file bit for bit.
 
-#[path = "../examples/common/mod.rs"]
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::data::partition;
-use common::federation::{generate_dev_certificates, Federation, FederationConfig};
-use common::model::{initial_parameters, IrisClient};
+use crate::common::data::partition;
+use crate::common::model::IrisClient;
+use crate::common::support::generate_dev_certificates;
+use crate::start_server;
 use flower_client::{start_client, ClientOptions, NumPyClient as _, RunSummary};
 use flower_core::NdArray;
 use flower_server::RunOutcome;
@@ -23,33 +21,18 @@ async fn run(out: &Path, rounds: u64, clients: usize) -> (RunOutcome, Vec<RunSum
     let tls = generate_dev_certificates(certs.path()).unwrap();
     let ca = tls.ca_certfile.clone();
     let token = "quickstart-test-token";
-    let server = Federation::start(FederationConfig {
-        address: "127.0.0.1:0".parse().unwrap(),
-        tls: Some(tls),
-        auth: Some(
-            flower_auth::AuthConfig::builder()
-                .token(token)
-                .build()
-                .unwrap(),
-        ),
-        rounds,
-        min_clients: clients,
-        initial_parameters: Some(initial_parameters()),
-        output_dir: Some(out.to_owned()),
-    })
-    .await
-    .unwrap();
+    let server = start_server(tls, token, rounds, clients, out).await;
     let mut tasks = Vec::new();
     for id in 0..clients {
-        let options = ClientOptions::new(server.address.to_string())
+        let options = ClientOptions::new(server.local_addr().to_string())
             .root_certificates_file(&ca)
             .token(token)
             .no_retries();
         let client = IrisClient::new(partition(id, clients)).to_client();
         tasks.push(tokio::spawn(start_client(options, client)));
-        assert!(server.wait_for_clients(id + 1, STEP).await);
+        assert!(server.clients().wait_for(id + 1, STEP).await);
     }
-    let outcome = tokio::time::timeout(STEP, server.run())
+    let outcome = tokio::time::timeout(STEP, server.run(std::future::pending()))
         .await
         .expect("run ends in time")
         .expect("run succeeds");

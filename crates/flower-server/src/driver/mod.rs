@@ -1,31 +1,41 @@
 //! The round driver: Flower's `Server.fit` loop, independent of sockets.
 //!
-//! It talks to clients only through [`ClientManager`] and [`ClientHandle`]s,
-//! so the whole round logic runs in tests with in-process clients.
+//! It talks to connected clients only through [`ClientManager`] and the
+//! [`ClientHandle`] trait (implemented by the grpc-bidi transport and by
+//! in-process clients), persists through an injected [`RunStore`], and takes
+//! its time from tokio (so tests can pause it). The pure pieces are
+//! [`fold`] (in which order results reach the strategy) and [`reply`] (is a
+//! reply a result or a failure).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+pub(crate) mod fold;
+pub(crate) mod reply;
+
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flower_core::{
-    ClientMessage, EvaluateIns, EvaluateRes, FitIns, FitRes, GetParametersIns, Parameters,
-    ReconnectIns, ServerMessage,
+    ClientMessage, EvaluateIns, EvaluateRes, FitIns, FitRes, GetParametersIns, GetParametersRes,
+    Parameters, ReconnectIns, ServerMessage,
 };
 use flower_strategy::{ClientFailure, ClientId, Strategy};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::client_manager::ClientManager;
-use crate::exchange::{ClientHandle, ExchangeError, OutgoingMessage};
-use crate::history::{write_atomic, Checkpoint, History, RoundRecord};
-use crate::model_file::{parameters_from_npz, parameters_to_npz};
+use crate::history::{Checkpoint, History, RoundRecord};
+use crate::node::{ClientHandle, ExchangeError, OutgoingMessage};
+use crate::store::RunStore;
 use crate::ServerError;
+use fold::{AggregationOrder, FoldBuffer};
+use reply::{classify, expect_kind};
 
-/// Settings of the round driver. Defaults mirror Flower where it has one.
+/// Settings of the round driver. Defaults mirror Flower where it has one;
+/// these `Default` values are the only copy (the binary's flags, its TOML
+/// file and its `--help` read them).
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
     /// Number of rounds (default 1, as Flower's `ServerConfig`).
@@ -39,29 +49,16 @@ pub struct DriverConfig {
     /// connected again after some left (default 60 s). Then the run ends,
     /// with the last completed round saved.
     pub rejoin_wait_timeout: Duration,
-    /// Seed of the client-sampling RNG.
+    /// Seed of the client-sampling RNG (default 0).
     pub seed: u64,
-    /// Where `history.json`, `model.npz` and `checkpoint.json` go.
-    pub output_dir: Option<PathBuf>,
-    /// Continue from `checkpoint.json` + `model.npz` in `output_dir`.
+    /// Continue from the run store's last checkpoint.
     pub resume: bool,
-    /// After the final `ReconnectIns`, how long to wait for streams to close.
+    /// After the final `ReconnectIns`, how long to wait for streams to close
+    /// (default 5 s).
     pub shutdown_grace: Duration,
-    /// Order in which fit results are folded into the aggregate.
+    /// Order in which fit results are folded into the aggregate (default:
+    /// join order).
     pub aggregation_order: AggregationOrder,
-}
-
-/// Order in which fit results reach the strategy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum AggregationOrder {
-    /// Client-join (id) order: the same inputs give the same bits. A result
-    /// that arrives before its predecessors waits in memory.
-    #[default]
-    JoinOrder,
-    /// Arrival order: each result is folded and dropped as soon as it
-    /// arrives (memory O(model)); float sums then depend on timing, as in
-    /// Python Flower.
-    Arrival,
 }
 
 impl Default for DriverConfig {
@@ -72,7 +69,6 @@ impl Default for DriverConfig {
             client_wait_timeout: Duration::from_secs(300),
             rejoin_wait_timeout: Duration::from_secs(60),
             seed: 0,
-            output_dir: None,
             resume: false,
             shutdown_grace: Duration::from_secs(5),
             aggregation_order: AggregationOrder::JoinOrder,
@@ -96,6 +92,7 @@ pub struct RoundDriver {
     manager: ClientManager,
     strategy: Box<dyn Strategy>,
     config: DriverConfig,
+    store: Option<Arc<dyn RunStore>>,
     history: History,
     /// Set once the first round has started: later waits use the rejoin bound.
     under_way: bool,
@@ -106,6 +103,7 @@ impl std::fmt::Debug for RoundDriver {
         f.debug_struct("RoundDriver")
             .field("strategy", &self.strategy.name())
             .field("config", &self.config)
+            .field("store", &self.store)
             .finish_non_exhaustive()
     }
 }
@@ -121,10 +119,10 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-fn failure(client: ClientId, reason: impl Into<String>) -> ClientFailure {
+fn failure(client: ClientId, reason: impl ToString) -> ClientFailure {
     ClientFailure {
         client: Some(client),
-        reason: reason.into(),
+        reason: reason.to_string(),
     }
 }
 
@@ -182,19 +180,24 @@ type Exchanges = FuturesUnordered<
 >;
 
 impl RoundDriver {
-    /// A driver over the clients of `manager`.
+    /// A driver over the clients of `manager`, persisting nothing.
     pub fn new(manager: ClientManager, strategy: Box<dyn Strategy>, config: DriverConfig) -> Self {
         RoundDriver {
             manager,
             strategy,
             config,
+            store: None,
             history: History::default(),
             under_way: false,
         }
     }
 
-    fn output_path(&self, name: &str) -> Option<PathBuf> {
-        self.config.output_dir.as_ref().map(|d| d.join(name))
+    /// Saves the run to `store` after every round (and resumes from it when
+    /// [`DriverConfig::resume`] is set).
+    #[must_use]
+    pub fn with_store(mut self, store: Arc<dyn RunStore>) -> Self {
+        self.store = Some(store);
+        self
     }
 
     fn sampler_seed(&self, round: u64, phase: u64) -> u64 {
@@ -256,11 +259,10 @@ impl RoundDriver {
                 None => failures.push(failure(id, "client left before its instruction was sent")),
             }
         }
-        ids.sort_unstable();
         (ids, exchanges)
     }
 
-    /// Initial parameters: from a checkpoint, the strategy, or one client.
+    /// Initial parameters: from the strategy, or one client.
     async fn initial_parameters(&mut self) -> Result<Parameters, ServerError> {
         if let Some(parameters) = self.strategy.initialize_parameters() {
             info!("using initial parameters provided by the strategy");
@@ -279,51 +281,36 @@ impl RoundDriver {
                 connected: 0,
                 waited: self.config.client_wait_timeout,
             })?;
-        let handle = self
-            .manager
-            .get(id)
-            .ok_or_else(|| ServerError::Protocol("client left".into()))?;
-        let reply = handle
-            .exchange(
-                OutgoingMessage::new(ServerMessage::GetParameters(GetParametersIns::default())),
-                self.config.round_timeout,
-            )
-            .await
-            .map_err(|e| ServerError::Protocol(format!("initial get_parameters failed: {e}")))?;
-        match reply {
-            ClientMessage::GetParameters(res) => {
-                if !res.status.is_ok() {
-                    // Flower only warns and uses what came back.
-                    warn!(status = ?res.status, "get_parameters returned a non-OK status");
-                }
-                info!(
-                    client = id,
-                    "received initial parameters from one random client"
-                );
-                Ok(res.parameters)
+        let reply = match self.manager.get(id) {
+            Some(handle) => {
+                let ins = ServerMessage::GetParameters(GetParametersIns::default());
+                handle
+                    .exchange(OutgoingMessage::new(ins), self.config.round_timeout)
+                    .await
             }
-            other => Err(ServerError::Protocol(format!(
-                "expected get_parameters_res, got {}",
-                other.kind()
-            ))),
+            None => Err(ExchangeError::Closed("client left".into())),
+        };
+        let res: GetParametersRes = expect_kind(reply)
+            .map_err(|source| ServerError::InitialParameters { client: id, source })?;
+        if !res.status.is_ok() {
+            // Flower only warns and uses what came back.
+            warn!(status = ?res.status, "get_parameters returned a non-OK status");
         }
+        info!(client = %id, "received initial parameters from one random client");
+        Ok(res.parameters)
     }
 
     fn load_checkpoint(&mut self) -> Result<Option<(u64, Parameters)>, ServerError> {
-        let (Some(cp_path), Some(model_path)) = (
-            self.output_path("checkpoint.json"),
-            self.output_path("model.npz"),
-        ) else {
-            return Err(ServerError::Config("--resume needs --output-dir".into()));
+        let Some(store) = &self.store else {
+            return Err(ServerError::Config(
+                "resuming needs a run store (--output-dir)".into(),
+            ));
         };
-        if !cp_path.exists() {
-            warn!(path = %cp_path.display(), "no checkpoint to resume from; starting a new run");
+        let Some(saved) = store.load()? else {
+            warn!("no checkpoint to resume from; starting a new run");
             return Ok(None);
-        }
-        let text = std::fs::read_to_string(&cp_path)
-            .map_err(|e| ServerError::Io(format!("reading {}: {e}", cp_path.display())))?;
-        let cp: Checkpoint = serde_json::from_str(&text)
-            .map_err(|e| ServerError::ModelFile(format!("{}: {e}", cp_path.display())))?;
+        };
+        let cp = saved.checkpoint;
         if cp.strategy != self.strategy.name() {
             return Err(ServerError::Config(format!(
                 "checkpoint was written by strategy {}, not {}",
@@ -331,29 +318,20 @@ impl RoundDriver {
                 self.strategy.name()
             )));
         }
-        let parameters = parameters_from_npz(&model_path, &cp.tensor_type)?;
-        self.strategy
-            .restore_state(cp.strategy_state)
-            .map_err(ServerError::Strategy)?;
+        self.strategy.restore_state(cp.strategy_state)?;
         self.history = cp.history;
         info!(
             completed_rounds = cp.completed_rounds,
             "resuming from checkpoint"
         );
-        Ok(Some((cp.completed_rounds, parameters)))
+        Ok(Some((cp.completed_rounds, saved.parameters)))
     }
 
     fn save(&self, completed_rounds: u64, parameters: &Parameters) -> Result<(), ServerError> {
-        let Some(dir) = &self.config.output_dir else {
+        let Some(store) = &self.store else {
             return Ok(());
         };
-        std::fs::create_dir_all(dir)
-            .map_err(|e| ServerError::Io(format!("creating {}: {e}", dir.display())))?;
-        write_atomic(&dir.join("model.npz"), &parameters_to_npz(parameters)?)?;
-        let history =
-            serde_json::to_vec_pretty(&self.history).map_err(|e| ServerError::Io(e.to_string()))?;
-        write_atomic(&dir.join("history.json"), &history)?;
-        let cp = Checkpoint {
+        let checkpoint = Checkpoint {
             format_version: 1,
             completed_rounds,
             num_rounds: self.config.num_rounds,
@@ -362,22 +340,20 @@ impl RoundDriver {
             strategy_state: self.strategy.state(),
             history: self.history.clone(),
         };
-        let cp = serde_json::to_vec_pretty(&cp).map_err(|e| ServerError::Io(e.to_string()))?;
-        // The checkpoint goes last: it only ever points at a complete model.
-        write_atomic(&dir.join("checkpoint.json"), &cp)
+        blocking(|| store.save(&checkpoint, parameters))
     }
 
     /// Runs the configured rounds, then tells every client to disconnect.
     ///
-    /// `shutdown` flipping to `true` ends the run early (after saving the
-    /// last completed round) with [`ServerError::Interrupted`].
+    /// `shutdown` completing ends the run early (after saving the last
+    /// completed round) with [`ServerError::Interrupted`].
     pub async fn run(
         &mut self,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<RunOutcome, ServerError> {
         let result = tokio::select! {
             r = self.run_rounds() => r,
-            _ = shutdown.wait_for(|s| *s) => Err(ServerError::Interrupted),
+            () = shutdown => Err(ServerError::Interrupted),
         };
         self.disconnect_all().await;
         result
@@ -385,21 +361,16 @@ impl RoundDriver {
 
     async fn run_rounds(&mut self) -> Result<RunOutcome, ServerError> {
         let started = Instant::now();
-        let (mut completed, mut parameters) = match self.config.resume {
-            true => match self.load_checkpoint()? {
-                Some(found) => found,
-                None => (0, self.initial_parameters().await?),
-            },
-            false => (0, self.initial_parameters().await?),
+        let resumed = match self.config.resume {
+            true => self.load_checkpoint()?,
+            false => None,
+        };
+        let (mut completed, mut parameters) = match resumed {
+            Some(found) => found,
+            None => (0, self.initial_parameters().await?),
         };
         if completed == 0 {
-            if let Some((loss, metrics)) = blocking(|| self.strategy.evaluate(0, &parameters))
-                .map_err(ServerError::Strategy)?
-            {
-                info!(loss, "initial centralized evaluation");
-                self.history.add_loss_centralized(0, loss);
-                self.history.add_metrics_centralized(0, &metrics);
-            }
+            self.centralized_evaluation(0, &parameters)?;
             self.save(0, &parameters)?;
         }
 
@@ -416,15 +387,7 @@ impl RoundDriver {
             if let Some(new) = self.fit_round(round, &parameters, &mut record).await? {
                 parameters = new;
             }
-
-            if let Some((loss, metrics)) = blocking(|| self.strategy.evaluate(round, &parameters))
-                .map_err(ServerError::Strategy)?
-            {
-                info!(round, loss, "centralized evaluation");
-                self.history.add_loss_centralized(round, loss);
-                self.history.add_metrics_centralized(round, &metrics);
-            }
-
+            self.centralized_evaluation(round, &parameters)?;
             self.evaluate_round(round, &parameters, &mut record).await?;
             info!(
                 round,
@@ -458,6 +421,24 @@ impl RoundDriver {
         })
     }
 
+    /// The strategy's centralized evaluation (round 0 = the initial model).
+    fn centralized_evaluation(
+        &mut self,
+        round: u64,
+        parameters: &Parameters,
+    ) -> Result<(), ServerError> {
+        if let Some((loss, metrics)) = blocking(|| self.strategy.evaluate(round, parameters))? {
+            if round == 0 {
+                info!(loss, "initial centralized evaluation");
+            } else {
+                info!(round, loss, "centralized evaluation");
+            }
+            self.history.add_loss_centralized(round, loss);
+            self.history.add_metrics_centralized(round, &metrics);
+        }
+        Ok(())
+    }
+
     async fn fit_round(
         &mut self,
         round: u64,
@@ -474,8 +455,7 @@ impl RoundDriver {
             .sampler(ChaCha8Rng::seed_from_u64(self.sampler_seed(round, 0)));
         let instructions = self
             .strategy
-            .configure_fit(round, parameters, &mut sampler)
-            .map_err(ServerError::Strategy)?;
+            .configure_fit(round, parameters, &mut sampler)?;
         if instructions.is_empty() {
             info!(round, "configure_fit: no clients selected, skipping fit");
             return Ok(None);
@@ -486,69 +466,33 @@ impl RoundDriver {
             available = self.manager.len(),
             "configure_fit"
         );
-        self.strategy
-            .begin_fit(round, parameters)
-            .map_err(ServerError::Strategy)?;
+        self.strategy.begin_fit(round, parameters)?;
 
         let mut failures = Vec::new();
         let messages = instructions
             .into_iter()
             .map(|(id, ins): (ClientId, FitIns)| (id, ServerMessage::Fit(ins)))
             .collect();
-        let (order, mut exchanges) = self.dispatch(messages, &mut failures);
+        let (sent, mut exchanges) = self.dispatch(messages, &mut failures);
 
-        // By default results are folded in client-id order, whatever order
-        // they arrive in, so that the same inputs always give the same bits;
-        // early arrivals wait in `ready`, and the upload gate admits large
-        // uploads in that order so that few ever wait. In arrival order
-        // nothing waits.
-        let arrival = self.config.aggregation_order == AggregationOrder::Arrival;
-        let _turns = (!arrival).then(|| FoldTurns::new(self.manager.upload_gate(), &order));
-        let mut ready: BTreeMap<ClientId, Option<FitRes>> = BTreeMap::new();
-        let mut next = 0;
+        // Results reach the strategy in the buffer's order; the upload gate
+        // admits large uploads in that same order so that few ever wait.
+        let mut buffer = FoldBuffer::new(sent, self.config.aggregation_order);
+        let join_order = self.config.aggregation_order == AggregationOrder::JoinOrder;
+        let _turns = join_order.then(|| FoldTurns::new(self.manager.upload_gate(), buffer.order()));
         let mut results = 0;
         while let Some((id, reply)) = exchanges.next().await {
-            let res = match reply {
-                Ok(ClientMessage::Fit(res)) if res.status.is_ok() => Some(res),
-                Ok(ClientMessage::Fit(res)) => {
-                    failures.push(failure(
-                        id,
-                        format!("fit status {:?}: {}", res.status.code, res.status.message),
-                    ));
-                    None
-                }
-                Ok(other) => {
-                    failures.push(failure(
-                        id,
-                        format!("expected fit_res, got {}", other.kind()),
-                    ));
-                    None
-                }
-                Err(e) => {
-                    failures.push(failure(id, e.to_string()));
-                    None
-                }
-            };
-            let mut due = Vec::new();
-            if arrival {
-                due.push((id, res));
-            } else {
-                ready.insert(id, res);
-                while let Some(slot) = order.get(next).and_then(|id| ready.remove(id)) {
-                    due.push((order[next], slot));
-                    next += 1;
-                }
-            }
-            for (client, slot) in due {
-                let folded = match slot {
-                    None => Ok(()),
-                    Some(res) => blocking(|| self.strategy.accumulate_fit(round, client, res))
-                        .map(|()| results += 1),
-                };
+            for (client, outcome) in buffer.arrive(id, classify::<FitRes>(reply)) {
+                let folded = outcome.map_err(|e| e.to_string()).and_then(|res| {
+                    blocking(|| self.strategy.accumulate_fit(round, client, res)).map_err(|e| {
+                        warn!(round, client = %client, error = %e, "fit result refused");
+                        e.to_string()
+                    })
+                });
                 self.manager.upload_gate().done(client);
-                if let Err(e) = folded {
-                    warn!(round, client, error = %e, "fit result refused");
-                    failures.push(failure(client, e.to_string()));
+                match folded {
+                    Ok(()) => results += 1,
+                    Err(reason) => failures.push(failure(client, reason)),
                 }
             }
         }
@@ -559,8 +503,7 @@ impl RoundDriver {
         record.fit_failures = failures.len();
         record.fit_seconds = started.elapsed().as_secs_f64();
         info!(round, results, failures = failures.len(), "aggregate_fit");
-        let (new, metrics) = blocking(|| self.strategy.aggregate_fit(round, &failures))
-            .map_err(ServerError::Strategy)?;
+        let (new, metrics) = blocking(|| self.strategy.aggregate_fit(round, &failures))?;
         self.history.add_metrics_distributed_fit(round, &metrics);
         Ok(new)
     }
@@ -579,8 +522,7 @@ impl RoundDriver {
             .sampler(ChaCha8Rng::seed_from_u64(self.sampler_seed(round, 1)));
         let instructions = self
             .strategy
-            .configure_evaluate(round, parameters, &mut sampler)
-            .map_err(ServerError::Strategy)?;
+            .configure_evaluate(round, parameters, &mut sampler)?;
         if instructions.is_empty() {
             info!(
                 round,
@@ -596,20 +538,9 @@ impl RoundDriver {
         let (_, mut exchanges) = self.dispatch(messages, &mut failures);
         let mut results: Vec<(ClientId, EvaluateRes)> = Vec::new();
         while let Some((id, reply)) = exchanges.next().await {
-            match reply {
-                Ok(ClientMessage::Evaluate(res)) if res.status.is_ok() => results.push((id, res)),
-                Ok(ClientMessage::Evaluate(res)) => failures.push(failure(
-                    id,
-                    format!(
-                        "evaluate status {:?}: {}",
-                        res.status.code, res.status.message
-                    ),
-                )),
-                Ok(other) => failures.push(failure(
-                    id,
-                    format!("expected evaluate_res, got {}", other.kind()),
-                )),
-                Err(e) => failures.push(failure(id, e.to_string())),
+            match classify::<EvaluateRes>(reply) {
+                Ok(res) => results.push((id, res)),
+                Err(e) => failures.push(failure(id, e)),
             }
         }
         results.sort_by_key(|(id, _)| *id);
@@ -621,8 +552,7 @@ impl RoundDriver {
         record.evaluate_seconds = started.elapsed().as_secs_f64();
         let (loss, metrics) = self
             .strategy
-            .aggregate_evaluate(round, &results, &failures)
-            .map_err(ServerError::Strategy)?;
+            .aggregate_evaluate(round, &results, &failures)?;
         if let Some(loss) = loss {
             self.history.add_loss_distributed(round, loss);
         }
@@ -643,10 +573,8 @@ impl RoundDriver {
             handle.send_only(reconnect.clone());
         }
         info!(clients = ids.len(), "sent ReconnectIns to every client");
-        let deadline = Instant::now() + self.config.shutdown_grace;
-        while Instant::now() < deadline && self.manager.all().iter().any(|(id, _)| ids.contains(id))
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.manager
+            .wait_until_gone(&ids, self.config.shutdown_grace)
+            .await;
     }
 }

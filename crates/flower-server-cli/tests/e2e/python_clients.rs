@@ -1,11 +1,9 @@
 //! End to end: stock Python Flower 1.42 clients against the `flower-server`
 //! binary over TLS, compared with the stock Python server.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn three_python_clients_complete_three_rounds_like_the_python_server() {

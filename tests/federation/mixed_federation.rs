@@ -5,24 +5,13 @@
 //! takes part in every round and exits cleanly, and the model comes out as an
 //! all-Rust federation's (the two clients compute the same maths).
 
-// The `client` example below includes `examples/common` once more.
-#![allow(clippy::duplicate_mod)]
-
-#[path = "../examples/common/mod.rs"]
-mod common;
-
-/// The `client` example, its `main` aside.
-#[path = "../examples/client.rs"]
-#[allow(dead_code, unreachable_pub)]
-mod client_example;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::common::support::generate_dev_certificates;
+use crate::start_server;
 use clap::Parser as _;
-use common::federation::{generate_dev_certificates, Federation, FederationConfig};
-use common::model::initial_parameters;
 use flower_core::{parameters_to_ndarrays, NdArray};
 use flower_server::RunOutcome;
 use flower_testkit::{python, workspace_root, ChildGuard};
@@ -41,28 +30,13 @@ enum Kind {
 /// Runs the `client` example with these arguments.
 fn client_example(args: &[&str]) -> anyhow::Result<()> {
     let args = std::iter::once("client").chain(args.iter().copied());
-    client_example::run(client_example::Args::try_parse_from(args)?)
+    crate::client_example::run(crate::client_example::Args::try_parse_from(args)?)
 }
 
 async fn federation(dir: &Path, kinds: &[Kind], py: Option<&Path>) -> RunOutcome {
     let tls = generate_dev_certificates(&dir.join("certs")).unwrap();
     let ca = tls.ca_certfile.clone();
-    let server = Federation::start(FederationConfig {
-        address: "127.0.0.1:0".parse().unwrap(),
-        tls: Some(tls),
-        auth: Some(
-            flower_auth::AuthConfig::builder()
-                .token(TOKEN)
-                .build()
-                .unwrap(),
-        ),
-        rounds: ROUNDS,
-        min_clients: kinds.len(),
-        initial_parameters: Some(initial_parameters()),
-        output_dir: Some(dir.join("out")),
-    })
-    .await
-    .unwrap();
+    let server = start_server(tls, TOKEN, ROUNDS, kinds.len(), &dir.join("out")).await;
     let csv = dir.join("iris.csv");
     client_example(&["--dump-data", csv.to_str().unwrap()]).expect("--dump-data");
 
@@ -73,7 +47,7 @@ async fn federation(dir: &Path, kinds: &[Kind], py: Option<&Path>) -> RunOutcome
             Kind::Rust => {
                 let args = [
                     "--server-address".to_owned(),
-                    server.address.to_string(),
+                    server.local_addr().to_string(),
                     "--root-certificates".to_owned(),
                     ca.display().to_string(),
                     "--token".to_owned(),
@@ -93,7 +67,7 @@ async fn federation(dir: &Path, kinds: &[Kind], py: Option<&Path>) -> RunOutcome
             Kind::Python => {
                 let child = Command::new(py.expect("python"))
                     .arg(workspace_root().join("examples/python/client.py"))
-                    .args(["--server-address", &server.address.to_string()])
+                    .args(["--server-address", &server.local_addr().to_string()])
                     .arg("--root-certificates")
                     .arg(&ca)
                     .args(["--token", TOKEN])
@@ -111,12 +85,12 @@ async fn federation(dir: &Path, kinds: &[Kind], py: Option<&Path>) -> RunOutcome
         }
         // One after the other: the same join order, the same fold order.
         assert!(
-            server.wait_for_clients(id + 1, STEP).await,
+            server.clients().wait_for(id + 1, STEP).await,
             "client {id} did not join; logs in {}",
             dir.display()
         );
     }
-    let outcome = tokio::time::timeout(STEP, server.run())
+    let outcome = tokio::time::timeout(STEP, server.run(std::future::pending()))
         .await
         .expect("run ends in time")
         .expect("run succeeds");

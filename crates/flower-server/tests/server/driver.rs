@@ -8,11 +8,10 @@ use flower_core::{
     ServerMessage, Status,
 };
 use flower_server::{
-    ClientManager, DriverConfig, ExchangeError, FnClient, RoundDriver, ServerError,
+    ClientManager, DirectoryStore, DriverConfig, ExchangeError, FnClient, RoundDriver, ServerError,
 };
 use flower_strategy::{FedAvg, FedAvgOptions};
 use ndarray::ArrayD;
-use tokio::sync::watch;
 
 fn initial() -> Vec<NdArray> {
     vec![NdArray::F32(
@@ -55,7 +54,7 @@ fn client(
     })
 }
 
-fn fedavg(min: usize) -> Box<FedAvg> {
+pub(crate) fn fedavg(min: usize) -> Box<FedAvg> {
     Box::new(
         FedAvg::new(
             FedAvgOptions::with_min_clients(min)
@@ -65,10 +64,8 @@ fn fedavg(min: usize) -> Box<FedAvg> {
     )
 }
 
-fn no_shutdown() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    std::mem::forget(tx);
-    rx
+fn no_shutdown() -> std::future::Pending<()> {
+    std::future::pending()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,11 +77,11 @@ async fn rounds_aggregate_weighted_by_examples() {
     let dir = tempfile::tempdir().unwrap();
     let config = DriverConfig {
         num_rounds: 2,
-        output_dir: Some(dir.path().to_path_buf()),
         shutdown_grace: Duration::from_millis(10),
         ..DriverConfig::default()
     };
-    let mut driver = RoundDriver::new(manager, fedavg(3), config);
+    let mut driver = RoundDriver::new(manager, fedavg(3), config)
+        .with_store(Arc::new(DirectoryStore::new(dir.path())));
     let outcome = driver.run(no_shutdown()).await.unwrap();
     // Each round adds Σk·k/Σk = 14/6 to every element.
     let got = parameters_to_ndarrays(&outcome.parameters).unwrap();
@@ -246,4 +243,30 @@ fn the_run_future_can_be_spawned() {
     let mut driver = RoundDriver::new(ClientManager::default(), fedavg(1), DriverConfig::default());
     let future = driver.run(no_shutdown());
     assert_send(&future);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waits_run_on_tokio_time_so_a_paused_clock_skips_them() {
+    // The default five-minute wait for clients elapses at once on a paused
+    // clock: the driver takes its time from tokio, not from the OS.
+    let manager = ClientManager::default();
+    manager.register(Arc::new(client(1.0))).unwrap();
+    let mut driver = RoundDriver::new(manager, fedavg(2), DriverConfig::default());
+    let started = tokio::time::Instant::now();
+    let wall = std::time::Instant::now();
+    let err = driver.run(no_shutdown()).await.unwrap_err();
+    assert!(matches!(err, ServerError::TooFewClients { .. }), "{err}");
+    assert!(started.elapsed() >= DriverConfig::default().client_wait_timeout);
+    assert!(wall.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_future_interrupts_the_run() {
+    let manager = ClientManager::default();
+    let mut driver = RoundDriver::new(manager, fedavg(2), DriverConfig::default());
+    let err = driver
+        .run(tokio::time::sleep(Duration::from_secs(1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServerError::Interrupted), "{err}");
 }

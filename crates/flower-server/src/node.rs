@@ -1,6 +1,7 @@
-//! One instruction out, one reply back: the [`ClientHandle`] abstraction the
-//! round driver talks to, whatever carries it (a gRPC stream, or an
-//! in-process function in tests).
+//! One instruction out, one reply back: the [`ClientHandle`] trait through
+//! which the round driver talks to a connected client, whatever carries it
+//! (a grpc-bidi stream today, a Fleet API SuperNode next, or an in-process
+//! function in tests).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

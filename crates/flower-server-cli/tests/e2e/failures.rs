@@ -1,12 +1,10 @@
 //! Failure cases against the `flower-server` binary: the server never panics
 //! and finishes with the clients that remain.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 struct Run {
     dir: tempfile::TempDir,

@@ -6,12 +6,10 @@
 
 // Not every helper is used here (`python`, for one).
 #[allow(unused_imports)]
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{history, server_args, DevCertificates, Server};
+use crate::common::{history, server_args, DevCertificates, Server};
 use flower_client::{start_client, BoxError, ClientError, ClientOptions, NumPyClient, RunSummary};
 use flower_core::{Config, Metrics, NdArray, Scalar};
 use ndarray::{ArrayD, IxDyn};

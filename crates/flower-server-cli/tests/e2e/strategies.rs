@@ -1,11 +1,9 @@
 //! Strategies other than FedAvg, chosen by name on the command line, with 3
 //! stock Python clients for 3 rounds.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn run_strategy(name: &str, options: &[&str]) {
     let Some(py) = python() else { return };

@@ -1,0 +1,430 @@
+//! Command line and TOML settings of `flower-server`, and their mapping onto
+//! the library's option structs.
+//!
+//! Every flag has a TOML key of the same name (kebab-case) in the file given
+//! with `--config`; a flag on the command line wins over the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+use flower_server::{AggregationOrder, DriverConfig, ServeOptions, TlsFiles};
+use flower_strategy::StrategySpec;
+use serde::{Deserialize, Serialize};
+
+const AFTER_HELP: &str = "Strategies (--strategy NAME, options as --strategy-option KEY=VALUE or a [strategy-options] table in the TOML file):";
+
+/// Flower grpc-bidi server: runs rounds of federated learning with stock
+/// Python Flower clients and flower-rs clients.
+#[derive(Debug, Default, Parser, Serialize, Deserialize)]
+#[command(name = "flower-server", version, args_override_self = true, after_long_help = long_help())]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct Settings {
+    /// TOML file with any of these settings (flags given here win).
+    #[arg(long, value_name = "FILE.toml")]
+    #[serde(skip)]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Address to listen on
+    #[arg(long)]
+    pub(crate) address: Option<SocketAddr>,
+    /// Serve without TLS (otherwise the three --ssl-* files are required).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub(crate) insecure: Option<bool>,
+    /// CA certificate (PEM).
+    #[arg(long, value_name = "PEM")]
+    pub(crate) ssl_ca_certfile: Option<PathBuf>,
+    /// Server certificate (PEM).
+    #[arg(long, value_name = "PEM")]
+    pub(crate) ssl_certfile: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, value_name = "PEM")]
+    pub(crate) ssl_keyfile: Option<PathBuf>,
+    /// Max gRPC message size in bytes, both ways
+    #[arg(long)]
+    pub(crate) max_message_size: Option<usize>,
+    /// HTTP/2 keepalive ping interval in seconds
+    #[arg(long)]
+    pub(crate) keepalive_secs: Option<u64>,
+    /// Receive at most this many large (>= 1 MiB) client messages at once;
+    /// the others wait in their HTTP/2 window. Bounds memory to about N x
+    /// model size; 0 = no limit
+    #[arg(long)]
+    pub(crate) max_concurrent_uploads: Option<usize>,
+    /// Refuse clients beyond this many simultaneous streams
+    #[arg(long)]
+    pub(crate) max_clients: Option<usize>,
+
+    /// Number of rounds
+    #[arg(long)]
+    pub(crate) rounds: Option<u64>,
+    /// Per-reply timeout in seconds (Flower's round_timeout)
+    #[arg(long)]
+    pub(crate) round_timeout: Option<f64>,
+    /// Max seconds to wait for enough clients before the first round
+    #[arg(long)]
+    pub(crate) client_wait_timeout: Option<f64>,
+    /// Max seconds to wait mid-run for enough clients after some left; then the run
+    /// ends with the last completed round saved
+    #[arg(long)]
+    pub(crate) rejoin_wait_timeout: Option<f64>,
+    /// Strategy name
+    #[arg(long)]
+    pub(crate) strategy: Option<String>,
+    /// Strategy option KEY=VALUE (VALUE as JSON when it parses, else a string); repeatable.
+    #[arg(long = "strategy-option", value_name = "KEY=VALUE")]
+    #[serde(skip)]
+    pub(crate) strategy_option: Vec<String>,
+    /// Strategy options from the TOML file ([strategy-options] table).
+    #[arg(skip)]
+    pub(crate) strategy_options: BTreeMap<String, serde_json::Value>,
+    /// Minimum clients sampled for fit
+    #[arg(long)]
+    pub(crate) min_fit_clients: Option<u64>,
+    /// Minimum clients sampled for evaluate
+    #[arg(long)]
+    pub(crate) min_evaluate_clients: Option<u64>,
+    /// Minimum connected clients before a round starts
+    #[arg(long)]
+    pub(crate) min_available_clients: Option<u64>,
+    /// Fraction of available clients sampled for fit
+    #[arg(long)]
+    pub(crate) fraction_fit: Option<f64>,
+    /// Fraction of available clients sampled for evaluate
+    #[arg(long)]
+    pub(crate) fraction_evaluate: Option<f64>,
+    /// Initial model (.npz, arrays arr_0, arr_1, ... as np.savez writes).
+    #[arg(long, value_name = "FILE.npz")]
+    pub(crate) initial_parameters: Option<PathBuf>,
+    /// Directory for history.json, model.npz and checkpoint.json.
+    #[arg(long)]
+    pub(crate) output_dir: Option<PathBuf>,
+    /// Continue the run saved in --output-dir.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub(crate) resume: Option<bool>,
+    /// Fold fit results in client-join order (deterministic) or in arrival
+    /// order (least memory)
+    #[arg(long, value_parser = ["join", "arrival"])]
+    pub(crate) aggregation_order: Option<String>,
+    /// Seed for client sampling and strategy randomness
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+    /// Accept this bearer token (`authorization` or `x-authorization:
+    /// Bearer <T>`); repeatable.
+    #[arg(long = "token", value_name = "T")]
+    pub(crate) token: Vec<String>,
+    /// Accept the tokens in this file (one per line; SIGUSR1 re-reads it).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// Read tokens from this Vault (KV v1), e.g. https://vault:8200.
+    #[arg(long, value_name = "URL")]
+    pub(crate) vault_addr: Option<String>,
+    /// Vault login token.
+    #[arg(long, env = "VAULT_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
+    pub(crate) vault_token: Option<String>,
+    /// OIDC access token, exchanged for a Vault token through the JWT auth method.
+    #[arg(long, env = "OIDC_ACCESS_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
+    pub(crate) oidc_access_token: Option<String>,
+    /// Vault JWT auth mount path
+    #[arg(long)]
+    pub(crate) vault_auth_path: Option<String>,
+    /// Vault JWT role.
+    #[arg(long)]
+    pub(crate) vault_role: Option<String>,
+    /// Vault KV v1 mount holding the tokens
+    #[arg(long)]
+    pub(crate) vault_mount: Option<String>,
+    /// Path under the mount listing the token secrets
+    #[arg(long)]
+    pub(crate) vault_secret_path: Option<String>,
+    /// Use users/<sub>/deployments/<ID>/federated (sub from the OIDC token).
+    #[arg(long, value_name = "ID")]
+    pub(crate) deployment_id: Option<String>,
+    /// Seconds between Vault token-list refreshes (0 disables)
+    #[arg(long)]
+    pub(crate) vault_refresh_interval: Option<f64>,
+    /// Extra CA certificate (PEM) for an https Vault.
+    #[arg(long, value_name = "PEM")]
+    pub(crate) vault_ca_cert: Option<PathBuf>,
+    /// Allow token authentication over a plaintext listener (tokens are then
+    /// sent in the clear: for tests only).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub(crate) allow_insecure_auth: Option<bool>,
+
+    /// Log as JSON lines.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub(crate) log_json: Option<bool>,
+}
+
+fn long_help() -> String {
+    format!("{AFTER_HELP}\n\n{}", flower_strategy::catalog_help())
+}
+
+/// Each flag's default, read from the library's `Default` impls (the only
+/// copy), shown in `--help` as `[default: ...]`.
+fn defaults() -> Vec<(&'static str, String)> {
+    let serve = ServeOptions::default();
+    let driver = DriverConfig::default();
+    let secs = |d: Duration| d.as_secs_f64().to_string();
+    vec![
+        ("address", serve.address.to_string()),
+        ("max_message_size", serve.max_message_size.to_string()),
+        ("keepalive_secs", serve.keepalive.as_secs().to_string()),
+        (
+            "max_concurrent_uploads",
+            serve.max_concurrent_uploads.unwrap_or(0).to_string(),
+        ),
+        (
+            "max_clients",
+            serve
+                .max_clients
+                .map_or_else(|| "no limit".into(), |n| n.to_string()),
+        ),
+        ("rounds", driver.num_rounds.to_string()),
+        (
+            "round_timeout",
+            driver.round_timeout.map_or_else(|| "none".into(), secs),
+        ),
+        ("client_wait_timeout", secs(driver.client_wait_timeout)),
+        ("rejoin_wait_timeout", secs(driver.rejoin_wait_timeout)),
+        ("strategy", DEFAULT_STRATEGY.into()),
+        (
+            "aggregation_order",
+            aggregation_order_name(driver.aggregation_order).into(),
+        ),
+        ("seed", driver.seed.to_string()),
+        (
+            "vault_auth_path",
+            flower_auth::vault::DEFAULT_JWT_AUTH_PATH.into(),
+        ),
+        (
+            "vault_mount",
+            flower_auth::vault::DEFAULT_VAULT_MOUNT.into(),
+        ),
+        (
+            "vault_secret_path",
+            flower_auth::vault::DEFAULT_VAULT_SECRET_PATH.into(),
+        ),
+        (
+            "vault_refresh_interval",
+            flower_auth::vault::DEFAULT_VAULT_REFRESH_INTERVAL
+                .as_secs()
+                .to_string(),
+        ),
+    ]
+}
+
+const DEFAULT_STRATEGY: &str = "fedavg";
+
+fn aggregation_order_name(order: AggregationOrder) -> &'static str {
+    match order {
+        AggregationOrder::Arrival => "arrival",
+        _ => "join",
+    }
+}
+
+/// Fills the `null`s and empty lists of `cli` from `file` (both serialized
+/// `Settings`): a flag given on the command line wins over the file.
+fn merge_json(cli: &mut serde_json::Value, file: serde_json::Value) {
+    let (Some(cli), serde_json::Value::Object(file)) = (cli.as_object_mut(), file) else {
+        return;
+    };
+    for (key, value) in file {
+        match cli.get_mut(&key) {
+            Some(serde_json::Value::Object(mine)) => {
+                if let serde_json::Value::Object(theirs) = value {
+                    for (k, v) in theirs {
+                        mine.entry(k).or_insert(v);
+                    }
+                }
+            }
+            Some(slot) if slot.is_null() || slot.as_array().is_some_and(Vec::is_empty) => {
+                *slot = value;
+            }
+            Some(_) => {}
+            None => {
+                cli.insert(key, value);
+            }
+        }
+    }
+}
+
+impl Settings {
+    /// The command line with every default shown in its help.
+    fn command() -> clap::Command {
+        let mut command = <Settings as CommandFactory>::command();
+        for (id, default) in defaults() {
+            command = command.mut_arg(id, |arg| {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                arg.help(format!("{help} [default: {default}]"))
+            });
+        }
+        command
+    }
+
+    pub(crate) fn load() -> Result<Settings, String> {
+        let matches = Self::command().get_matches();
+        let mut cli = Settings::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+        if let Some(path) = cli.config.clone() {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let file: Settings =
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut merged = serde_json::to_value(&cli).map_err(|e| e.to_string())?;
+            let file = serde_json::to_value(&file).map_err(|e| e.to_string())?;
+            merge_json(&mut merged, file);
+            let mut from_both: Settings =
+                serde_json::from_value(merged).map_err(|e| format!("{}: {e}", path.display()))?;
+            // What the file may not hold (secrets, the file name itself).
+            from_both.config = cli.config.take();
+            from_both.vault_token = cli.vault_token.take();
+            from_both.oidc_access_token = cli.oidc_access_token.take();
+            from_both.strategy_option = std::mem::take(&mut cli.strategy_option);
+            cli = from_both;
+        }
+        for kv in std::mem::take(&mut cli.strategy_option) {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--strategy-option {kv:?}: expected KEY=VALUE"))?;
+            let value =
+                serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into()));
+            cli.strategy_options.insert(k.trim().to_string(), value);
+        }
+        Ok(cli)
+    }
+
+    /// The listener settings; `insecure` is true for a plaintext listener.
+    pub(crate) fn serve_options(&self) -> Result<(ServeOptions, bool), String> {
+        let defaults = ServeOptions::default();
+        let insecure = self.insecure.unwrap_or(false);
+        let tls = match (
+            insecure,
+            &self.ssl_ca_certfile,
+            &self.ssl_certfile,
+            &self.ssl_keyfile,
+        ) {
+            (true, None, None, None) => None,
+            (true, ..) => return Err("--insecure cannot be combined with --ssl-* files".into()),
+            (false, Some(ca), Some(cert), Some(key)) => Some(TlsFiles::new(ca, cert, key)),
+            _ => {
+                return Err(
+                    "refusing to start without TLS: give --ssl-ca-certfile, --ssl-certfile and --ssl-keyfile, or --insecure"
+                        .into(),
+                )
+            }
+        };
+        let max_concurrent_uploads = match self.max_concurrent_uploads {
+            None => defaults.max_concurrent_uploads,
+            Some(0) => None,
+            Some(n) => Some(n),
+        };
+        Ok((
+            ServeOptions {
+                address: self.address.unwrap_or(defaults.address),
+                tls,
+                max_message_size: self.max_message_size.unwrap_or(defaults.max_message_size),
+                keepalive: self
+                    .keepalive_secs
+                    .map_or(defaults.keepalive, Duration::from_secs),
+                max_clients: self.max_clients.or(defaults.max_clients),
+                max_concurrent_uploads,
+            },
+            insecure,
+        ))
+    }
+
+    pub(crate) fn strategy_spec(&self) -> StrategySpec {
+        let mut options = self.strategy_options.clone();
+        let mut put = |k: &str, v: Option<serde_json::Value>| {
+            if let Some(v) = v {
+                options.insert(k.to_string(), v);
+            }
+        };
+        put("min_fit_clients", self.min_fit_clients.map(Into::into));
+        put(
+            "min_evaluate_clients",
+            self.min_evaluate_clients.map(Into::into),
+        );
+        put(
+            "min_available_clients",
+            self.min_available_clients.map(Into::into),
+        );
+        put("fraction_fit", self.fraction_fit.map(Into::into));
+        put("fraction_evaluate", self.fraction_evaluate.map(Into::into));
+        StrategySpec {
+            name: self
+                .strategy
+                .clone()
+                .unwrap_or_else(|| DEFAULT_STRATEGY.into()),
+            options,
+        }
+    }
+
+    pub(crate) fn auth_flags(&self) -> Result<flower_auth::AuthFlags, String> {
+        let refresh = self
+            .vault_refresh_interval
+            .map(|v| {
+                Duration::try_from_secs_f64(v).map_err(|_| {
+                    "--vault-refresh-interval must be a non-negative number of seconds".to_string()
+                })
+            })
+            .transpose()?;
+        Ok(flower_auth::AuthFlags {
+            tokens: self.token.iter().map(|t| t.as_str().into()).collect(),
+            token_file: self.token_file.clone(),
+            vault_addr: self.vault_addr.clone(),
+            vault_token: self.vault_token.as_deref().map(Into::into),
+            oidc_access_token: self.oidc_access_token.as_deref().map(Into::into),
+            vault_auth_path: self.vault_auth_path.clone(),
+            vault_role: self.vault_role.clone(),
+            vault_mount: self.vault_mount.clone(),
+            vault_secret_path: self.vault_secret_path.clone(),
+            deployment_id: self.deployment_id.clone(),
+            vault_refresh_interval: refresh,
+            vault_ca_cert: self.vault_ca_cert.clone(),
+        })
+    }
+
+    pub(crate) fn driver_config(&self) -> Result<DriverConfig, String> {
+        let defaults = DriverConfig::default();
+        let secs = |v: Option<f64>, default: Duration, name: &str| match v {
+            None => Ok(default),
+            Some(v) => Duration::try_from_secs_f64(v)
+                .map_err(|_| format!("--{name} must be a non-negative number of seconds")),
+        };
+        Ok(DriverConfig {
+            num_rounds: self.rounds.unwrap_or(defaults.num_rounds),
+            round_timeout: match self.round_timeout {
+                None => defaults.round_timeout,
+                Some(v) => Some(secs(Some(v), Duration::ZERO, "round-timeout")?),
+            },
+            client_wait_timeout: secs(
+                self.client_wait_timeout,
+                defaults.client_wait_timeout,
+                "client-wait-timeout",
+            )?,
+            rejoin_wait_timeout: secs(
+                self.rejoin_wait_timeout,
+                defaults.rejoin_wait_timeout,
+                "rejoin-wait-timeout",
+            )?,
+            seed: self.seed.unwrap_or(defaults.seed),
+            resume: self.resume.unwrap_or(defaults.resume),
+            aggregation_order: match self.aggregation_order.as_deref() {
+                None => defaults.aggregation_order,
+                Some("join") => AggregationOrder::JoinOrder,
+                Some("arrival") => AggregationOrder::Arrival,
+                Some(other) => {
+                    return Err(format!(
+                        "--aggregation-order {other:?}: expected join or arrival"
+                    ))
+                }
+            },
+            ..defaults
+        })
+    }
+}

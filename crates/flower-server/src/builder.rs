@@ -1,0 +1,312 @@
+//! The library's entry point: [`Server::builder`] → [`ServerBuilder::bind`]
+//! → [`Server::run`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), flower_server::ServerError> {
+//! use flower_server::{DriverConfig, Server, TlsFiles};
+//! use flower_strategy::{FedAvg, FedAvgOptions};
+//!
+//! let server = Server::builder()
+//!     .address("127.0.0.1:8080".parse().unwrap())
+//!     .tls(TlsFiles::new("ca.pem", "server.pem", "server.key"))
+//!     .auth(flower_auth::AuthConfig::builder().token("s3cret-token-0123").build()?)
+//!     .strategy(FedAvg::new(FedAvgOptions::with_min_clients(2))?)
+//!     .driver(DriverConfig { num_rounds: 3, ..DriverConfig::default() })
+//!     .output_dir("output")
+//!     .bind()
+//!     .await?;
+//! println!("listening on {}", server.local_addr());
+//! let outcome = server.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! println!("{} rounds", outcome.completed_rounds);
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flower_auth::{AuthConfig, AuthManager};
+use flower_strategy::Strategy;
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::grpc::serve::serve;
+use crate::grpc::transport::FlowerTransport;
+use crate::{
+    ClientManager, DirectoryStore, DriverConfig, RoundDriver, RunOutcome, RunStore, ServeOptions,
+    ServerError, TlsFiles,
+};
+
+/// How long [`Server::run`] waits for the listener to stop after the run.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Configures a [`Server`]. Every setting has a documented default
+/// ([`ServeOptions::default`], [`DriverConfig::default`]); a strategy and
+/// either TLS files or an explicit [`ServerBuilder::insecure`] are required.
+#[must_use]
+pub struct ServerBuilder {
+    serve: ServeOptions,
+    insecure: bool,
+    auth: Option<AuthConfig>,
+    allow_insecure_auth: bool,
+    strategy: Option<Box<dyn Strategy>>,
+    driver: DriverConfig,
+    store: Option<Arc<dyn RunStore>>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("serve", &self.serve)
+            .field("insecure", &self.insecure)
+            .field("auth", &self.auth.is_some())
+            .field(
+                "strategy",
+                &self.strategy.as_ref().map(|s| s.name().to_owned()),
+            )
+            .field("driver", &self.driver)
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+impl ServerBuilder {
+    fn new() -> Self {
+        ServerBuilder {
+            serve: ServeOptions::default(),
+            insecure: false,
+            auth: None,
+            allow_insecure_auth: false,
+            strategy: None,
+            driver: DriverConfig::default(),
+            store: None,
+        }
+    }
+
+    /// Address to listen on (default `0.0.0.0:8080`; port 0 picks a free one).
+    pub fn address(mut self, address: SocketAddr) -> Self {
+        self.serve.address = address;
+        self
+    }
+
+    /// Serves TLS with these PEM files.
+    pub fn tls(mut self, files: TlsFiles) -> Self {
+        self.serve.tls = Some(files);
+        self
+    }
+
+    /// Serves plaintext. Without this or [`tls`](Self::tls), `bind` refuses.
+    pub fn insecure(mut self) -> Self {
+        self.insecure = true;
+        self
+    }
+
+    /// All listener settings at once (address, TLS, limits, keepalive).
+    pub fn serve_options(mut self, options: ServeOptions) -> Self {
+        self.serve = options;
+        self
+    }
+
+    /// Accepts only clients with a token from this source (static, file or
+    /// Vault). Refused over plaintext unless
+    /// [`allow_insecure_auth`](Self::allow_insecure_auth).
+    pub fn auth(mut self, config: AuthConfig) -> Self {
+        self.auth = Some(config);
+        self
+    }
+
+    /// Allows token authentication over a plaintext listener (tokens then
+    /// travel in the clear: for tests only).
+    pub fn allow_insecure_auth(mut self, allow: bool) -> Self {
+        self.allow_insecure_auth = allow;
+        self
+    }
+
+    /// The strategy (required).
+    pub fn strategy(mut self, strategy: impl Strategy + 'static) -> Self {
+        self.strategy = Some(Box::new(strategy));
+        self
+    }
+
+    /// The strategy, already boxed (e.g. from `flower_strategy::build_strategy`).
+    pub fn boxed_strategy(mut self, strategy: Box<dyn Strategy>) -> Self {
+        self.strategy = Some(strategy);
+        self
+    }
+
+    /// Round settings (rounds, timeouts, waits, seed, resume, fold order).
+    pub fn driver(mut self, config: DriverConfig) -> Self {
+        self.driver = config;
+        self
+    }
+
+    /// Writes `history.json`, `model.npz` and `checkpoint.json` into `dir`
+    /// after every round (a [`DirectoryStore`]).
+    pub fn output_dir(self, dir: impl Into<PathBuf>) -> Self {
+        self.store(Arc::new(DirectoryStore::new(dir)))
+    }
+
+    /// Persists the run in `store` after every round.
+    pub fn store(mut self, store: Arc<dyn RunStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Loads the tokens, binds the listener and starts serving: clients can
+    /// connect from now on; rounds start with [`Server::run`].
+    pub async fn bind(self) -> Result<Server, ServerError> {
+        let strategy = self
+            .strategy
+            .ok_or_else(|| ServerError::Config("no strategy given".into()))?;
+        match (&self.serve.tls, self.insecure) {
+            (Some(_), true) => {
+                return Err(ServerError::Config(
+                    "insecure cannot be combined with TLS files".into(),
+                ))
+            }
+            (None, false) => {
+                return Err(ServerError::Config(
+                    "refusing to start without TLS: give TLS files, or choose insecure explicitly"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        let auth = match &self.auth {
+            None => {
+                warn!("no token source: any client may join");
+                None
+            }
+            Some(config) => {
+                flower_auth::ensure_secure_transport(
+                    self.serve.tls.is_some(),
+                    self.allow_insecure_auth,
+                )
+                .map_err(|_| {
+                    ServerError::Config(
+                        "refusing token authentication over a plaintext listener: use TLS, or allow insecure auth for tests"
+                            .into(),
+                    )
+                })?;
+                let (_store, manager) = flower_auth::token_store_from(config).await?;
+                info!(
+                    source = manager.source_description(),
+                    tokens = manager.store().len(),
+                    "token authentication on"
+                );
+                Some(manager)
+            }
+        };
+
+        let manager = ClientManager::with_upload_limit(
+            self.serve.max_clients,
+            self.serve.max_concurrent_uploads,
+        );
+        let transport = FlowerTransport::new(manager.clone());
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let stop = async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        };
+        // With tokens, every call goes through flower-auth's layer (a wrong
+        // or missing token is refused before the call reaches the
+        // transport); without, through the identity layer.
+        let (local_addr, serving): (_, BoxFuture<'static, Result<(), ServerError>>) = match &auth {
+            Some(auth) => {
+                let (addr, fut) = serve(&self.serve, transport, auth.layer(), stop).await?;
+                (addr, Box::pin(fut))
+            }
+            None => {
+                let identity = tower::layer::util::Identity::new();
+                let (addr, fut) = serve(&self.serve, transport, identity, stop).await?;
+                (addr, Box::pin(fut))
+            }
+        };
+        info!(
+            strategy = strategy.name(),
+            rounds = self.driver.num_rounds,
+            "server ready"
+        );
+        let mut driver = RoundDriver::new(manager.clone(), strategy, self.driver);
+        if let Some(store) = self.store {
+            driver = driver.with_store(store);
+        }
+        Ok(Server {
+            local_addr,
+            manager,
+            driver,
+            auth,
+            stop: stop_tx,
+            serving: tokio::spawn(serving),
+        })
+    }
+}
+
+/// A bound flower-rs server: clients can join; [`run`](Self::run) drives
+/// the rounds and then stops the listener.
+pub struct Server {
+    local_addr: SocketAddr,
+    manager: ClientManager,
+    driver: RoundDriver,
+    auth: Option<AuthManager>,
+    stop: watch::Sender<bool>,
+    serving: JoinHandle<Result<(), ServerError>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("clients", &self.manager)
+            .field("driver", &self.driver)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A builder with every default.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::new()
+    }
+
+    /// The bound address (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The connected clients (e.g. to wait until some have joined).
+    pub fn clients(&self) -> &ClientManager {
+        &self.manager
+    }
+
+    /// The token manager, when authentication is on.
+    pub fn auth(&self) -> Option<&AuthManager> {
+        self.auth.as_ref()
+    }
+
+    /// Runs the rounds, tells every client to disconnect and stops the
+    /// listener. `shutdown` completing ends the run early, keeping the last
+    /// completed round saved, with [`ServerError::Interrupted`].
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<RunOutcome, ServerError> {
+        let outcome = self.driver.run(shutdown).await;
+        let _ = self.stop.send(true);
+        if let Some(auth) = &self.auth {
+            auth.shutdown();
+        }
+        match tokio::time::timeout(STOP_GRACE, self.serving).await {
+            Ok(Ok(Err(e))) => {
+                warn!(error = %crate::error_chain(&e), "transport ended with an error")
+            }
+            Ok(Err(e)) => warn!(error = %e, "transport task failed"),
+            Err(_) => warn!("transport did not stop within {STOP_GRACE:?}"),
+            Ok(Ok(Ok(()))) => {}
+        }
+        outcome
+    }
+}

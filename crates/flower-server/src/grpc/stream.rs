@@ -1,0 +1,289 @@
+//! One task per `Join` stream: strict lock-step exchanges (one
+//! `ServerMessage` out, then one `ClientMessage` back), the round timeout,
+//! revocation of the stream's token, and the end of the stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flower_core::{ClientMessage, InstructionKind};
+use flower_proto as pb;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+use tracing::debug;
+
+use super::inbound::Inbound;
+use super::StreamError;
+use crate::node::{ExchangeError, OutgoingMessage};
+
+/// What the round driver asks of one stream.
+pub(super) struct Instruction {
+    pub(super) message: Arc<OutgoingMessage>,
+    pub(super) timeout: Option<Duration>,
+    /// `None` for fire-and-forget instructions (the final ReconnectIns).
+    pub(super) reply: Option<oneshot::Sender<Result<ClientMessage, ExchangeError>>>,
+}
+
+/// Why a stream task ended (for the log).
+#[derive(Debug)]
+pub(super) enum StreamEnd {
+    Disconnected(String),
+    AfterReconnect,
+    ServerDropped,
+    Timeout(Duration),
+    Unsolicited,
+    Invalid,
+    Revoked,
+}
+
+impl std::fmt::Display for StreamEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamEnd::Disconnected(why) => write!(f, "disconnected ({why})"),
+            StreamEnd::AfterReconnect => f.write_str("disconnected after ReconnectIns"),
+            StreamEnd::ServerDropped => f.write_str("server released the client"),
+            StreamEnd::Timeout(t) => write!(f, "no reply within {t:?}; stream cancelled"),
+            StreamEnd::Unsolicited => f.write_str("unsolicited message; stream closed"),
+            StreamEnd::Invalid => f.write_str("invalid reply; stream closed"),
+            StreamEnd::Revoked => f.write_str("token revoked; stream closed"),
+        }
+    }
+}
+
+fn describe(result: &Result<Option<pb::ClientMessage>, StreamError>) -> String {
+    match result {
+        Ok(Some(_)) => "message".into(),
+        Ok(None) => "end of stream".into(),
+        Err(e) => {
+            let status = Status::from(e);
+            format!("{:?}: {}", status.code(), status.message())
+        }
+    }
+}
+
+/// The state of one stream.
+pub(super) struct StreamTask {
+    inbound: Inbound,
+    instructions: mpsc::Receiver<Instruction>,
+    outbound: mpsc::Sender<Result<Bytes, Status>>,
+    revoked: BoxFuture<'static, ()>,
+    max_message_size: usize,
+    reconnect_sent: bool,
+}
+
+impl StreamTask {
+    pub(super) fn new(
+        inbound: Inbound,
+        instructions: mpsc::Receiver<Instruction>,
+        outbound: mpsc::Sender<Result<Bytes, Status>>,
+        revoked: Option<BoxFuture<'static, ()>>,
+        max_message_size: usize,
+    ) -> Self {
+        StreamTask {
+            inbound,
+            instructions,
+            outbound,
+            revoked: revoked.unwrap_or_else(|| futures::future::pending().boxed()),
+            max_message_size,
+            reconnect_sent: false,
+        }
+    }
+
+    /// Runs exchanges until the stream ends, and says why it ended.
+    pub(super) async fn run(mut self) -> StreamEnd {
+        loop {
+            let instruction = match self.idle().await {
+                Ok(instruction) => instruction,
+                Err(end) => return end,
+            };
+            let kind = instruction.message.message().kind();
+            if let Err((end, error)) = self.send(&instruction.message, kind).await {
+                if let Some(reply) = instruction.reply {
+                    let _ = reply.send(Err(error));
+                }
+                return end;
+            }
+            if let Some(reply) = instruction.reply {
+                if let Err(end) = self.await_reply(kind, instruction.timeout, reply).await {
+                    return end;
+                }
+            }
+        }
+    }
+
+    /// Ends the stream with `error` as its gRPC status.
+    async fn close(&mut self, error: StreamError) {
+        let _ = self.outbound.send(Err(Status::from(&error))).await;
+    }
+
+    /// Waits for the next instruction, noticing at once if the client goes
+    /// away, speaks out of turn or loses its token.
+    async fn idle(&mut self) -> Result<Instruction, StreamEnd> {
+        loop {
+            tokio::select! {
+                ins = self.instructions.recv() => return ins.ok_or(StreamEnd::ServerDropped),
+                msg = self.inbound.message() => {
+                    if self.reconnect_sent {
+                        // A late DisconnectRes, or the stream ending: both normal now.
+                        if matches!(msg, Ok(Some(_))) { continue; }
+                        return Err(StreamEnd::AfterReconnect);
+                    }
+                    if let Ok(Some(_)) = msg {
+                        self.close(StreamError::Unsolicited).await;
+                        return Err(StreamEnd::Unsolicited);
+                    }
+                    return Err(StreamEnd::Disconnected(describe(&msg)));
+                }
+                _ = self.outbound.closed() => {
+                    return Err(if self.reconnect_sent {
+                        StreamEnd::AfterReconnect
+                    } else {
+                        StreamEnd::Disconnected("cancelled".into())
+                    });
+                }
+                _ = &mut self.revoked => {
+                    self.close(StreamError::Revoked).await;
+                    return Err(StreamEnd::Revoked);
+                }
+            }
+        }
+    }
+
+    /// Sends one instruction's shared encoding; on failure, why the stream
+    /// ends and what the waiting exchange is told.
+    async fn send(
+        &mut self,
+        message: &OutgoingMessage,
+        kind: InstructionKind,
+    ) -> Result<(), (StreamEnd, ExchangeError)> {
+        debug!(%kind, "sending instruction");
+        let encoded = message.encoded();
+        if encoded.len() > self.max_message_size {
+            let error = StreamError::InstructionTooLarge {
+                kind,
+                len: encoded.len(),
+                max: self.max_message_size,
+            };
+            let why = error.to_string();
+            self.close(error).await;
+            return Err((
+                StreamEnd::Disconnected(why.clone()),
+                ExchangeError::Protocol(why),
+            ));
+        }
+        if self.outbound.send(Ok(encoded)).await.is_err() {
+            return Err((
+                StreamEnd::Disconnected("cancelled".into()),
+                ExchangeError::Closed("cancelled".into()),
+            ));
+        }
+        if kind == InstructionKind::Reconnect {
+            self.reconnect_sent = true;
+        }
+        Ok(())
+    }
+
+    /// Waits for the reply to an instruction of `kind`, within `timeout`.
+    async fn await_reply(
+        &mut self,
+        kind: InstructionKind,
+        timeout: Option<Duration>,
+        reply: oneshot::Sender<Result<ClientMessage, ExchangeError>>,
+    ) -> Result<(), StreamEnd> {
+        let deadline = tokio::time::sleep(timeout.unwrap_or(Duration::MAX / 4));
+        tokio::pin!(deadline);
+        let mut deadline_active = timeout.is_some();
+        loop {
+            tokio::select! {
+                msg = self.inbound.message() => {
+                    let message = match msg {
+                        Ok(Some(message)) => message,
+                        other => {
+                            let why = describe(&other);
+                            let _ = reply.send(Err(ExchangeError::Closed(why.clone())));
+                            return Err(if self.reconnect_sent {
+                                StreamEnd::AfterReconnect
+                            } else {
+                                StreamEnd::Disconnected(why)
+                            });
+                        }
+                    };
+                    return match check_reply(kind, message) {
+                        Ok(typed) => {
+                            let _ = reply.send(Ok(typed));
+                            Ok(())
+                        }
+                        Err(e) => {
+                            // A desynchronized peer cannot be trusted with the
+                            // next exchange: end its stream.
+                            self.close(StreamError::InvalidReply(e.to_string())).await;
+                            let _ = reply.send(Err(e));
+                            Err(StreamEnd::Invalid)
+                        }
+                    };
+                }
+                () = &mut deadline, if deadline_active => {
+                    if self.inbound.reply_started() {
+                        // The reply began in time; the upload gate may be
+                        // holding it back, which is not the client's fault.
+                        deadline_active = false;
+                        continue;
+                    }
+                    let t = timeout.unwrap_or_default();
+                    self.close(StreamError::Timeout(t)).await;
+                    let _ = reply.send(Err(ExchangeError::Timeout(t)));
+                    return Err(StreamEnd::Timeout(t));
+                }
+                _ = &mut self.revoked => {
+                    self.close(StreamError::Revoked).await;
+                    let _ = reply.send(Err(ExchangeError::Closed("token revoked".into())));
+                    return Err(StreamEnd::Revoked);
+                }
+            }
+        }
+    }
+}
+
+/// A decoded reply of the kind that answers `kind`, or why it is not one.
+fn check_reply(
+    kind: InstructionKind,
+    message: pb::ClientMessage,
+) -> Result<ClientMessage, ExchangeError> {
+    let typed =
+        ClientMessage::try_from(message).map_err(|e| ExchangeError::Protocol(e.to_string()))?;
+    if typed.kind() == kind.reply() {
+        Ok(typed)
+    } else {
+        Err(ExchangeError::Protocol(format!(
+            "answered {kind} with {}",
+            typed.kind()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flower_core::{ClientMessage, DisconnectRes, Reason};
+
+    #[test]
+    fn a_reply_must_answer_its_instruction() {
+        let disconnect: pb::ClientMessage = ClientMessage::Disconnect(DisconnectRes {
+            reason: Reason::Reconnect,
+        })
+        .into();
+        assert!(check_reply(InstructionKind::Reconnect, disconnect.clone()).is_ok());
+        let e = check_reply(InstructionKind::Fit, disconnect).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "protocol violation: answered fit_ins with disconnect_res"
+        );
+        let empty = pb::ClientMessage::default();
+        assert!(matches!(
+            check_reply(InstructionKind::Evaluate, empty),
+            Err(ExchangeError::Protocol(_))
+        ));
+    }
+}
