@@ -79,9 +79,10 @@
 //! * `--test checkpoint`: `state`/`restore_state` resume identically.
 //! * `--test robustness`: malformed client results are refused, never panic.
 
+mod aggregate;
 mod android;
+mod bookkeeping;
 pub mod callbacks;
-mod common;
 pub mod deviations;
 mod dp;
 mod fault_tolerant;
@@ -89,6 +90,7 @@ mod fedavg;
 mod fedavgm;
 mod fedopt;
 mod fedprox;
+mod float;
 mod layers;
 mod mean;
 mod pyjson;
@@ -99,36 +101,65 @@ mod robust;
 mod strategy;
 mod xgb;
 
+pub use aggregate::{Aggregate, Composed, DynComposed};
 pub use android::FedAvgAndroid;
+pub use bookkeeping::Bookkeeping;
 pub use callbacks::{
     fixed_config, weighted_average, weighted_loss_avg, ConfigFn, EvaluateFn, MetricSelection,
     MetricsAggregationFn, XgbEvaluateFn,
 };
 pub use dp::{
     AdaptiveClippingOptions, DpClientSideAdaptiveClipping, DpClientSideFixedClipping,
-    DpFedAvgAdaptive, DpFedAvgAdaptiveOptions, DpFedAvgFixed, DpServerSideAdaptiveClipping,
-    DpServerSideFixedClipping,
+    DpFedAvgAdaptive, DpFedAvgAdaptiveOptions, DpFedAvgFixed, DpFedAvgFixedOptions,
+    DpServerSideAdaptiveClipping, DpServerSideFixedClipping, FixedClippingOptions,
 };
-pub use fault_tolerant::FaultTolerantFedAvg;
+pub use fault_tolerant::{FaultTolerantFedAvg, FaultTolerantOptions};
 pub use fedavg::{FedAvg, FedAvgOptions};
-pub use fedavgm::FedAvgM;
+pub use fedavgm::{FedAvgM, FedAvgMOptions};
 pub use fedopt::{FedOpt, FedOptKind, FedOptOptions};
 pub use fedprox::FedProx;
-pub use qfedavg::QFedAvg;
+pub use qfedavg::{QFedAvg, QFedAvgOptions};
 pub use registry::{
     build_strategy, catalog_help, strategy_names, Callbacks, CommonOptions, StrategySpec,
 };
-pub use robust::{Bulyan, FedMedian, FedTrimmedAvg, Krum};
+pub use robust::{
+    Bulyan, BulyanOptions, FedMedian, FedTrimmedAvg, FedTrimmedAvgOptions, Krum, KrumOptions,
+};
 pub use strategy::{ClientFailure, ClientId, ClientSampler, Strategy};
 pub use xgb::{FedXgbBagging, FedXgbCyclic};
 
+/// The aggregation steps of the catalog's strategies (the `A` of
+/// [`Composed<A>`]); the strategy types are aliases of `Composed` over them.
+pub mod steps {
+    pub use crate::android::FedAvgAndroidStep;
+    pub use crate::dp::{CentralDp, DpFedAvg};
+    pub use crate::fault_tolerant::FaultTolerantRule;
+    pub use crate::fedavg::{FedAvgRule, MeanStep};
+    pub use crate::fedavgm::FedAvgMRule;
+    pub use crate::fedopt::FedOptRule;
+    pub use crate::fedprox::FedProxRule;
+    pub use crate::qfedavg::QFedAvgStep;
+    pub use crate::robust::{BulyanRule, FedMedianRule, FedTrimmedAvgRule, KrumRule, RobustStep};
+    pub use crate::xgb::{FedXgbBaggingStep, FedXgbCyclicStep};
+}
+
 /// Errors of a strategy.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StrategyError {
-    /// A client's tensors could not be decoded.
-    #[error("undecodable parameters: {0}")]
-    Decode(String),
+    /// A tensor could not be decoded as `.npy`.
+    #[error("undecodable tensor {tensor}")]
+    Decode {
+        /// Index of the tensor in the parameters.
+        tensor: usize,
+        /// What the `.npy` codec found.
+        #[source]
+        source: flower_core::npy::CodecError,
+    },
+    /// A payload that is not `.npy` is malformed (raw float32 tensors of
+    /// FedAvgAndroid, XGBoost JSON models).
+    #[error("malformed parameters: {0}")]
+    Malformed(String),
     /// A client's arrays do not match the global model (count, shape or dtype).
     #[error("parameters do not match the global model: {0}")]
     Mismatch(String),
@@ -138,9 +169,19 @@ pub enum StrategyError {
     /// Invalid strategy configuration.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// Any other failure.
-    #[error("{0}")]
-    Other(String),
+    /// A fit result for another round than the one begun (`in_progress`
+    /// is `None` before any `begin_fit`).
+    #[error("fit result for round {got}, but the round in progress is {in_progress:?}")]
+    WrongRound {
+        /// The result's round.
+        got: u64,
+        /// The round being aggregated.
+        in_progress: Option<u64>,
+    },
+    /// Something Flower treats as impossible happened (Flower raises a
+    /// ValueError); a bug if it ever shows.
+    #[error("internal error: {0}")]
+    Invariant(&'static str),
     /// A layer whose dtype this strategy cannot aggregate meaningfully (for
     /// example an integer layer under in-place FedAvg, which Flower zeroes).
     #[error("unsupported layer: {0}")]
