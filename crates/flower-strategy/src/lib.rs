@@ -5,32 +5,46 @@
 //! numbers, checked against golden vectors produced by Python Flower
 //! (`tests/golden.rs`).
 //!
-//! | Flower class | Rust type | registry name |
-//! |---|---|---|
-//! | `FedAvg` | [`FedAvg`] | `fedavg` |
-//! | `FedAvgM` | [`FedAvgM`] | `fedavgm` |
-//! | `FedProx` | [`FedProx`] | `fedprox` |
-//! | `FedOpt` / `FedAdagrad` / `FedAdam` / `FedYogi` | [`FedOpt`] ([`FedOptKind`]) | `fedopt`, `fedadagrad`, `fedadam`, `fedyogi` |
-//! | `QFedAvg` | [`QFedAvg`] | `qfedavg` |
-//! | `FedMedian` | [`FedMedian`] | `fedmedian` |
-//! | `FedTrimmedAvg` | [`FedTrimmedAvg`] | `fedtrimmedavg` |
-//! | `Krum` (MultiKrum with `num_clients_to_keep > 0`) | [`Krum`] | `krum` |
-//! | `Bulyan` | [`Bulyan`] | `bulyan` |
-//! | `FaultTolerantFedAvg` | [`FaultTolerantFedAvg`] | `fault-tolerant-fedavg` |
-//! | `FedAvgAndroid` | [`FedAvgAndroid`] | `fedavg-android` |
-//! | `FedXgbBagging` | [`FedXgbBagging`] | `fedxgb-bagging` |
-//! | `FedXgbCyclic` | [`FedXgbCyclic`] | `fedxgb-cyclic` |
-//! | `DifferentialPrivacyServerSideFixedClipping` | [`DpServerSideFixedClipping`] | `dp-server-fixed` |
-//! | `DifferentialPrivacyServerSideAdaptiveClipping` | [`DpServerSideAdaptiveClipping`] | `dp-server-adaptive` |
-//! | `DifferentialPrivacyClientSideFixedClipping` | [`DpClientSideFixedClipping`] | `dp-client-fixed` |
-//! | `DifferentialPrivacyClientSideAdaptiveClipping` | [`DpClientSideAdaptiveClipping`] | `dp-client-adaptive` |
-//! | `DPFedAvgFixed` | [`DpFedAvgFixed`] | `dpfedavg-fixed` |
-//! | `DPFedAvgAdaptive` | [`DpFedAvgAdaptive`] | `dpfedavg-adaptive` |
+//! | Flower class | Rust type (`Composed<…>`) | own options | registry name |
+//! |---|---|---|---|
+//! | `FedAvg` | [`FedAvg`] | — | `fedavg` |
+//! | `FedAvgM` | [`FedAvgM`] | [`FedAvgMOptions`] | `fedavgm` |
+//! | `FedProx` | [`FedProx`] | `proximal_mu` | `fedprox` |
+//! | `FedOpt` / `FedAdagrad` / `FedAdam` / `FedYogi` | [`FedOpt`] ([`FedOptKind`]) | [`FedOptOptions`] | `fedopt`, `fedadagrad`, `fedadam`, `fedyogi` |
+//! | `QFedAvg` | [`QFedAvg`] | [`QFedAvgOptions`] | `qfedavg` |
+//! | `FedMedian` | [`FedMedian`] | — | `fedmedian` |
+//! | `FedTrimmedAvg` | [`FedTrimmedAvg`] | [`FedTrimmedAvgOptions`] | `fedtrimmedavg` |
+//! | `Krum` (MultiKrum with `num_clients_to_keep > 0`) | [`Krum`] | [`KrumOptions`] | `krum` |
+//! | `Bulyan` | [`Bulyan`] | [`BulyanOptions`] | `bulyan` |
+//! | `FaultTolerantFedAvg` | [`FaultTolerantFedAvg`] | [`FaultTolerantOptions`] | `fault-tolerant-fedavg` |
+//! | `FedAvgAndroid` | [`FedAvgAndroid`] | — | `fedavg-android` |
+//! | `FedXgbBagging` | [`FedXgbBagging`] | `evaluate_function` | `fedxgb-bagging` |
+//! | `FedXgbCyclic` | [`FedXgbCyclic`] | — | `fedxgb-cyclic` |
+//! | `DifferentialPrivacyServerSideFixedClipping` | [`DpServerSideFixedClipping`] | [`FixedClippingOptions`] | `dp-server-fixed` |
+//! | `DifferentialPrivacyServerSideAdaptiveClipping` | [`DpServerSideAdaptiveClipping`] | [`AdaptiveClippingOptions`] | `dp-server-adaptive` |
+//! | `DifferentialPrivacyClientSideFixedClipping` | [`DpClientSideFixedClipping`] | [`FixedClippingOptions`] | `dp-client-fixed` |
+//! | `DifferentialPrivacyClientSideAdaptiveClipping` | [`DpClientSideAdaptiveClipping`] | [`AdaptiveClippingOptions`] | `dp-client-adaptive` |
+//! | `DPFedAvgFixed` | [`DpFedAvgFixed`] | [`DpFedAvgFixedOptions`] | `dpfedavg-fixed` |
+//! | `DPFedAvgAdaptive` | [`DpFedAvgAdaptive`] | [`DpFedAvgAdaptiveOptions`] | `dpfedavg-adaptive` |
+//!
+//! # Structure
+//!
+//! Every strategy is a [`Composed<A>`](Composed): the round bookkeeping
+//! every strategy shares with Flower's `FedAvg` ([`Bookkeeping`]: sampling,
+//! configs, result gating, evaluate aggregation, centralized evaluation)
+//! plus an aggregation step `A` implementing the small [`Aggregate`] trait
+//! (`begin` → `accumulate`* → `aggregate`; the steps are in [`steps`]).
+//! `Composed` implements [`Strategy`] once. A DP wrapper is a step around
+//! the wrapped strategy's step: it takes over that strategy's bookkeeping
+//! and intercepts only the fit results, so a wrapper forwards nothing.
 //!
 //! Every strategy is built from [`FedAvgOptions`] (Flower's common
-//! constructor arguments, with Flower's defaults) plus its own options, or by
-//! name through [`build_strategy`] from a [`StrategySpec`] (a TOML
-//! `[strategy]` table); [`catalog_help`] lists every name and option.
+//! constructor arguments, with Flower's defaults) plus its own option struct
+//! (a DP wrapper: the strategy it wraps plus its option struct), or by name
+//! through [`build_strategy`] from a [`StrategySpec`] (a TOML `[strategy]`
+//! table); [`catalog_help`] lists every name and option with the defaults of
+//! those structs. A wrapper built by name passes the common options given at
+//! its top level on to the strategy it wraps.
 //!
 //! # Streaming aggregation
 //!
@@ -73,11 +87,18 @@
 //! * `cargo test -p flower-strategy --test golden` replays Python Flower's
 //!   70 golden cases from `<workspace>/../shared/golden/strategies`
 //!   (`FLWR_GOLDEN_DIR` overrides it; `FLWR_GOLDEN_EXACT=1` also demands
-//!   bit-equal arrays, which holds for the plain mean, FedMedian,
-//!   FedTrimmedAvg, Krum and Bulyan cases).
-//! * `--test sampling`: client counts against Flower's `sampling_table.json`.
-//! * `--test checkpoint`: `state`/`restore_state` resume identically.
-//! * `--test robustness`: malformed client results are refused, never panic.
+//!   bit-equal arrays, which holds for 46 cases: FedAvg's plain mean, FedAvgM,
+//!   `qfedavg_custom`, FedMedian, FedTrimmedAvg, Krum, Bulyan,
+//!   FaultTolerantFedAvg, the XGBoost and Android strategies and every edge
+//!   case but `edge_large_num_examples_inplace`).
+//! * `cargo test -p flower-strategy --test strategy`: one binary with a module
+//!   per concern: `sampling` (client counts against Flower's
+//!   `sampling_table.json`), `checkpoint` (`state`/`restore_state` resume
+//!   identically), `robustness` (malformed client results are refused, never
+//!   panic) and `wrappers` (DP wrappers compose with the wrapped strategy and
+//!   pass the common options on).
+//! * Unit tests next to the code (sampling arithmetic, gating, the float
+//!   helpers, clipping and noise, the option reader and the help text).
 
 mod aggregate;
 mod android;
