@@ -1,15 +1,15 @@
 //! [`FedAvgAndroid`]: FedAvg over raw float32 tensors (Flower's Android
 //! clients send `ndarray.tobytes()`, without an `.npy` header).
 
-use std::fmt;
-
 use bytes::Bytes;
-use flower_core::{Config, EvaluateRes, FitRes, Metrics, NdArray, Parameters};
+use flower_core::{FitRes, Metrics, Parameters};
 
-use crate::common::{current_round, eval_loss, forward_to_base, Base, RoundState};
+use crate::aggregate::{Aggregate, Composed};
+use crate::bookkeeping::{
+    current_round, f32_len, Bookkeeping, Evaluator, Policy, RoundState, Summary,
+};
 use crate::fedavg::FedAvgOptions;
-use crate::layers::f32s_from_le;
-use crate::strategy::{ClientFailure, ClientId, Strategy};
+use crate::strategy::{ClientFailure, ClientId};
 use crate::StrategyError;
 
 /// `tensor_type` FedAvgAndroid writes (Flower's literal `"numpy.nda"`).
@@ -20,11 +20,15 @@ const ANDROID_TENSOR_TYPE: &str = "numpy.nda";
 /// (bit-equal to Flower); fit and evaluate metrics are always `{}` (the
 /// metrics callbacks of [`FedAvgOptions`] are not used, as in Flower);
 /// `inplace` is ignored.
-pub struct FedAvgAndroid {
-    base: Base,
+pub type FedAvgAndroid = Composed<FedAvgAndroidStep>;
+
+/// [`FedAvgAndroid`]'s aggregation step.
+#[derive(Debug, Default)]
+pub struct FedAvgAndroidStep {
     round: Option<AndroidRound>,
 }
 
+#[derive(Debug)]
 struct AndroidRound {
     server_round: u64,
     lengths: Vec<usize>,
@@ -43,69 +47,32 @@ impl RoundState for AndroidRound {
     }
 }
 
-impl fmt::Debug for FedAvgAndroid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FedAvgAndroid")
-            .field("options", &self.base.opts)
-            .finish_non_exhaustive()
-    }
-}
-
 impl FedAvgAndroid {
     /// Builds FedAvgAndroid.
     pub fn new(options: FedAvgOptions) -> Result<Self, StrategyError> {
-        Ok(FedAvgAndroid {
-            base: Base::new(options)?,
-            round: None,
+        let policy = Policy {
+            evaluator: Evaluator::RawF32,
+            summary: Summary::LossOnly,
+            ..Policy::default()
+        };
+        Ok(Composed {
+            book: Bookkeeping::new(options, policy)?,
+            step: FedAvgAndroidStep::default(),
         })
     }
 }
 
-fn f32_len(i: usize, t: &Bytes) -> Result<usize, StrategyError> {
-    if t.len() % 4 != 0 {
-        return Err(StrategyError::Decode(format!(
-            "tensor {i}: {} bytes is not a whole number of float32 values",
-            t.len()
-        )));
-    }
-    Ok(t.len() / 4)
-}
-
-impl Strategy for FedAvgAndroid {
+impl Aggregate for FedAvgAndroidStep {
     fn name(&self) -> &str {
         "FedAvgAndroid"
     }
 
-    forward_to_base!(base =>
-        initialize_parameters,
-        min_available_clients,
-        configure_fit,
-        configure_evaluate,
-    );
-
-    fn evaluate(
+    fn begin(
         &mut self,
+        _book: &Bookkeeping,
         server_round: u64,
-        parameters: &Parameters,
-    ) -> Result<Option<(f64, Metrics)>, StrategyError> {
-        let Some(f) = &self.base.opts.evaluate_fn else {
-            return Ok(None);
-        };
-        let arrays: Vec<NdArray> = parameters
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let n = f32_len(i, t)?;
-                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n]), f32s_from_le(t))
-                    .map(NdArray::F32)
-                    .map_err(|e| StrategyError::Decode(e.to_string()))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(f(server_round, &arrays, &Config::new()))
-    }
-
-    fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
+        global: &Parameters,
+    ) -> Result<(), StrategyError> {
         self.round = None;
         let lengths = global
             .tensors
@@ -124,7 +91,7 @@ impl Strategy for FedAvgAndroid {
         Ok(())
     }
 
-    fn accumulate_fit(
+    fn accumulate(
         &mut self,
         server_round: u64,
         _client: ClientId,
@@ -160,15 +127,13 @@ impl Strategy for FedAvgAndroid {
         Ok(())
     }
 
-    fn aggregate_fit(
+    fn aggregate(
         &mut self,
+        book: &mut Bookkeeping,
         server_round: u64,
         failures: &[ClientFailure],
     ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let Some(round) = self
-            .base
-            .take_gated(&mut self.round, server_round, failures)
-        else {
+        let Some(round) = book.take_gated(&mut self.round, server_round, failures) else {
             return Ok((None, Metrics::new()));
         };
         if round.total == 0 {
@@ -193,17 +158,5 @@ impl Strategy for FedAvgAndroid {
             }),
             Metrics::new(),
         ))
-    }
-
-    fn aggregate_evaluate(
-        &mut self,
-        _server_round: u64,
-        results: &[(ClientId, EvaluateRes)],
-        failures: &[ClientFailure],
-    ) -> Result<(Option<f64>, Metrics), StrategyError> {
-        if !self.base.gate(results.len(), failures) {
-            return Ok((None, Metrics::new()));
-        }
-        Ok((Some(eval_loss(results)?), Metrics::new()))
     }
 }

@@ -201,11 +201,13 @@ impl StrategyError {
     /// The variant's name (`"Mismatch"`, `"ZeroExamples"`, ...).
     pub fn kind(&self) -> &'static str {
         match self {
-            StrategyError::Decode(_) => "Decode",
+            StrategyError::Decode { .. } => "Decode",
+            StrategyError::Malformed(_) => "Malformed",
             StrategyError::Mismatch(_) => "Mismatch",
             StrategyError::ZeroExamples => "ZeroExamples",
             StrategyError::Config(_) => "Config",
-            StrategyError::Other(_) => "Other",
+            StrategyError::WrongRound { .. } => "WrongRound",
+            StrategyError::Invariant(_) => "Invariant",
             StrategyError::UnsupportedLayer(_) => "UnsupportedLayer",
             StrategyError::NotEnoughResults { .. } => "NotEnoughResults",
             StrategyError::NegativeExamples(_) => "NegativeExamples",

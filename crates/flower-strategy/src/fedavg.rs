@@ -1,15 +1,17 @@
-//! [`FedAvg`] and [`FedAvgOptions`], the constructor arguments most of the
-//! catalog shares.
+//! [`FedAvg`] and [`FedAvgOptions`], the constructor arguments every
+//! strategy shares, and [`MeanStep`], the aggregation step of the strategies
+//! whose fit aggregation is "gate, weighted mean, then a rule's update".
 
 use std::fmt;
 
-use flower_core::{FitRes, Metrics, Parameters};
+use flower_core::{Config, FitRes, Metrics, Parameters};
 
+use crate::aggregate::{Aggregate, Composed};
+use crate::bookkeeping::{current_round, Bookkeeping, Policy, RoundState};
 use crate::callbacks::{ConfigFn, EvaluateFn, MetricsAggregationFn, Shown};
-use crate::common::{current_round, forward_to_base, Base, RoundState};
-use crate::layers::encode_all;
+use crate::layers::{encode_all, Layer};
 use crate::mean::{MeanMode, MeanRound};
-use crate::strategy::{ClientFailure, ClientId, Strategy};
+use crate::strategy::{ClientFailure, ClientId};
 use crate::StrategyError;
 
 /// Flower's `FedAvg` constructor arguments, with Flower's defaults
@@ -188,61 +190,83 @@ impl FedAvgOptions {
 /// `inplace = true` (default) is Flower's `aggregate_inplace`,
 /// `inplace = false` its `aggregate` (bit-equal for f32). Both stream: each
 /// result is folded as it arrives.
-pub struct FedAvg {
-    base: Base,
-    round: Option<MeanRound>,
-}
-
-impl fmt::Debug for FedAvg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FedAvg")
-            .field("options", &self.base.opts)
-            .finish_non_exhaustive()
-    }
-}
+pub type FedAvg = Composed<MeanStep<FedAvgRule>>;
 
 impl FedAvg {
     /// Builds FedAvg from its options.
     pub fn new(options: FedAvgOptions) -> Result<Self, StrategyError> {
-        Ok(FedAvg {
-            base: Base::new(options)?,
-            round: None,
+        MeanStep::compose(options, Policy::default(), FedAvgRule)
+    }
+}
+
+/// What a [`MeanStep`] does besides the weighted mean: the mean's mode and
+/// the update applied to it (a server optimizer...).
+pub(crate) trait MeanRule: Send + fmt::Debug {
+    /// Flower's class name.
+    fn name(&self) -> &str;
+
+    /// In-place or plain mean.
+    fn mode(&self, book: &Bookkeeping) -> MeanMode;
+
+    /// Called when a round begins, after the mean is set up.
+    fn begin(&mut self, _global: &Parameters) -> Result<(), StrategyError> {
+        Ok(())
+    }
+
+    /// The model returned for the round's mean `avg`.
+    fn finish(
+        &mut self,
+        _book: &mut Bookkeeping,
+        _server_round: u64,
+        avg: Vec<Layer>,
+    ) -> Result<Vec<Layer>, StrategyError> {
+        Ok(avg)
+    }
+
+    /// Entries added to the fit config.
+    fn extend_fit_config(&self, _config: &mut Config) {}
+
+    /// State to checkpoint.
+    fn state(&self, _book: &Bookkeeping) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Restores what [`MeanRule::state`] returned.
+    fn restore_state(
+        &mut self,
+        _book: &mut Bookkeeping,
+        _state: serde_json::Value,
+    ) -> Result<(), StrategyError> {
+        Ok(())
+    }
+}
+
+/// The aggregation step of the mean-based strategies: results are folded
+/// into a weighted mean as they arrive (memory for one model), then the
+/// rule `R` turns the mean into the new model.
+#[derive(Debug)]
+pub struct MeanStep<R> {
+    rule: R,
+    round: Option<MeanRound>,
+}
+
+impl<R> MeanStep<R> {
+    /// A strategy with this step.
+    pub(crate) fn compose(
+        options: FedAvgOptions,
+        policy: Policy,
+        rule: R,
+    ) -> Result<Composed<Self>, StrategyError> {
+        Ok(Composed {
+            book: Bookkeeping::new(options, policy)?,
+            step: MeanStep { rule, round: None },
         })
     }
 
-    /// The options.
-    pub fn options(&self) -> &FedAvgOptions {
-        &self.base.opts
+    /// The rule.
+    pub(crate) fn rule(&self) -> &R {
+        &self.rule
     }
-
-    fn mode(&self) -> MeanMode {
-        if self.base.opts.inplace {
-            MeanMode::InPlace
-        } else {
-            MeanMode::Plain
-        }
-    }
-}
-
-/// The FedAvg round protocol over a [`MeanRound`], shared by the strategies
-/// whose fit aggregation is "gate, then weighted mean".
-pub(crate) fn mean_begin(
-    slot: &mut Option<MeanRound>,
-    server_round: u64,
-    global: &Parameters,
-    mode: MeanMode,
-) -> Result<(), StrategyError> {
-    *slot = None;
-    *slot = Some(MeanRound::begin(server_round, global, mode)?);
-    Ok(())
-}
-
-pub(crate) fn mean_accumulate(
-    slot: &mut Option<MeanRound>,
-    server_round: u64,
-    result: FitRes,
-) -> Result<(), StrategyError> {
-    current_round(slot, server_round)?.accumulate(result)
 }
 
 impl RoundState for MeanRound {
@@ -255,40 +279,77 @@ impl RoundState for MeanRound {
     }
 }
 
-impl Strategy for FedAvg {
+impl<R: MeanRule> Aggregate for MeanStep<R> {
     fn name(&self) -> &str {
-        "FedAvg"
+        self.rule.name()
     }
 
-    forward_to_base!(base => all);
-
-    fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
-        let mode = self.mode();
-        mean_begin(&mut self.round, server_round, global, mode)
+    fn begin(
+        &mut self,
+        book: &Bookkeeping,
+        server_round: u64,
+        global: &Parameters,
+    ) -> Result<(), StrategyError> {
+        self.round = None;
+        self.round = Some(MeanRound::begin(
+            server_round,
+            global,
+            self.rule.mode(book),
+        )?);
+        self.rule.begin(global)
     }
 
-    fn accumulate_fit(
+    fn accumulate(
         &mut self,
         server_round: u64,
         _client: ClientId,
         result: FitRes,
     ) -> Result<(), StrategyError> {
-        mean_accumulate(&mut self.round, server_round, result)
+        current_round(&mut self.round, server_round)?.accumulate(result)
     }
 
-    fn aggregate_fit(
+    fn aggregate(
         &mut self,
+        book: &mut Bookkeeping,
         server_round: u64,
         failures: &[ClientFailure],
     ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let Some(round) = self
-            .base
-            .take_gated(&mut self.round, server_round, failures)
-        else {
+        let Some(round) = book.take_gated(&mut self.round, server_round, failures) else {
             return Ok((None, Metrics::new()));
         };
-        let layers = round.mean.finish_layers()?;
-        let metrics = self.base.fit_metrics(&round.metrics);
+        let avg = round.mean.finish_layers()?;
+        let metrics = book.fit_metrics(&round.metrics);
+        let layers = self.rule.finish(book, server_round, avg)?;
         Ok((Some(encode_all(&layers)), metrics))
+    }
+
+    fn extend_fit_config(&self, config: &mut Config) {
+        self.rule.extend_fit_config(config)
+    }
+
+    fn state(&self, book: &Bookkeeping) -> serde_json::Value {
+        self.rule.state(book)
+    }
+
+    fn restore_state(
+        &mut self,
+        book: &mut Bookkeeping,
+        state: serde_json::Value,
+    ) -> Result<(), StrategyError> {
+        self.rule.restore_state(book, state)
+    }
+}
+
+/// [`FedAvg`]'s rule: the mean as it is (`inplace` chooses the mean).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FedAvgRule;
+
+impl MeanRule for FedAvgRule {
+    fn name(&self) -> &str {
+        "FedAvg"
+    }
+
+    fn mode(&self, book: &Bookkeeping) -> MeanMode {
+        MeanMode::of(book.opts.inplace)
     }
 }

@@ -1,16 +1,12 @@
 //! [`FedAvgM`]: FedAvg with server-side learning rate and momentum.
 
-use std::fmt;
-
-use flower_core::{FitRes, Metrics, Parameters};
-
-use crate::common::{forward_to_base, Base};
-use crate::fedavg::{mean_accumulate, mean_begin, FedAvgOptions};
+use crate::aggregate::Composed;
+use crate::bookkeeping::{Bookkeeping, Policy};
+use crate::fedavg::{FedAvgOptions, MeanRule, MeanStep};
 use crate::layers::{
     self, decode_all, encode_all, opt_layers_from_json, opt_layers_to_json, Layer,
 };
-use crate::mean::{MeanMode, MeanRound};
-use crate::strategy::{ClientFailure, ClientId, Strategy};
+use crate::mean::MeanMode;
 use crate::StrategyError;
 
 /// Flower's `FedAvgM`.
@@ -19,55 +15,70 @@ use crate::StrategyError;
 /// `server_learning_rate != 1` or `server_momentum != 0`, a server SGD step
 /// from the *stored* weights `w` (the initial parameters, then each returned
 /// model): `g = w − avg`, `m = μ·m + g` (`m = g` in round 1), `w ← w − lr·m`,
-/// all in the array dtype. Unlike FedAvg, [`Strategy::initialize_parameters`]
+/// all in the array dtype. Unlike FedAvg, [`Strategy::initialize_parameters`](crate::Strategy::initialize_parameters)
 /// keeps handing out the stored weights.
-pub struct FedAvgM {
-    base: Base,
-    server_learning_rate: f64,
-    server_momentum: f64,
-    momentum: Option<Vec<Layer>>,
-    round: Option<MeanRound>,
+pub type FedAvgM = Composed<MeanStep<FedAvgMRule>>;
+
+/// FedAvgM's own arguments (Flower's defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FedAvgMOptions {
+    /// Server-side learning rate (Flower's `server_learning_rate`, default 1.0).
+    pub server_learning_rate: f64,
+    /// Server-side momentum (Flower's `server_momentum`, default 0.0).
+    pub server_momentum: f64,
 }
 
-impl fmt::Debug for FedAvgM {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FedAvgM")
-            .field("server_learning_rate", &self.server_learning_rate)
-            .field("server_momentum", &self.server_momentum)
-            .field("options", &self.base.opts)
-            .finish_non_exhaustive()
+impl Default for FedAvgMOptions {
+    fn default() -> Self {
+        FedAvgMOptions {
+            server_learning_rate: 1.0,
+            server_momentum: 0.0,
+        }
     }
 }
 
+/// [`FedAvgM`]'s rule: the plain mean, then the server SGD step.
+#[derive(Debug)]
+pub struct FedAvgMRule {
+    server_learning_rate: f64,
+    server_momentum: f64,
+    momentum: Option<Vec<Layer>>,
+}
+
 impl FedAvgM {
-    /// Builds FedAvgM (Flower's defaults: `server_learning_rate = 1.0`,
-    /// `server_momentum = 0.0`). `options.inplace` is ignored (Flower's
-    /// FedAvgM always uses the plain mean).
-    pub fn new(
-        options: FedAvgOptions,
-        server_learning_rate: f64,
-        server_momentum: f64,
-    ) -> Result<Self, StrategyError> {
-        Ok(FedAvgM {
-            base: Base::new(options)?,
-            server_learning_rate,
-            server_momentum,
+    /// Builds FedAvgM. `options.inplace` is ignored (Flower's FedAvgM always
+    /// uses the plain mean).
+    pub fn new(options: FedAvgOptions, server: FedAvgMOptions) -> Result<Self, StrategyError> {
+        let policy = Policy {
+            keep_initial: true,
+            ..Policy::default()
+        };
+        let rule = FedAvgMRule {
+            server_learning_rate: server.server_learning_rate,
+            server_momentum: server.server_momentum,
             momentum: None,
-            round: None,
-        })
+        };
+        MeanStep::compose(options, policy, rule)
     }
 
     /// True when the server optimizer runs (`lr != 1` or `momentum != 0`).
     pub fn server_opt(&self) -> bool {
+        self.step.rule().server_opt()
+    }
+}
+
+impl FedAvgMRule {
+    fn server_opt(&self) -> bool {
         self.server_momentum != 0.0 || self.server_learning_rate != 1.0
     }
 
     fn server_step(
         &mut self,
+        book: &mut Bookkeeping,
         server_round: u64,
         avg: Vec<Layer>,
     ) -> Result<Vec<Layer>, StrategyError> {
-        let Some(initial) = &self.base.opts.initial_parameters else {
+        let Some(initial) = &book.opts.initial_parameters else {
             return Err(StrategyError::Missing(
                 "FedAvgM with server-side optimization needs initial_parameters".into(),
             ));
@@ -118,7 +129,7 @@ impl FedAvgM {
                 ))
             })
             .collect();
-        self.base.opts.initial_parameters = Some(encode_all(&new));
+        book.opts.initial_parameters = Some(encode_all(&new));
         Ok(new)
     }
 }
@@ -143,59 +154,30 @@ pub(crate) fn same_layout(a: &[Layer], b: &[Layer]) -> Result<(), StrategyError>
     Ok(())
 }
 
-impl Strategy for FedAvgM {
+impl MeanRule for FedAvgMRule {
     fn name(&self) -> &str {
         "FedAvgM"
     }
 
-    forward_to_base!(base =>
-        min_available_clients,
-        evaluate,
-        configure_fit,
-        configure_evaluate,
-        aggregate_evaluate,
-    );
-
-    fn initialize_parameters(&mut self) -> Option<Parameters> {
-        self.base.opts.initial_parameters.clone()
+    fn mode(&self, _book: &Bookkeeping) -> MeanMode {
+        MeanMode::Plain
     }
 
-    fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
-        mean_begin(&mut self.round, server_round, global, MeanMode::Plain)
-    }
-
-    fn accumulate_fit(
+    fn finish(
         &mut self,
+        book: &mut Bookkeeping,
         server_round: u64,
-        _client: ClientId,
-        result: FitRes,
-    ) -> Result<(), StrategyError> {
-        mean_accumulate(&mut self.round, server_round, result)
-    }
-
-    fn aggregate_fit(
-        &mut self,
-        server_round: u64,
-        failures: &[ClientFailure],
-    ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let Some(round) = self
-            .base
-            .take_gated(&mut self.round, server_round, failures)
-        else {
-            return Ok((None, Metrics::new()));
-        };
-        let mut result = round.mean.finish_layers()?;
+        avg: Vec<Layer>,
+    ) -> Result<Vec<Layer>, StrategyError> {
         if self.server_opt() {
-            result = self.server_step(server_round, result)?;
+            self.server_step(book, server_round, avg)
+        } else {
+            Ok(avg)
         }
-        Ok((
-            Some(encode_all(&result)),
-            self.base.fit_metrics(&round.metrics),
-        ))
     }
 
-    fn state(&self) -> serde_json::Value {
-        let weights = match &self.base.opts.initial_parameters {
+    fn state(&self, book: &Bookkeeping) -> serde_json::Value {
+        let weights = match &book.opts.initial_parameters {
             Some(p) => decode_all(p).ok(),
             None => None,
         };
@@ -205,12 +187,16 @@ impl Strategy for FedAvgM {
         })
     }
 
-    fn restore_state(&mut self, state: serde_json::Value) -> Result<(), StrategyError> {
+    fn restore_state(
+        &mut self,
+        book: &mut Bookkeeping,
+        state: serde_json::Value,
+    ) -> Result<(), StrategyError> {
         if state.is_null() {
             return Ok(());
         }
         if let Some(w) = opt_layers_from_json(state.get("weights"))? {
-            self.base.opts.initial_parameters = Some(encode_all(&w));
+            book.opts.initial_parameters = Some(encode_all(&w));
         }
         self.momentum = opt_layers_from_json(state.get("momentum_vector"))?;
         Ok(())

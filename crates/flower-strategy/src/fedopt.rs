@@ -1,18 +1,14 @@
 //! [`FedOpt`] and its server optimizers: FedAdagrad, FedAdam, FedYogi
 //! (Reddi et al., "Adaptive Federated Optimization").
 
-use std::fmt;
+use flower_core::Parameters;
 
-use flower_core::{FitRes, Metrics, Parameters};
-
-use crate::common::{forward_to_base, Base};
-use crate::fedavg::{mean_accumulate, mean_begin, FedAvgOptions};
+use crate::aggregate::Composed;
+use crate::bookkeeping::{Bookkeeping, Policy};
+use crate::fedavg::{FedAvgOptions, MeanRule, MeanStep};
 use crate::fedavgm::same_layout;
-use crate::layers::{
-    self, decode_all, encode_all, opt_layers_from_json, opt_layers_to_json, Data, Layer,
-};
-use crate::mean::{MeanMode, MeanRound};
-use crate::strategy::{ClientFailure, ClientId, Strategy};
+use crate::layers::{self, decode_all, opt_layers_from_json, opt_layers_to_json, Data, Layer};
+use crate::mean::MeanMode;
 use crate::StrategyError;
 
 /// Which server optimizer [`FedOpt`] runs.
@@ -96,24 +92,17 @@ impl FedOptOptions {
 /// the parameters passed to `configure_fit`), which is returned.
 ///
 /// Flower requires `initial_parameters`; here, without them, `w` is taken
-/// from the first global model handed to [`Strategy::begin_fit`].
-pub struct FedOpt {
+/// from the first global model handed to [`Strategy::begin_fit`](crate::Strategy::begin_fit).
+pub type FedOpt = Composed<MeanStep<FedOptRule>>;
+
+/// [`FedOpt`]'s rule: the in-place mean, then the server optimizer's step.
+#[derive(Debug)]
+pub struct FedOptRule {
     kind: FedOptKind,
-    base: Base,
     hp: FedOptOptions,
     current_weights: Option<Vec<Layer>>,
     m_t: Option<Vec<Layer>>,
     v_t: Option<Vec<Layer>>,
-    round: Option<MeanRound>,
-}
-
-impl fmt::Debug for FedOpt {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct(self.kind.class_name())
-            .field("hyper_parameters", &self.hp)
-            .field("options", &self.base.opts)
-            .finish_non_exhaustive()
-    }
 }
 
 impl FedOpt {
@@ -135,27 +124,28 @@ impl FedOpt {
             ),
             None => None,
         };
-        Ok(FedOpt {
+        let rule = FedOptRule {
             kind,
-            base: Base::new(options)?,
             hp,
             current_weights,
             m_t: None,
             v_t: None,
-            round: None,
-        })
+        };
+        MeanStep::compose(options, Policy::default(), rule)
     }
 
     /// The optimizer.
     pub fn kind(&self) -> FedOptKind {
-        self.kind
+        self.step.rule().kind
     }
 
     /// The hyper-parameters.
     pub fn hyper_parameters(&self) -> FedOptOptions {
-        self.hp
+        self.step.rule().hp
     }
+}
 
+impl FedOptRule {
     fn step(&mut self, server_round: u64, avg: Vec<Layer>) -> Result<Vec<Layer>, StrategyError> {
         let Some(w) = &self.current_weights else {
             return Err(StrategyError::Missing(
@@ -248,51 +238,35 @@ fn same_sizes(a: &[Layer], b: &[Data]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.len() == b.len())
 }
 
-impl Strategy for FedOpt {
+impl MeanRule for FedOptRule {
     fn name(&self) -> &str {
         self.kind.class_name()
     }
 
-    forward_to_base!(base => all);
+    fn mode(&self, _book: &Bookkeeping) -> MeanMode {
+        MeanMode::InPlace
+    }
 
-    fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
-        mean_begin(&mut self.round, server_round, global, MeanMode::InPlace)?;
+    fn begin(&mut self, global: &Parameters) -> Result<(), StrategyError> {
         if self.current_weights.is_none() && self.kind != FedOptKind::Base {
             self.current_weights = Some(decode_all(global)?);
         }
         Ok(())
     }
 
-    fn accumulate_fit(
+    fn finish(
         &mut self,
+        _book: &mut Bookkeeping,
         server_round: u64,
-        _client: ClientId,
-        result: FitRes,
-    ) -> Result<(), StrategyError> {
-        mean_accumulate(&mut self.round, server_round, result)
+        avg: Vec<Layer>,
+    ) -> Result<Vec<Layer>, StrategyError> {
+        match self.kind {
+            FedOptKind::Base => Ok(avg),
+            _ => self.step(server_round, avg),
+        }
     }
 
-    fn aggregate_fit(
-        &mut self,
-        server_round: u64,
-        failures: &[ClientFailure],
-    ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let Some(round) = self
-            .base
-            .take_gated(&mut self.round, server_round, failures)
-        else {
-            return Ok((None, Metrics::new()));
-        };
-        let avg = round.mean.finish_layers()?;
-        let metrics = self.base.fit_metrics(&round.metrics);
-        let out = match self.kind {
-            FedOptKind::Base => avg,
-            _ => self.step(server_round, avg)?,
-        };
-        Ok((Some(encode_all(&out)), metrics))
-    }
-
-    fn state(&self) -> serde_json::Value {
+    fn state(&self, _book: &Bookkeeping) -> serde_json::Value {
         serde_json::json!({
             "current_weights": opt_layers_to_json(&self.current_weights),
             "m_t": opt_layers_to_json(&self.m_t),
@@ -300,7 +274,11 @@ impl Strategy for FedOpt {
         })
     }
 
-    fn restore_state(&mut self, state: serde_json::Value) -> Result<(), StrategyError> {
+    fn restore_state(
+        &mut self,
+        _book: &mut Bookkeeping,
+        state: serde_json::Value,
+    ) -> Result<(), StrategyError> {
         if state.is_null() {
             return Ok(());
         }

@@ -9,9 +9,10 @@
 
 use base64::Engine as _;
 use bytes::Bytes;
-use flower_core::npy::{npy_header, parse_npy, NpyView};
+use flower_core::npy::{npy_header, parse_npy, CodecError, NpyView};
 use flower_core::{DType, NdArray, Parameters, NUMPY_TENSOR_TYPE};
 
+use crate::float::{self, Float};
 use crate::StrategyError;
 
 /// Element storage of a [`Layer`].
@@ -102,11 +103,7 @@ impl Layer {
     }
 }
 
-fn elementwise_f32(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> Vec<f32> {
-    a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
-}
-
-fn elementwise_f64(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+fn elementwise<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> Vec<T> {
     a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
 }
 
@@ -118,8 +115,8 @@ pub(crate) fn binary(
     f64op: impl Fn(f64, f64) -> f64,
 ) -> Data {
     match (a, b) {
-        (Data::F32(x), Data::F32(y)) => Data::F32(elementwise_f32(x, y, f32op)),
-        (Data::F64(x), Data::F64(y)) => Data::F64(elementwise_f64(x, y, f64op)),
+        (Data::F32(x), Data::F32(y)) => Data::F32(elementwise(x, y, f32op)),
+        (Data::F64(x), Data::F64(y)) => Data::F64(elementwise(x, y, f64op)),
         (Data::F32(x), Data::F64(y)) => Data::F64(
             x.iter()
                 .zip(y)
@@ -198,25 +195,7 @@ pub(crate) fn sqrt(a: &Data) -> Data {
 
 /// NumPy's `sign`: -1, 0 or 1 (NaN stays NaN).
 pub(crate) fn sign(a: &Data) -> Data {
-    fn s32(x: f32) -> f32 {
-        if x > 0.0 {
-            1.0
-        } else if x < 0.0 {
-            -1.0
-        } else {
-            x * 0.0
-        }
-    }
-    fn s64(x: f64) -> f64 {
-        if x > 0.0 {
-            1.0
-        } else if x < 0.0 {
-            -1.0
-        } else {
-            x * 0.0
-        }
-    }
-    unary(a, s32, s64)
+    unary(a, float::sign, float::sign)
 }
 
 /// Reads `n` little-endian f32 values.
@@ -258,12 +237,22 @@ fn ndarray_to_data(array: NdArray) -> (Data, bool) {
     }
 }
 
-pub(crate) fn decode_err(index: usize, e: impl std::fmt::Display) -> StrategyError {
-    StrategyError::Decode(format!("tensor {index}: {e}"))
+/// Tensor `tensor` could not be decoded.
+pub(crate) fn decode_err(tensor: usize, source: CodecError) -> StrategyError {
+    StrategyError::Decode { tensor, source }
+}
+
+/// Decodes parsed tensors.
+pub(crate) fn views_to_layers(views: &[NpyView<'_>]) -> Result<Vec<Layer>, StrategyError> {
+    views
+        .iter()
+        .enumerate()
+        .map(|(i, v)| view_to_layer(v).map_err(|e| decode_err(i, e)))
+        .collect()
 }
 
 /// Decodes one parsed tensor.
-pub(crate) fn view_to_layer(view: &NpyView<'_>) -> Result<Layer, StrategyError> {
+pub(crate) fn view_to_layer(view: &NpyView<'_>) -> Result<Layer, CodecError> {
     let shape = view.shape.clone();
     if is_plain_le(view) {
         match view.dtype {
@@ -284,9 +273,7 @@ pub(crate) fn view_to_layer(view: &NpyView<'_>) -> Result<Layer, StrategyError> 
             _ => {}
         }
     }
-    let array = view
-        .to_ndarray()
-        .map_err(|e| StrategyError::Decode(e.to_string()))?;
+    let array = view.to_ndarray()?;
     let (data, half) = ndarray_to_data(array);
     Ok(Layer { shape, data, half })
 }

@@ -42,6 +42,17 @@ pub(crate) enum MeanMode {
     Plain,
 }
 
+impl MeanMode {
+    /// FedAvg's `inplace` option.
+    pub(crate) fn of(inplace: bool) -> Self {
+        if inplace {
+            MeanMode::InPlace
+        } else {
+            MeanMode::Plain
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Acc {
     /// Not yet sized (no result so far).
@@ -624,7 +635,7 @@ mod tests {
                 },
                 1
             ),
-            Err(StrategyError::Decode(_))
+            Err(StrategyError::Decode { tensor: 0, .. })
         ));
         assert_eq!(m.count(), 0);
         assert!(matches!(

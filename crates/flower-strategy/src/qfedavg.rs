@@ -1,16 +1,15 @@
 //! [`QFedAvg`]: q-Fair Federated Learning (Li et al., q-FFL).
 
-use std::fmt;
-
 use flower_core::{FitRes, Metrics, Parameters};
 
-use crate::common::{current_round, forward_to_base, Base, RoundState};
+use crate::aggregate::{Aggregate, Composed};
+use crate::bookkeeping::{current_round, Bookkeeping, Policy, RoundState};
 use crate::fedavg::FedAvgOptions;
 use crate::layers::{
     self, check_views, decode_all, encode_all, pairwise_sum, parse_layout, parse_views,
-    view_to_layer, Data, DtypeRule, Layer, LayerSpec,
+    views_to_layers, Data, DtypeRule, Layer, LayerSpec,
 };
-use crate::strategy::{ClientFailure, ClientId, Strategy};
+use crate::strategy::{ClientFailure, ClientId};
 use crate::StrategyError;
 
 /// Flower's `QFedAvg` (defaults `q_param = 0.2`, `qffl_learning_rate = 0.1`,
@@ -24,13 +23,35 @@ use crate::StrategyError;
 ///
 /// Without `evaluate_fn` (or when it returns `None`), a round with results
 /// fails with [`StrategyError::Missing`] (Flower: NameError).
-pub struct QFedAvg {
-    base: Base,
+pub type QFedAvg = Composed<QFedAvgStep>;
+
+/// QFedAvg's own arguments (Flower's defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QFedAvgOptions {
+    /// Fairness parameter q (Flower's `q_param`, default 0.2).
+    pub q_param: f64,
+    /// q-FFL learning rate (Flower's `qffl_learning_rate`, default 0.1).
+    pub qffl_learning_rate: f64,
+}
+
+impl Default for QFedAvgOptions {
+    fn default() -> Self {
+        QFedAvgOptions {
+            q_param: 0.2,
+            qffl_learning_rate: 0.1,
+        }
+    }
+}
+
+/// [`QFedAvg`]'s aggregation step.
+#[derive(Debug)]
+pub struct QFedAvgStep {
     q_param: f64,
     learning_rate: f64,
     round: Option<QRound>,
 }
 
+#[derive(Debug)]
 struct QRound {
     server_round: u64,
     layout: Vec<LayerSpec>,
@@ -52,44 +73,35 @@ impl RoundState for QRound {
     }
 }
 
-impl fmt::Debug for QFedAvg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("QFedAvg")
-            .field("q_param", &self.q_param)
-            .field("qffl_learning_rate", &self.learning_rate)
-            .field("options", &self.base.opts)
-            .finish_non_exhaustive()
-    }
-}
-
 impl QFedAvg {
     /// Builds QFedAvg.
-    pub fn new(
-        options: FedAvgOptions,
-        q_param: f64,
-        qffl_learning_rate: f64,
-    ) -> Result<Self, StrategyError> {
-        Ok(QFedAvg {
-            base: Base::new(options)?,
-            q_param,
-            learning_rate: qffl_learning_rate,
-            round: None,
+    pub fn new(options: FedAvgOptions, q: QFedAvgOptions) -> Result<Self, StrategyError> {
+        Ok(Composed {
+            book: Bookkeeping::new(options, Policy::default())?,
+            step: QFedAvgStep {
+                q_param: q.q_param,
+                learning_rate: q.qffl_learning_rate,
+                round: None,
+            },
         })
     }
 }
 
-impl Strategy for QFedAvg {
+impl Aggregate for QFedAvgStep {
     fn name(&self) -> &str {
         "QFedAvg"
     }
 
-    forward_to_base!(base => all);
-
-    fn begin_fit(&mut self, server_round: u64, global: &Parameters) -> Result<(), StrategyError> {
+    fn begin(
+        &mut self,
+        book: &Bookkeeping,
+        server_round: u64,
+        global: &Parameters,
+    ) -> Result<(), StrategyError> {
         self.round = None;
         let layout = parse_layout(global)?;
         let w_pre = decode_all(global)?;
-        let loss = self.base.evaluate(server_round, global)?.map(|(l, _)| l);
+        let loss = book.evaluate(server_round, global)?.map(|(l, _)| l);
         self.round = Some(QRound {
             server_round,
             layout,
@@ -103,7 +115,7 @@ impl Strategy for QFedAvg {
         Ok(())
     }
 
-    fn accumulate_fit(
+    fn accumulate(
         &mut self,
         server_round: u64,
         _client: ClientId,
@@ -117,7 +129,7 @@ impl Strategy for QFedAvg {
             DtypeRule::FloatWidthOrInt,
             round.first.as_deref(),
         )?;
-        let x: Vec<Layer> = views.iter().map(view_to_layer).collect::<Result<_, _>>()?;
+        let x = views_to_layers(&views)?;
         if let Some(loss) = round.loss {
             let inv_lr = 1.0 / self.learning_rate;
             let grads: Vec<Data> = round
@@ -168,15 +180,13 @@ impl Strategy for QFedAvg {
         Ok(())
     }
 
-    fn aggregate_fit(
+    fn aggregate(
         &mut self,
+        book: &mut Bookkeeping,
         server_round: u64,
         failures: &[ClientFailure],
     ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let Some(round) = self
-            .base
-            .take_gated(&mut self.round, server_round, failures)
-        else {
+        let Some(round) = book.take_gated(&mut self.round, server_round, failures) else {
             return Ok((None, Metrics::new()));
         };
         if round.loss.is_none() {
@@ -199,9 +209,6 @@ impl Strategy for QFedAvg {
                 }
             })
             .collect();
-        Ok((
-            Some(encode_all(&new)),
-            self.base.fit_metrics(&round.metrics),
-        ))
+        Ok((Some(encode_all(&new)), book.fit_metrics(&round.metrics)))
     }
 }

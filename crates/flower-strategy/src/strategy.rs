@@ -8,7 +8,35 @@ use crate::StrategyError;
 ///
 /// Ids are assigned in join order, so ordering by id is a fixed, reproducible
 /// order (the server aggregates in this order, never in arrival order).
-pub type ClientId = u64;
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct ClientId(u64);
+
+impl ClientId {
+    /// The id with number `id`.
+    pub const fn new(id: u64) -> Self {
+        ClientId(id)
+    }
+
+    /// The number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl From<u64> for ClientId {
+    fn from(id: u64) -> Self {
+        ClientId(id)
+    }
+}
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
 
 /// The server's view of the connected clients while a strategy configures a round.
 ///
@@ -26,7 +54,7 @@ pub trait ClientSampler {
 }
 
 /// Why one client's exchange did not produce a usable result.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientFailure {
     /// The client, when known.
     pub client: Option<ClientId>,
@@ -120,5 +148,19 @@ pub trait Strategy: Send {
 impl std::fmt::Debug for dyn Strategy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Strategy({})", self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_order_and_print_as_numbers() {
+        let (a, b) = (ClientId::new(2), ClientId::from(10));
+        assert!(a < b);
+        assert_eq!(b.get(), 10);
+        assert_eq!(format!("{a} {b:?}"), "2 ClientId(10)");
+        assert_eq!(serde_json::to_string(&a).unwrap(), "2");
     }
 }

@@ -5,19 +5,20 @@ use std::fmt;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use flower_core::{Config, EvaluateIns, EvaluateRes, FitIns, FitRes, Metrics, Parameters};
+use flower_core::{FitRes, Metrics, Parameters};
 
-use crate::callbacks::{Shown, XgbEvaluateFn};
-use crate::common::{current_round, eval_metrics, forward_to_base, Base, RoundState};
+use crate::aggregate::{Aggregate, Composed};
+use crate::bookkeeping::{current_round, Bookkeeping, Evaluator, Policy, RoundState, Summary};
+use crate::callbacks::XgbEvaluateFn;
 use crate::fedavg::FedAvgOptions;
 use crate::pyjson::Json;
-use crate::strategy::{ClientFailure, ClientId, ClientSampler, Strategy};
+use crate::strategy::{ClientFailure, ClientId};
 use crate::StrategyError;
 
 const MODEL_PATH: [&str; 3] = ["learner", "gradient_booster", "model"];
 
 fn bad(what: &str) -> StrategyError {
-    StrategyError::Decode(format!("XGBoost model: {what}"))
+    StrategyError::Malformed(format!("XGBoost model: {what}"))
 }
 
 fn model_of(j: &Json) -> Option<&Json> {
@@ -156,6 +157,7 @@ fn model_restore(
 }
 
 /// The per-round part of both XGBoost strategies.
+#[derive(Debug)]
 struct XgbRound {
     server_round: u64,
     pending: Option<Bytes>,
@@ -187,17 +189,13 @@ fn model_output(model: &Option<Bytes>) -> (Option<Parameters>, Metrics) {
     (model.clone().map(xgb_parameters), Metrics::new())
 }
 
-/// Evaluation as FedXgbBagging/FedXgbCyclic do it: loss 0 plus the metrics
-/// callback's output.
-fn xgb_aggregate_evaluate(
-    base: &Base,
-    results: &[(ClientId, EvaluateRes)],
-    failures: &[ClientFailure],
-) -> (Option<f64>, Metrics) {
-    if !base.gate(results.len(), failures) {
-        return (None, Metrics::new());
+/// The XGBoost global model (only its size is shown by `Debug`).
+struct GlobalModel(Option<Bytes>);
+
+impl fmt::Debug for GlobalModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} bytes", self.0.as_ref().map(Bytes::len))
     }
-    (Some(0.0), base.evaluate_metrics(&eval_metrics(results)))
 }
 
 /// Flower's `FedXgbBagging`: keeps a global XGBoost JSON model and appends
@@ -206,24 +204,13 @@ fn xgb_aggregate_evaluate(
 ///
 /// Output bytes are Python `json.dumps` of the merged model (default
 /// separators, key order kept), as Flower writes them.
-pub struct FedXgbBagging {
-    base: Base,
-    evaluate_function: Option<XgbEvaluateFn>,
-    global_model: Option<Bytes>,
-    round: Option<XgbRound>,
-}
+pub type FedXgbBagging = Composed<FedXgbBaggingStep>;
 
-impl fmt::Debug for FedXgbBagging {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FedXgbBagging")
-            .field("evaluate_function", &Shown(&self.evaluate_function))
-            .field(
-                "global_model_bytes",
-                &self.global_model.as_ref().map(Bytes::len),
-            )
-            .field("options", &self.base.opts)
-            .finish_non_exhaustive()
-    }
+/// [`FedXgbBagging`]'s aggregation step.
+#[derive(Debug)]
+pub struct FedXgbBaggingStep {
+    global_model: GlobalModel,
+    round: Option<XgbRound>,
 }
 
 impl FedXgbBagging {
@@ -232,44 +219,37 @@ impl FedXgbBagging {
         options: FedAvgOptions,
         evaluate_function: Option<XgbEvaluateFn>,
     ) -> Result<Self, StrategyError> {
-        Ok(FedXgbBagging {
-            base: Base::new(options)?,
-            evaluate_function,
-            global_model: None,
-            round: None,
+        let policy = Policy {
+            evaluator: Evaluator::Model(evaluate_function),
+            summary: Summary::ZeroLoss,
+            ..Policy::default()
+        };
+        Ok(Composed {
+            book: Bookkeeping::new(options, policy)?,
+            step: FedXgbBaggingStep {
+                global_model: GlobalModel(None),
+                round: None,
+            },
         })
     }
 }
 
-impl Strategy for FedXgbBagging {
+impl Aggregate for FedXgbBaggingStep {
     fn name(&self) -> &str {
         "FedXgbBagging"
     }
 
-    forward_to_base!(base =>
-        initialize_parameters,
-        min_available_clients,
-        configure_fit,
-        configure_evaluate,
-    );
-
-    fn evaluate(
+    fn begin(
         &mut self,
+        _book: &Bookkeeping,
         server_round: u64,
-        parameters: &Parameters,
-    ) -> Result<Option<(f64, Metrics)>, StrategyError> {
-        Ok(self
-            .evaluate_function
-            .as_ref()
-            .and_then(|f| f(server_round, parameters, &Config::new())))
-    }
-
-    fn begin_fit(&mut self, server_round: u64, _global: &Parameters) -> Result<(), StrategyError> {
-        self.round = Some(XgbRound::new(server_round, self.global_model.clone()));
+        _global: &Parameters,
+    ) -> Result<(), StrategyError> {
+        self.round = Some(XgbRound::new(server_round, self.global_model.0.clone()));
         Ok(())
     }
 
-    fn accumulate_fit(
+    fn accumulate(
         &mut self,
         server_round: u64,
         _client: ClientId,
@@ -285,36 +265,29 @@ impl Strategy for FedXgbBagging {
         Ok(())
     }
 
-    fn aggregate_fit(
+    fn aggregate(
         &mut self,
+        book: &mut Bookkeeping,
         server_round: u64,
         failures: &[ClientFailure],
     ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let Some(round) = self
-            .base
-            .take_gated(&mut self.round, server_round, failures)
-        else {
+        let Some(round) = book.take_gated(&mut self.round, server_round, failures) else {
             return Ok((None, Metrics::new()));
         };
-        self.global_model = round.pending;
-        Ok(model_output(&self.global_model))
+        self.global_model.0 = round.pending;
+        Ok(model_output(&self.global_model.0))
     }
 
-    fn aggregate_evaluate(
+    fn state(&self, _book: &Bookkeeping) -> serde_json::Value {
+        model_state(&self.global_model.0)
+    }
+
+    fn restore_state(
         &mut self,
-        _server_round: u64,
-        results: &[(ClientId, EvaluateRes)],
-        failures: &[ClientFailure],
-    ) -> Result<(Option<f64>, Metrics), StrategyError> {
-        Ok(xgb_aggregate_evaluate(&self.base, results, failures))
-    }
-
-    fn state(&self) -> serde_json::Value {
-        model_state(&self.global_model)
-    }
-
-    fn restore_state(&mut self, state: serde_json::Value) -> Result<(), StrategyError> {
-        model_restore(&mut self.global_model, &state)
+        _book: &mut Bookkeeping,
+        state: serde_json::Value,
+    ) -> Result<(), StrategyError> {
+        model_restore(&mut self.global_model.0, &state)
     }
 }
 
@@ -322,71 +295,49 @@ impl Strategy for FedXgbBagging {
 /// `sampled[(t−1) mod len(sampled)]` of a FedAvg-style sample (evaluation
 /// likewise); the new model is the last tensor of the last result. Fit
 /// metrics are always `{}`; evaluation loss is always 0.
-pub struct FedXgbCyclic {
-    base: Base,
-    global_model: Option<Bytes>,
-    round: Option<XgbRound>,
-}
+pub type FedXgbCyclic = Composed<FedXgbCyclicStep>;
 
-impl fmt::Debug for FedXgbCyclic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FedXgbCyclic")
-            .field(
-                "global_model_bytes",
-                &self.global_model.as_ref().map(Bytes::len),
-            )
-            .field("options", &self.base.opts)
-            .finish_non_exhaustive()
-    }
+/// [`FedXgbCyclic`]'s aggregation step.
+#[derive(Debug)]
+pub struct FedXgbCyclicStep {
+    global_model: GlobalModel,
+    round: Option<XgbRound>,
 }
 
 impl FedXgbCyclic {
     /// Builds FedXgbCyclic.
     pub fn new(options: FedAvgOptions) -> Result<Self, StrategyError> {
-        Ok(FedXgbCyclic {
-            base: Base::new(options)?,
-            global_model: None,
-            round: None,
+        let policy = Policy {
+            cyclic: true,
+            summary: Summary::ZeroLoss,
+            ..Policy::default()
+        };
+        Ok(Composed {
+            book: Bookkeeping::new(options, policy)?,
+            step: FedXgbCyclicStep {
+                global_model: GlobalModel(None),
+                round: None,
+            },
         })
     }
 }
 
-/// `clients[(t−1) % len]`, or nothing for an empty sample (Flower:
-/// ZeroDivisionError; see [`crate::deviations`]).
-fn pick_cyclic(server_round: u64, sampled: Vec<ClientId>) -> Option<ClientId> {
-    if sampled.is_empty() {
-        return None;
-    }
-    let idx = (server_round.wrapping_sub(1) % sampled.len() as u64) as usize;
-    sampled.get(idx).copied()
-}
-
-impl Strategy for FedXgbCyclic {
+impl Aggregate for FedXgbCyclicStep {
     fn name(&self) -> &str {
         "FedXgbCyclic"
     }
 
-    forward_to_base!(base => initialize_parameters, min_available_clients, evaluate);
-
-    fn configure_fit(
+    fn begin(
         &mut self,
+        _book: &Bookkeeping,
         server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, FitIns)>, StrategyError> {
-        Ok(self
-            .base
-            .configure_fit_picking(server_round, parameters, clients, |sampled| {
-                pick_cyclic(server_round, sampled).into_iter().collect()
-            }))
-    }
-
-    fn begin_fit(&mut self, server_round: u64, _global: &Parameters) -> Result<(), StrategyError> {
+        _global: &Parameters,
+    ) -> Result<(), StrategyError> {
         self.round = Some(XgbRound::new(server_round, None));
         Ok(())
     }
 
-    fn accumulate_fit(
+    fn accumulate(
         &mut self,
         server_round: u64,
         _client: ClientId,
@@ -400,51 +351,31 @@ impl Strategy for FedXgbCyclic {
         Ok(())
     }
 
-    fn aggregate_fit(
+    fn aggregate(
         &mut self,
+        book: &mut Bookkeeping,
         server_round: u64,
         failures: &[ClientFailure],
     ) -> Result<(Option<Parameters>, Metrics), StrategyError> {
-        let Some(round) = self
-            .base
-            .take_gated(&mut self.round, server_round, failures)
-        else {
+        let Some(round) = book.take_gated(&mut self.round, server_round, failures) else {
             return Ok((None, Metrics::new()));
         };
         if round.pending.is_some() {
-            self.global_model = round.pending;
+            self.global_model.0 = round.pending;
         }
-        Ok(model_output(&self.global_model))
+        Ok(model_output(&self.global_model.0))
     }
 
-    fn configure_evaluate(
+    fn state(&self, _book: &Bookkeeping) -> serde_json::Value {
+        model_state(&self.global_model.0)
+    }
+
+    fn restore_state(
         &mut self,
-        server_round: u64,
-        parameters: &Parameters,
-        clients: &mut dyn ClientSampler,
-    ) -> Result<Vec<(ClientId, EvaluateIns)>, StrategyError> {
-        Ok(self
-            .base
-            .configure_evaluate_picking(server_round, parameters, clients, |sampled| {
-                pick_cyclic(server_round, sampled).into_iter().collect()
-            }))
-    }
-
-    fn aggregate_evaluate(
-        &mut self,
-        _server_round: u64,
-        results: &[(ClientId, EvaluateRes)],
-        failures: &[ClientFailure],
-    ) -> Result<(Option<f64>, Metrics), StrategyError> {
-        Ok(xgb_aggregate_evaluate(&self.base, results, failures))
-    }
-
-    fn state(&self) -> serde_json::Value {
-        model_state(&self.global_model)
-    }
-
-    fn restore_state(&mut self, state: serde_json::Value) -> Result<(), StrategyError> {
-        model_restore(&mut self.global_model, &state)
+        _book: &mut Bookkeeping,
+        state: serde_json::Value,
+    ) -> Result<(), StrategyError> {
+        model_restore(&mut self.global_model.0, &state)
     }
 }
 
@@ -473,12 +404,5 @@ mod tests {
         assert!(bagging_aggregate(Some(&first), &Bytes::from_static(b"not json")).is_err());
         let too_many = model("1", "3", r#"[{"id": 0}]"#, "[0, 1]");
         assert!(bagging_aggregate(Some(&first), &too_many).is_err());
-    }
-
-    #[test]
-    fn cyclic_pick() {
-        assert_eq!(pick_cyclic(1, vec![7, 8, 9]), Some(7));
-        assert_eq!(pick_cyclic(5, vec![7, 8, 9]), Some(8));
-        assert_eq!(pick_cyclic(1, vec![]), None);
     }
 }

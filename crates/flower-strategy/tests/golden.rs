@@ -15,21 +15,22 @@
 //! (`FLWR_GOLDEN_EXACT=1` additionally demands bit-equal arrays, to see
 //! which cases are bit-exact).
 
-mod common;
+#[path = "shared/golden_data.rs"]
+mod golden_data;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{compare_map, golden_dir, metrics, read_json, spec_for, FakeSampler};
 use flower_core::npy::{decode_npy, encode_npy};
 use flower_core::{
     EvaluateRes, FitRes, Metrics, NdArray, Parameters, Scalar, Status, NUMPY_TENSOR_TYPE,
 };
 use flower_strategy::deviations::{expected_for, Expected};
 use flower_strategy::{
-    build_strategy, weighted_loss_avg, Callbacks, ClientFailure, CommonOptions, Strategy,
+    build_strategy, weighted_loss_avg, Callbacks, ClientFailure, ClientId, CommonOptions, Strategy,
 };
+use golden_data::{golden_dir, read_json, spec_for, FakeSampler};
 use ndarray::{ArrayD, IxDyn};
 use serde_json::Value;
 
@@ -433,7 +434,7 @@ fn run_fit(
         .iter()
         .enumerate()
     {
-        s.accumulate_fit(r, i as u64, fit_res(res, enc))?;
+        s.accumulate_fit(r, ClientId::new(i as u64), fit_res(res, enc))?;
     }
     s.aggregate_fit(r, &failures(&round["fit_failures"]))
 }
@@ -632,12 +633,12 @@ fn run_case(path: &Path) -> Vec<String> {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        let results: Vec<(u64, EvaluateRes)> = eval_json
+        let results: Vec<(ClientId, EvaluateRes)> = eval_json
             .iter()
             .enumerate()
             .map(|(i, e)| {
                 (
-                    i as u64,
+                    ClientId::new(i as u64),
                     EvaluateRes {
                         status: Status::success(),
                         loss: value_f64(&e["loss"]) as f32,
@@ -745,6 +746,57 @@ fn every_deviation_case_exists() {
                 "deviation {} names missing case {case}",
                 d.id
             );
+        }
+    }
+}
+
+/// A JSON value as a Flower scalar (ints stay ints).
+fn scalar(v: &Value) -> Scalar {
+    match v {
+        Value::Bool(b) => Scalar::Bool(*b),
+        Value::String(s) => Scalar::String(s.clone()),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Scalar::Sint64(i),
+            None => Scalar::Double(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        other => panic!("not a scalar: {other}"),
+    }
+}
+
+fn metrics(v: &Value) -> Metrics {
+    v.as_object()
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), scalar(v))).collect())
+        .unwrap_or_default()
+}
+
+/// Compares a scalar map with its expected JSON (floats to relative `rel`).
+fn compare_map(what: &str, got: &Metrics, expected: &Value, rel: f64, errors: &mut Vec<String>) {
+    let Some(exp) = expected.as_object() else {
+        errors.push(format!("{what}: expected is not an object: {expected}"));
+        return;
+    };
+    let got_keys: Vec<&String> = got.keys().collect();
+    let mut exp_keys: Vec<&String> = exp.keys().collect();
+    exp_keys.sort();
+    if got_keys != exp_keys {
+        errors.push(format!("{what}: keys {got_keys:?}, expected {exp_keys:?}"));
+        return;
+    }
+    for (k, e) in exp {
+        let g = &got[k];
+        let ok = match (g, e) {
+            (Scalar::Bool(a), Value::Bool(b)) => a == b,
+            (Scalar::String(a), Value::String(b)) => a == b,
+            (Scalar::Sint64(a), Value::Number(b)) if b.is_i64() => Some(*a) == b.as_i64(),
+            (Scalar::Uint64(a), Value::Number(b)) if b.is_u64() => Some(*a) == b.as_u64(),
+            (Scalar::Double(a), Value::Number(b)) if b.is_f64() => {
+                let b = b.as_f64().unwrap_or(f64::NAN);
+                (a - b).abs() <= rel * b.abs() || (a.is_nan() && b.is_nan())
+            }
+            _ => false,
+        };
+        if !ok {
+            errors.push(format!("{what}[{k}]: got {g:?}, expected {e}"));
         }
     }
 }

@@ -7,7 +7,7 @@ use flower_core::npy::encode_npy;
 use flower_core::{
     EvaluateRes, FitRes, Metrics, NdArray, Parameters, Scalar, Status, NUMPY_TENSOR_TYPE,
 };
-use flower_strategy::{build_strategy, CommonOptions, StrategyError, StrategySpec};
+use flower_strategy::{build_strategy, ClientId, CommonOptions, StrategyError, StrategySpec};
 use ndarray::{ArrayD, IxDyn};
 
 fn f32_params(shapes: &[&[usize]], value: f32) -> Parameters {
@@ -118,14 +118,14 @@ fn no_strategy_panics_on_hostile_results() {
             }
             let mut accepted = 0;
             for (i, r) in hostile_results().into_iter().enumerate() {
-                if s.accumulate_fit(round, i as u64, r).is_ok() {
+                if s.accumulate_fit(round, ClientId::new(i as u64), r).is_ok() {
                     accepted += 1;
                 }
             }
             let _ = s.aggregate_fit(round, &[]);
             let eval = vec![
                 (
-                    0,
+                    ClientId::new(0),
                     EvaluateRes {
                         status: Status::success(),
                         loss: f32::NAN,
@@ -134,7 +134,7 @@ fn no_strategy_panics_on_hostile_results() {
                     },
                 ),
                 (
-                    1,
+                    ClientId::new(1),
                     EvaluateRes {
                         status: Status::success(),
                         loss: 1.0,
@@ -167,12 +167,16 @@ fn wrong_shapes_are_refused_as_mismatch() {
         &[&[2, 2], &[3], &[1]],
     ] {
         let e = s
-            .accumulate_fit(1, 0, fit(f32_params(shapes, 1.0), 1))
+            .accumulate_fit(1, ClientId::new(0), fit(f32_params(shapes, 1.0), 1))
             .unwrap_err();
         assert!(matches!(e, StrategyError::Mismatch(_)), "{shapes:?}: {e}");
     }
-    s.accumulate_fit(1, 1, fit(f32_params(&[&[2, 2], &[3]], 1.0), 3))
-        .unwrap();
+    s.accumulate_fit(
+        1,
+        ClientId::new(1),
+        fit(f32_params(&[&[2, 2], &[3]], 1.0), 3),
+    )
+    .unwrap();
     let (p, _) = s.aggregate_fit(1, &[]).unwrap();
     assert!(p.is_some());
 }
@@ -182,8 +186,18 @@ fn results_for_another_round_are_refused() {
     let global = f32_params(&[&[3]], 0.5);
     let mut s = build_strategy(&StrategySpec::new("fedavg"), CommonOptions::default()).unwrap();
     s.begin_fit(2, &global).unwrap();
-    assert!(s
-        .accumulate_fit(1, 0, fit(f32_params(&[&[3]], 1.0), 1))
-        .is_err());
+    let e = s
+        .accumulate_fit(1, ClientId::new(0), fit(f32_params(&[&[3]], 1.0), 1))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StrategyError::WrongRound {
+                got: 1,
+                in_progress: Some(2)
+            }
+        ),
+        "{e}"
+    );
     assert_eq!(s.aggregate_fit(1, &[]).unwrap().0, None);
 }

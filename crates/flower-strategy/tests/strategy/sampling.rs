@@ -7,9 +7,7 @@
 //! [`Strategy::min_available_clients`] before configuring, so a "blocks" row
 //! checks that the strategy asks for more clients than are available.
 
-mod common;
-
-use common::{golden_dir, read_json, spec_for, FakeSampler};
+use crate::golden_data::{golden_dir, read_json, spec_for, FakeSampler};
 use flower_core::Parameters;
 use flower_strategy::{build_strategy, CommonOptions, Strategy, StrategySpec};
 use serde_json::Value;

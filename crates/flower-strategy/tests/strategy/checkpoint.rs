@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use flower_core::npy::encode_npy;
 use flower_core::{FitRes, Metrics, NdArray, Parameters, Scalar, Status, NUMPY_TENSOR_TYPE};
-use flower_strategy::{build_strategy, CommonOptions, Strategy, StrategySpec};
+use flower_strategy::{build_strategy, ClientId, CommonOptions, Strategy, StrategySpec};
 use ndarray::{ArrayD, IxDyn};
 
 fn params(values: &[f32]) -> Parameters {
@@ -59,7 +59,7 @@ fn run_round(
         if xgb {
             r.parameters = xgb_model(1);
         }
-        s.accumulate_fit(round, i as u64, r).unwrap();
+        s.accumulate_fit(round, ClientId::new(i as u64), r).unwrap();
     }
     s.aggregate_fit(round, &[]).unwrap().0
 }
