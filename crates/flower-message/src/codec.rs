@@ -655,3 +655,67 @@ impl<S: ObjectSource> Inflater<'_, S> {
         Ok((Node::Message(Message { metadata, payload }), size))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message_with(data: Vec<u8>) -> Message {
+        let array = Array {
+            dtype: "uint8".into(),
+            shape: vec![data.len()],
+            stype: "raw".into(),
+            data: data.into(),
+        };
+        Message::new(
+            Metadata::default(),
+            RecordDict::new().with("r", ArrayRecord::new().with("a", array)),
+        )
+    }
+
+    fn inflated_array(d: &Deflated) -> Array {
+        let m = inflate(&d.tree, d, &Limits::default());
+        m.ok()
+            .and_then(|m| m.content()?.array_record("r")?.get("a").cloned())
+            .unwrap_or_else(|| Array {
+                dtype: String::new(),
+                shape: vec![],
+                stype: String::new(),
+                data: Bytes::new(),
+            })
+    }
+
+    #[test]
+    fn single_chunk_arrays_are_not_copied() {
+        let d = deflate(&message_with(vec![1, 2, 3, 4]));
+        let array = inflated_array(&d);
+        assert_eq!(array.data.as_ref(), [1, 2, 3, 4]);
+        let chunk = d
+            .objects
+            .get_index(0)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default();
+        assert!(chunk.starts_with(b"ArrayChunk  4\0"));
+        // The array's data points into the chunk object's buffer.
+        let range = chunk.as_ptr_range();
+        assert!(range.contains(&array.data.as_ptr()));
+    }
+
+    #[test]
+    fn chunking_dedups_and_reassembles() {
+        let data: Vec<u8> = [[9u8; 4], [9; 4], [1; 4]].concat();
+        let four = NonZeroUsize::new(4).unwrap_or(NonZeroUsize::MIN);
+        let d = deflate_with_chunk_size(&message_with(data.clone()), four);
+        let array_node = &d.tree.children[0].children[0].children[0];
+        assert_eq!(array_node.children.len(), 2);
+        let body = &d.objects[&array_node.id];
+        assert!(body.ends_with(b"\"arraychunk_ids\": [0, 0, 1]}"));
+        assert_eq!(inflated_array(&d).data.as_ref(), data.as_slice());
+        // Empty data: no chunks at all.
+        let d = deflate_with_chunk_size(&message_with(Vec::new()), four);
+        assert!(d.tree.children[0].children[0].children[0]
+            .children
+            .is_empty());
+        assert!(inflated_array(&d).data.is_empty());
+    }
+}
