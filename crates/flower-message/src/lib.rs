@@ -14,6 +14,10 @@
 //!   byte-identical to flwr's (JSON bodies as Python's `json.dumps` writes
 //!   them, protobuf bodies as flwr serializes them).
 //!
+//! * Protobuf forms: `TryFrom` between [`Message`], [`RecordDict`], [`Array`]
+//!   and their `flower_proto` messages (flwr's `serde.py`), and
+//!   [`Message::to_wire_proto`] for the Fleet API's message lists.
+//!
 //! Every failure is an [`Error`]; hostile input never panics.
 
 mod codec;
@@ -21,6 +25,7 @@ mod error;
 mod id;
 mod message;
 mod object;
+mod proto;
 mod pyjson;
 mod records;
 mod tree;
