@@ -1,16 +1,45 @@
-//! Compiles `proto/flwr/proto/transport.proto` with protox (pure Rust, no
-//! system `protoc`) and generates prost messages plus tonic client/server.
+//! Compiles the flwr 1.42 protos under `proto/flwr/proto/` with protox (pure
+//! Rust, no system `protoc`) and generates prost messages plus tonic clients
+//! and servers (`FlowerService` for grpc-bidi, `Fleet` for SuperNodes). All
+//! files share the package `flwr.proto`, so everything lands in one module.
+//! The compiled descriptor set is kept for tests and reflection.
 
 use std::path::PathBuf;
 
+use prost::Message as _;
+
+/// Every file compiled: transport.proto (grpc-bidi) and fleet.proto with
+/// its imports (the Fleet API and the message/record types).
+const FILES: &[&str] = &[
+    "transport.proto",
+    "error.proto",
+    "node.proto",
+    "heartbeat.proto",
+    "fab.proto",
+    "run.proto",
+    "recorddict.proto",
+    "message.proto",
+    "fleet.proto",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let file = root.join("flwr/proto/transport.proto");
-    println!("cargo:rerun-if-changed={}", file.display());
-    let descriptors = protox::compile([&file], [&root])?;
+    let files: Vec<PathBuf> = FILES
+        .iter()
+        .map(|f| root.join("flwr/proto").join(f))
+        .collect();
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    let descriptors = protox::compile(&files, [&root])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("flwr_descriptor_set.bin"),
+        descriptors.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
-        // Tensors are large: keep them as reference-counted `Bytes` so that
-        // decoding a 40 MB message does not copy each tensor again.
+        // Tensors and object contents are large: keep them as
+        // reference-counted `Bytes` so that decoding does not copy them again.
         .bytes(".")
         // Sorted maps make our encoding deterministic.
         .btree_map(".")
