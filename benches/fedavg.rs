@@ -50,7 +50,11 @@ fn fold(strategy: &mut FedAvg, global: &Parameters, clients: &[Parameters]) {
     strategy.begin_fit(1, global).expect("begin_fit");
     for k in 0..CLIENTS {
         strategy
-            .accumulate_fit(1, k as u64, fit_res(&clients[k % DISTINCT], k))
+            .accumulate_fit(
+                1,
+                flower_strategy::ClientId::new(k as u64),
+                fit_res(&clients[k % DISTINCT], k),
+            )
             .expect("accumulate_fit");
     }
 }

@@ -373,19 +373,19 @@ mod tests {
     #[tokio::test]
     async fn ordered_uploads_wait_for_their_turn() {
         let gate = UploadGate::new(Some(1));
-        gate.expect(&[1, 2]);
+        gate.expect(&[ClientId::new(1), ClientId::new(2)]);
         let big = framed(&fit_res(2 << 20));
         let mut second = Inbound::new(body_of(vec![big.clone()]), gate.clone(), usize::MAX);
-        second.set_client(2);
+        second.set_client(ClientId::new(2));
         // Client 2 is not next in fold order: it waits, its reply has started.
         let early =
             tokio::time::timeout(std::time::Duration::from_millis(200), second.message()).await;
         assert!(early.is_err());
         assert!(second.reply_started());
         let mut first = Inbound::new(body_of(vec![big]), gate.clone(), usize::MAX);
-        first.set_client(1);
+        first.set_client(ClientId::new(1));
         assert!(first.message().await.unwrap().is_some());
-        gate.done(1);
+        gate.done(ClientId::new(1));
         let late = tokio::time::timeout(std::time::Duration::from_secs(5), second.message()).await;
         assert!(late
             .expect("admitted after client 1 is done")
