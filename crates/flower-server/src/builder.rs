@@ -38,7 +38,7 @@ use crate::grpc::serve::serve;
 use crate::grpc::transport::FlowerTransport;
 use crate::{
     ClientManager, DirectoryStore, DriverConfig, RoundDriver, RunOutcome, RunStore, ServeOptions,
-    ServerError, TlsFiles,
+    ServerError, TlsFiles, Transport,
 };
 
 /// How long [`Server::run`] waits for the listener to stop after the run.
@@ -56,6 +56,8 @@ pub struct ServerBuilder {
     strategy: Option<Box<dyn Strategy>>,
     driver: DriverConfig,
     store: Option<Arc<dyn RunStore>>,
+    grpc_bidi: bool,
+    transports: Vec<Box<dyn Transport>>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -70,6 +72,11 @@ impl std::fmt::Debug for ServerBuilder {
             )
             .field("driver", &self.driver)
             .field("store", &self.store)
+            .field("grpc_bidi", &self.grpc_bidi)
+            .field(
+                "transports",
+                &self.transports.iter().map(|t| t.name()).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -84,7 +91,23 @@ impl ServerBuilder {
             strategy: None,
             driver: DriverConfig::default(),
             store: None,
+            grpc_bidi: true,
+            transports: Vec::new(),
         }
+    }
+
+    /// Also accepts clients through `transport` (e.g. the Fleet API for
+    /// SuperNodes), over the same client registry and rounds.
+    pub fn transport(mut self, transport: impl Transport) -> Self {
+        self.transports.push(Box::new(transport));
+        self
+    }
+
+    /// Whether to serve the grpc-bidi port (default true). Turn it off when
+    /// another [`transport`](Self::transport) is the only way in.
+    pub fn grpc_bidi(mut self, on: bool) -> Self {
+        self.grpc_bidi = on;
+        self
     }
 
     /// Address to listen on (default `0.0.0.0:8080`; port 0 picks a free one).
@@ -206,25 +229,49 @@ impl ServerBuilder {
             self.serve.max_clients,
             self.serve.max_concurrent_uploads,
         );
-        let transport = FlowerTransport::new(manager.clone());
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let stop = async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop = move || -> BoxFuture<'static, ()> {
+            let mut rx = stop_rx.clone();
+            Box::pin(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
         };
-        // With tokens, every call goes through flower-auth's layer (a wrong
-        // or missing token is refused before the call reaches the
-        // transport); without, through the identity layer.
-        let (local_addr, serving): (_, BoxFuture<'static, Result<(), ServerError>>) = match &auth {
-            Some(auth) => {
-                let (addr, fut) = serve(&self.serve, transport, auth.layer(), stop).await?;
-                (addr, Box::pin(fut))
-            }
-            None => {
-                let identity = tower::layer::util::Identity::new();
-                let (addr, fut) = serve(&self.serve, transport, identity, stop).await?;
-                (addr, Box::pin(fut))
-            }
-        };
+        let mut serving = Vec::new();
+        let mut local_addr = None;
+        if self.grpc_bidi {
+            let transport = FlowerTransport::new(manager.clone());
+            // With tokens, every call goes through flower-auth's layer (a
+            // wrong or missing token is refused before the call reaches the
+            // transport); without, through the identity layer.
+            let (addr, fut): (_, BoxFuture<'static, Result<(), ServerError>>) = match &auth {
+                Some(auth) => {
+                    let (addr, fut) = serve(&self.serve, transport, auth.layer(), stop()).await?;
+                    (addr, Box::pin(fut))
+                }
+                None => {
+                    let identity = tower::layer::util::Identity::new();
+                    let (addr, fut) = serve(&self.serve, transport, identity, stop()).await?;
+                    (addr, Box::pin(fut))
+                }
+            };
+            local_addr = Some(addr);
+            serving.push(("grpc-bidi", fut));
+        }
+        let mut transport_addrs = Vec::new();
+        for transport in self.transports {
+            let name = transport.name();
+            let bound = transport.bind(manager.clone(), stop()).await?;
+            info!(transport = name, address = %bound.local_addr, "listening on {}", bound.local_addr);
+            transport_addrs.push((name, bound.local_addr));
+            local_addr.get_or_insert(bound.local_addr);
+            serving.push((name, bound.serve));
+        }
+        let local_addr =
+            local_addr.ok_or_else(|| ServerError::Config("no transport to serve".into()))?;
+        let serving = serving
+            .into_iter()
+            .map(|(name, fut)| (name, tokio::spawn(fut)))
+            .collect();
         info!(
             strategy = strategy.name(),
             rounds = self.driver.num_rounds,
@@ -236,11 +283,12 @@ impl ServerBuilder {
         }
         Ok(Server {
             local_addr,
+            transport_addrs,
             manager,
             driver,
             auth,
             stop: stop_tx,
-            serving: tokio::spawn(serving),
+            serving,
         })
     }
 }
@@ -249,11 +297,12 @@ impl ServerBuilder {
 /// the rounds and then stops the listener.
 pub struct Server {
     local_addr: SocketAddr,
+    transport_addrs: Vec<(&'static str, SocketAddr)>,
     manager: ClientManager,
     driver: RoundDriver,
     auth: Option<AuthManager>,
     stop: watch::Sender<bool>,
-    serving: JoinHandle<Result<(), ServerError>>,
+    serving: Vec<(&'static str, JoinHandle<Result<(), ServerError>>)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -272,9 +321,17 @@ impl Server {
         ServerBuilder::new()
     }
 
-    /// The bound address (with the real port when port 0 was asked for).
+    /// The bound address (with the real port when port 0 was asked for) of
+    /// the grpc-bidi port, or of the first other transport when grpc-bidi is
+    /// off.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The addresses of the transports added with
+    /// [`ServerBuilder::transport`], by name.
+    pub fn transport_addrs(&self) -> &[(&'static str, SocketAddr)] {
+        &self.transport_addrs
     }
 
     /// The connected clients (e.g. to wait until some have joined).
@@ -299,13 +356,18 @@ impl Server {
         if let Some(auth) = &self.auth {
             auth.shutdown();
         }
-        match tokio::time::timeout(STOP_GRACE, self.serving).await {
-            Ok(Ok(Err(e))) => {
-                warn!(error = %crate::error_chain(&e), "transport ended with an error")
+        for (name, serving) in self.serving {
+            match tokio::time::timeout(STOP_GRACE, serving).await {
+                Ok(Ok(Err(e))) => {
+                    warn!(transport = name, error = %crate::error_chain(&e), "transport ended with an error")
+                }
+                Ok(Err(e)) => warn!(transport = name, error = %e, "transport task failed"),
+                Err(_) => warn!(
+                    transport = name,
+                    "transport did not stop within {STOP_GRACE:?}"
+                ),
+                Ok(Ok(Ok(()))) => {}
             }
-            Ok(Err(e)) => warn!(error = %e, "transport task failed"),
-            Err(_) => warn!("transport did not stop within {STOP_GRACE:?}"),
-            Ok(Ok(Ok(()))) => {}
         }
         outcome
     }

@@ -25,6 +25,7 @@ mod history;
 mod model_file;
 mod node;
 mod store;
+mod transport;
 
 pub use builder::{Server, ServerBuilder};
 pub use client_manager::{ClientManager, FnClient, SnapshotSampler};
@@ -38,3 +39,4 @@ pub use history::{scalar_to_json, Checkpoint, History, RoundRecord};
 pub use model_file::{parameters_from_npz, parameters_to_npz};
 pub use node::{ClientHandle, ExchangeError, OutgoingMessage};
 pub use store::{write_atomic, DirectoryStore, RunStore, SavedRun};
+pub use transport::{BoundTransport, Transport};
