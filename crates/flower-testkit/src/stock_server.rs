@@ -1,6 +1,6 @@
 //! The stock Python Flower server (`flwr.server.start_server` of flwr 1.42,
 //! via `flwr.compat`, with FedAvg) as a child process, optionally with TLS
-//! and a bearer-token interceptor patched in the way `docs/protocol.md`
+//! and a bearer-token interceptor patched in the way protocol.md
 //! describes. The run's history and final global model come back as JSON.
 
 use std::io::Read as _;
