@@ -2,12 +2,9 @@
 //! `.npy` tensors are decoded for the client and its results encoded back,
 //! bit for bit, both for tensors written by flower-core and by numpy itself.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::{init_tracing, script, ScriptedServer, Session, STEP_TIMEOUT};
 use flower_client::{start_client, BoxError, ClientOptions, NumPyClient};
 use flower_core::{
     ndarrays_to_parameters, parameters_to_ndarrays, ClientMessage, Config, DType, FitIns, Metrics,
@@ -15,6 +12,9 @@ use flower_core::{
 };
 use half::f16;
 use ndarray::{ArrayD, IxDyn};
+
+use crate::scripted::{script, ScriptedServer, Session};
+use crate::{init_tracing, STEP_TIMEOUT};
 
 /// Returns what it is given and remembers the dtypes it saw.
 #[derive(Debug, Default)]
