@@ -4,7 +4,7 @@
 //!
 //! One module per job:
 //!
-//! * [`python`] finds the pinned Python virtual environment (`.venv` at the
+//! * [`mod@python`] finds the pinned Python virtual environment (`.venv` at the
 //!   workspace root, or `FLOWER_PYTHON`) and runs snippets with it. When
 //!   `FLOWER_REQUIRE_PYTHON=1` (set by `scripts/test.sh`) a missing
 //!   interpreter fails the test; otherwise the test is skipped with a

@@ -230,7 +230,7 @@ fn every_dtype_order_endianness_and_shape_both_ways() {
     let mut encoded = BTreeMap::new();
     for (name, case) in &generated {
         if let Some(array) = check_case(name, case, &mut failures) {
-            encoded.insert(name.clone(), hex::encode(&encode_npy(&array)));
+            encoded.insert(name.clone(), hex::encode(encode_npy(&array)));
         }
     }
     assert!(
