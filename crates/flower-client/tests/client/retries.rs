@@ -1,14 +1,15 @@
 //! Retries: a server that is not up yet, nothing listening at all, and a
 //! stock server killed mid-run and restarted.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{init_tracing, PythonServer, PythonServerConfig, Trainer, STEP_TIMEOUT};
 use flower_client::{start_client, ClientError, ClientOptions, NumPyClient};
+use flower_testkit::stock_server::{StockServer, StockServerConfig};
 use flower_testkit::{free_port, python};
+
+use crate::trainer::Trainer;
+use crate::{init_tracing, STEP_TIMEOUT};
 
 fn plaintext(port: u16) -> ClientOptions {
     ClientOptions::new(format!("127.0.0.1:{port}"))
@@ -16,14 +17,8 @@ fn plaintext(port: u16) -> ClientOptions {
         .backoff(Duration::from_millis(100), Duration::from_millis(500))
 }
 
-fn server_config(port: u16, rounds: u32) -> PythonServerConfig {
-    PythonServerConfig {
-        port,
-        rounds,
-        min_clients: 1,
-        tls: None,
-        token: None,
-    }
+fn server_config(port: u16, rounds: u32) -> StockServerConfig {
+    StockServerConfig::new(port, rounds, 1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,7 +34,7 @@ async fn client_started_before_the_server_connects_once_it_is_up() {
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!client.is_finished(), "the client must still be retrying");
-    let server = PythonServer::spawn(&python, &server_config(port, 1));
+    let server = StockServer::spawn(&python, &server_config(port, 1));
 
     let summary = tokio::time::timeout(STEP_TIMEOUT, client)
         .await
@@ -123,9 +118,9 @@ async fn stock_server_killed_mid_run_then_restarted() {
 
     // First server: wants 2 clients, so after the initial GetParametersIns it
     // waits; we kill it while our client is connected.
-    let mut first = PythonServer::start(
+    let mut first = StockServer::start(
         &python,
-        &PythonServerConfig {
+        &StockServerConfig {
             min_clients: 2,
             ..server_config(port, 1)
         },
@@ -154,7 +149,7 @@ async fn stock_server_killed_mid_run_then_restarted() {
 
     // Second server on the same port, 1 client: the client reconnects and finishes.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let second = PythonServer::spawn(&python, &server_config(port, 1));
+    let second = StockServer::spawn(&python, &server_config(port, 1));
     let summary = tokio::time::timeout(STEP_TIMEOUT, client)
         .await
         .expect("client finished in time")
@@ -174,7 +169,7 @@ async fn stock_server_killed_mid_run_then_restarted() {
 /// `ReconnectIns`: both count as "the server went away" and are retried.
 #[tokio::test]
 async fn unavailable_and_a_silently_ended_stream_are_retried() {
-    use common::{script, ScriptedServer, Session};
+    use crate::scripted::{script, ScriptedServer, Session};
     use flower_core::{ReconnectIns, ServerMessage};
     init_tracing();
     let server = ScriptedServer::start(script(|mut s: Session| async move {

@@ -16,6 +16,8 @@ use flower_core::npz::{
 use flower_core::{ndarrays_to_parameters, parameters_to_ndarrays, DType, NdArray};
 use serde_json::Value;
 
+use crate::unhex;
+
 /// Python helpers shared by the scripts: the case matrix of the main test.
 const PRELUDE: &str = r#"
 import io, json, sys, struct, warnings, zipfile
@@ -81,18 +83,6 @@ def describe(b, loaded):
     }
 "#;
 
-fn hex_decode(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex length");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
-        .collect()
-}
-
-fn hex_encode(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// The elements of `a` in logical C order as little-endian bytes, computed
 /// element by element (independently of the encoder under test).
 fn le_bytes(a: &NdArray) -> Vec<u8> {
@@ -149,10 +139,10 @@ fn shape_of(v: &Value) -> Vec<usize> {
 /// Checks one case described by `describe()` in the prelude; returns the
 /// decoded array or pushes a failure.
 fn check_case(name: &str, case: &Value, failures: &mut Vec<String>) -> Option<NdArray> {
-    let bytes = hex_decode(case["npy"].as_str().expect("npy hex"));
+    let bytes = unhex(case["npy"].as_str().expect("npy hex"));
     let dtype = dtype_from_name(case["dtype"].as_str().expect("dtype"));
     let shape = shape_of(&case["shape"]);
-    let expected = hex_decode(case["expected"].as_str().expect("expected hex"));
+    let expected = unhex(case["expected"].as_str().expect("expected hex"));
 
     let view = match parse_npy(&bytes) {
         Ok(v) => v,
@@ -240,7 +230,7 @@ fn every_dtype_order_endianness_and_shape_both_ways() {
     let mut encoded = BTreeMap::new();
     for (name, case) in &generated {
         if let Some(array) = check_case(name, case, &mut failures) {
-            encoded.insert(name.clone(), hex_encode(&encode_npy(&array)));
+            encoded.insert(name.clone(), hex::encode(encode_npy(&array)));
         }
     }
     assert!(
@@ -355,9 +345,9 @@ print(json.dumps(out))
     );
 
     // Spot checks of what the headers mean (independently of numpy's view).
-    let v3 = hex_decode(generated["v3.0 numpy"]["npy"].as_str().expect("hex"));
+    let v3 = unhex(generated["v3.0 numpy"]["npy"].as_str().expect("hex"));
     assert_eq!(&v3[6..8], &[3, 0]);
-    let fortran = hex_decode(
+    let fortran = unhex(
         generated["no comma, no newline, key order, fortran, big-endian"]["npy"]
             .as_str()
             .expect("hex"),
@@ -375,7 +365,7 @@ print(json.dumps(out))
         }
         other => panic!("expected int32, got {other:?}"),
     }
-    let bools = hex_decode(
+    let bools = unhex(
         generated["bool non-0/1 bytes"]["npy"]
             .as_str()
             .expect("hex"),
@@ -493,7 +483,7 @@ fn npz_written_by_us_loads_in_numpy() {
         .as_array()
         .expect("arrays")
         .iter()
-        .map(|c| decode_npy(&hex_decode(c["npy"].as_str().expect("hex"))).expect("decodes"))
+        .map(|c| decode_npy(&unhex(c["npy"].as_str().expect("hex"))).expect("decodes"))
         .collect();
     assert_eq!(arrays.len(), 24);
 
@@ -596,7 +586,7 @@ else:
             .as_array()
             .expect("tensors")
             .iter()
-            .map(|t| hex_decode(t.as_str().expect("hex")).into())
+            .map(|t| unhex(t.as_str().expect("hex")).into())
             .collect(),
         tensor_type: from_py["tensor_type"].as_str().expect("type").to_owned(),
     };
@@ -623,7 +613,7 @@ else:
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("params.json");
     let json = serde_json::json!({
-        "tensors": ours.tensors.iter().map(|t| hex_encode(t)).collect::<Vec<_>>(),
+        "tensors": ours.tensors.iter().map(hex::encode).collect::<Vec<_>>(),
         "tensor_type": ours.tensor_type,
     });
     std::fs::write(&input, json.to_string()).expect("write");

@@ -2,20 +2,19 @@
 //! tokens pass, every kind of bad credential is refused at once on a Join
 //! stream whose client never sends, `...Unauthenticated` methods bypass.
 
-mod common;
-
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use flower_auth::{
     AuthLayer, AuthenticatedPeer, BearerCredentials, Fingerprint, TokenSet, TokenStore,
 };
 use flower_testkit::DevCertificates;
 use http_body::Body as _;
 use tower::{Layer, Service, ServiceExt};
+
+use crate::harness::*;
 
 const GOOD: &str = "good-token-0123456789";
 const OTHER: &str = "other-token-abcdef";

@@ -2,18 +2,19 @@
 //! (`flwr.server.start_server`, FedAvg) over TLS, with and without a bearer
 //! token interceptor.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{init_tracing, PythonServer, PythonServerConfig, Trainer, STEP_TIMEOUT};
 use flower_client::{
     start_client, ClientError, ClientOptions, NumPyClient, NumPyClientAdapter, RunSummary,
 };
 use flower_core::NdArray;
+use flower_testkit::stock_server::{StockServer, StockServerConfig};
 use flower_testkit::{free_port, python, DevCertificates};
 use serde_json::Value;
+
+use crate::trainer::Trainer;
+use crate::{init_tracing, STEP_TIMEOUT};
 
 type SharedTrainer = Arc<Mutex<NumPyClientAdapter<Trainer>>>;
 
@@ -43,9 +44,9 @@ async fn fedavg_over_tls_with_two_rust_clients() {
     let Some(python) = python() else { return };
     let certs = DevCertificates::generate();
     let port = free_port();
-    let server = PythonServer::start(
+    let server = StockServer::start(
         &python,
-        &PythonServerConfig {
+        &StockServerConfig {
             port,
             rounds: 3,
             min_clients: 2,
@@ -122,9 +123,9 @@ async fn bearer_token_interceptor_on_the_stock_server() {
     let Some(python) = python() else { return };
     let certs = DevCertificates::generate();
     let port = free_port();
-    let server = PythonServer::start(
+    let server = StockServer::start(
         &python,
-        &PythonServerConfig {
+        &StockServerConfig {
             port,
             rounds: 1,
             min_clients: 2,
@@ -197,9 +198,9 @@ async fn wrong_ca_fails_fast_with_a_tls_error() {
     let certs = DevCertificates::generate();
     let other = DevCertificates::generate();
     let port = free_port();
-    let _server = PythonServer::start(
+    let _server = StockServer::start(
         &python,
-        &PythonServerConfig {
+        &StockServerConfig {
             port,
             rounds: 1,
             min_clients: 1,

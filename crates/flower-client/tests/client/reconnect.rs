@@ -2,16 +2,17 @@
 //! rejoin; `seconds == 0` ends the run. Driven by a scripted `FlowerService`
 //! over real gRPC on loopback.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{init_tracing, script, ScriptedServer, Session, Trainer, STEP_TIMEOUT};
 use flower_client::{start_client, ClientOptions, NumPyClient};
 use flower_core::{
     ClientMessage, DisconnectRes, GetPropertiesIns, Reason, ReconnectIns, ServerMessage,
 };
+
+use crate::scripted::{script, ScriptedServer, Session};
+use crate::trainer::Trainer;
+use crate::{init_tracing, STEP_TIMEOUT};
 
 #[derive(Debug, Default)]
 struct Seen {

@@ -2,17 +2,17 @@
 //! this test process, bad reloads keep the previous set, removed tokens
 //! close their live streams.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use flower_auth::{
     token_store_from, AuthConfig, AuthError, AuthManager, BearerCredentials, FileTokens,
     ReloadOptions, TokenStore,
 };
-use signal_hook::consts::SIGUSR1;
+
+use crate::harness::*;
+use crate::logs::capture_logs;
+use crate::signals::{raise_sigusr1, sigusr1_lock};
 
 fn creds(token: &str) -> BearerCredentials {
     BearerCredentials::builder()
@@ -24,13 +24,6 @@ fn creds(token: &str) -> BearerCredentials {
 
 fn accepts(store: &TokenStore, token: &str) -> bool {
     store.snapshot().contains(token)
-}
-
-/// Raises SIGUSR1 in this process. Only called while a manager with the
-/// SIGUSR1 trigger is alive (its handler is installed), so the default
-/// action (terminate) never applies.
-fn sigusr1() {
-    signal_hook::low_level::raise(SIGUSR1).expect("raise SIGUSR1");
 }
 
 #[tokio::test]
@@ -60,6 +53,7 @@ async fn startup_fails_clearly_on_missing_or_empty_file() {
 
 #[tokio::test]
 async fn sigusr1_reload_adds_and_removes_tokens_and_closes_revoked_streams() {
+    let _signal = sigusr1_lock().await;
     let logs = capture_logs(tracing::Level::INFO);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens");
@@ -80,7 +74,7 @@ async fn sigusr1_reload_adds_and_removes_tokens_and_closes_revoked_streams() {
     assert_refused(join(channel(&server, None).await, creds("gamma-token")).await);
 
     std::fs::write(&path, "alpha-token\ngamma-token\n").unwrap();
-    sigusr1();
+    raise_sigusr1();
     assert!(
         eventually(BOUND, || async { accepts(&store, "gamma-token") }).await,
         "SIGUSR1 reloaded the file"
@@ -96,7 +90,7 @@ async fn sigusr1_reload_adds_and_removes_tokens_and_closes_revoked_streams() {
 
     // Bad reloads keep the previous set: file deleted...
     std::fs::remove_file(&path).unwrap();
-    sigusr1();
+    raise_sigusr1();
     let path_text = path.display().to_string();
     assert!(
         eventually(BOUND, || async {

@@ -2,15 +2,16 @@
 //! a run with accepted, rejected and revoked tokens, file reloads, client
 //! token files and Vault logins, and checks that no token value appears.
 
-mod common;
-
-use common::bao::{Bao, JwtIssuer, ROOT_TOKEN};
-use common::*;
 use flower_auth::{
     token_store_from, AuthConfig, AuthLayer, BearerCredentials, Fingerprint, TokenSource,
     VaultConfig, VaultTokens,
 };
+use flower_testkit::bao::{Bao, ROOT_TOKEN};
+use flower_testkit::jwt::JwtIssuer;
 use flower_testkit::DevCertificates;
+
+use crate::harness::*;
+use crate::logs::capture_logs;
 
 const ACCEPTED_1: &str = "accepted-secret-token-111";
 const ACCEPTED_2: &str = "accepted-secret-token-222";

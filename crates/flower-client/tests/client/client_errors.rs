@@ -2,21 +2,20 @@
 //! non-OK status (which the stock server counts as a failure) and the client
 //! stays connected; a panic ends the run with a clear error.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::{
-    init_tracing, script, PythonServer, PythonServerConfig, ScriptedServer, Session, Trainer,
-    STEP_TIMEOUT,
-};
 use flower_client::{start_client, BoxError, ClientError, ClientOptions, NumPyClient};
 use flower_core::{
     ndarrays_to_parameters, ClientMessage, Code, Config, FitIns, Metrics, NdArray, Parameters,
     ReconnectIns, ServerMessage, NUMPY_TENSOR_TYPE,
 };
+use flower_testkit::stock_server::{StockServer, StockServerConfig};
 use flower_testkit::{free_port, python};
+
+use crate::scripted::{script, ScriptedServer, Session};
+use crate::trainer::Trainer;
+use crate::{init_tracing, STEP_TIMEOUT};
 
 fn approx(v: &serde_json::Value, expected: f64) {
     let got = v.as_f64().unwrap();
@@ -31,17 +30,7 @@ async fn fit_error_is_a_failure_on_the_stock_server_and_the_client_stays() {
     init_tracing();
     let Some(python) = python() else { return };
     let port = free_port();
-    let server = PythonServer::start(
-        &python,
-        &PythonServerConfig {
-            port,
-            rounds: 2,
-            min_clients: 2,
-            tls: None,
-            token: None,
-        },
-    )
-    .await;
+    let server = StockServer::start(&python, &StockServerConfig::new(port, 2, 2)).await;
     let mut failing = Trainer::new(1, 0.1, 10, 1.0);
     failing.fail_fit_in = vec![1];
     let options = || {
@@ -95,7 +84,7 @@ async fn undecodable_parameters_get_a_non_ok_status_and_the_next_fit_works() {
                 tensors: vec![Bytes::from_static(b"\x93NUMPY garbage")],
                 tensor_type: NUMPY_TENSOR_TYPE.into(),
             };
-            let good = ndarrays_to_parameters(&common::initial_model());
+            let good = ndarrays_to_parameters(&crate::trainer::initial_model());
             for parameters in [garbage, good] {
                 let config = Config::new();
                 let reply = s

@@ -2,18 +2,19 @@
 //! a lowered limit fails cleanly, HTTP/2 keepalive works, and the blocking
 //! entry point runs a whole session.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{init_tracing, script, ScriptedServer, Session, Trainer, STEP_TIMEOUT};
 use flower_client::{start_client, start_client_blocking, ClientError, ClientOptions, NumPyClient};
 use flower_core::{
     ndarrays_to_parameters, parameters_to_ndarrays, ClientMessage, Config, FitIns, NdArray,
     ReconnectIns, ServerMessage,
 };
 use ndarray::{ArrayD, IxDyn};
+
+use crate::scripted::{script, ScriptedServer, Session};
+use crate::trainer::Trainer;
+use crate::{init_tracing, STEP_TIMEOUT};
 
 /// 12 MiB of float32: three times tonic's default 4 MiB limit.
 fn big_model() -> Vec<NdArray> {
@@ -24,7 +25,7 @@ fn big_model() -> Vec<NdArray> {
 }
 
 /// Sends one big `FitIns`, records the reply, then ends the run.
-fn big_fit_script(out: Arc<Mutex<Option<ClientMessage>>>) -> common::Script {
+fn big_fit_script(out: Arc<Mutex<Option<ClientMessage>>>) -> crate::scripted::Script {
     script(move |mut s: Session| {
         let out = out.clone();
         async move {
@@ -108,7 +109,7 @@ async fn keepalive_pings_do_not_disturb_a_session() {
         // Idle for a while so that several pings go out.
         tokio::time::sleep(Duration::from_millis(600)).await;
         let reply = s.ask(ServerMessage::Fit(FitIns {
-            parameters: ndarrays_to_parameters(&common::initial_model()),
+            parameters: ndarrays_to_parameters(&crate::trainer::initial_model()),
             config: Config::new(),
         }));
         assert!(matches!(reply.await, ClientMessage::Fit(_)));

@@ -18,6 +18,8 @@ use flower_core::{
 use flower_proto as pb;
 use prost::Message;
 
+use crate::unhex;
+
 /// Builds every message in Python and prints `{name: hex}`.
 const SCRIPT: &str = r#"
 import io, json
@@ -82,14 +84,6 @@ print(json.dumps({
     'loss_f32': float(np.float32(0.7937368154525757)),
 }))
 "#;
-
-fn hex_decode(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex length");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
-        .collect()
-}
 
 fn map(key: &str, value: Scalar) -> ScalarMap {
     BTreeMap::from([(key.to_owned(), value)])
@@ -231,7 +225,7 @@ fn every_message_kind_decodes_and_reencodes_byte_identically() {
     );
 
     for (name, want) in server {
-        let bytes = hex_decode(messages[name].as_str().expect("hex"));
+        let bytes = unhex(messages[name].as_str().expect("hex"));
         let decoded = pb::ServerMessage::decode(bytes.as_slice()).expect("prost decodes");
         let typed = ServerMessage::try_from(decoded).expect("converts");
         assert_eq!(typed, want, "{name}: decoded value");
@@ -252,7 +246,7 @@ fn every_message_kind_decodes_and_reencodes_byte_identically() {
         }
     }
     for (name, want) in client {
-        let bytes = hex_decode(messages[name].as_str().expect("hex"));
+        let bytes = unhex(messages[name].as_str().expect("hex"));
         let decoded = pb::ClientMessage::decode(bytes.as_slice()).expect("prost decodes");
         let typed = ClientMessage::try_from(decoded).expect("converts");
         assert_eq!(typed, want, "{name}: decoded value");
@@ -267,7 +261,7 @@ fn every_message_kind_decodes_and_reencodes_byte_identically() {
 #[test]
 fn python_double_loss_arrives_as_float32() {
     let Some(out) = python_output() else { return };
-    let bytes = hex_decode(out["messages"]["evaluate_res"].as_str().expect("hex"));
+    let bytes = unhex(out["messages"]["evaluate_res"].as_str().expect("hex"));
     let typed =
         ClientMessage::try_from(pb::ClientMessage::decode(bytes.as_slice()).expect("decodes"))
             .expect("converts");
@@ -279,7 +273,7 @@ fn python_double_loss_arrives_as_float32() {
     assert_eq!(res.loss, 0.7937368154525757f64 as f32);
     assert_eq!(f64::from(res.loss), out["loss_f32"].as_f64().expect("f64"));
     assert_eq!(f64::from(res.loss), 0.7937368154525757);
-    let tenth = hex_decode(out["messages"]["evaluate_res 0.1"].as_str().expect("hex"));
+    let tenth = unhex(out["messages"]["evaluate_res 0.1"].as_str().expect("hex"));
     let ClientMessage::Evaluate(res) =
         ClientMessage::try_from(pb::ClientMessage::decode(tenth.as_slice()).expect("decodes"))
             .expect("converts")
@@ -326,7 +320,7 @@ fn scalars_match_python_and_flwr_serde_mapping() {
     assert_eq!(cases.len(), scalars.len(), "every case checked");
     for (name, want, kind) in cases {
         assert_eq!(which[name], kind, "{name}: Python's oneof");
-        let bytes = hex_decode(scalars[name].as_str().expect("hex"));
+        let bytes = unhex(scalars[name].as_str().expect("hex"));
         let decoded = pb::Scalar::decode(bytes.as_slice()).expect("prost decodes");
         let typed = Scalar::try_from(decoded).expect("converts");
         // -0.0 == 0.0, so compare doubles by bits.

@@ -1,15 +1,10 @@
-//! Shared helpers of the integration tests: a minimal real `FlowerService`,
-//! a real tonic server behind the auth layer (plain or TLS), tonic clients,
-//! and a log capture buffer.
+//! The server and client side of the tests: a minimal real `FlowerService`,
+//! a real tonic server behind the auth layer (plain or TLS) and tonic
+//! clients, with bounded waits.
 
-#![allow(dead_code)]
-
-pub(crate) mod bao;
-
-use std::io::Write;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flower_auth::{close_on_revocation, AuthLayer, AuthenticatedPeer, Fingerprint};
@@ -232,45 +227,4 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Process-wide log capture: every `tracing` event (and every `log` record)
-/// of the test binary, formatted as text without colours.
-#[derive(Clone, Default)]
-pub(crate) struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl LogBuffer {
-    /// Everything captured so far.
-    pub(crate) fn contents(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Installs (once per test binary) a global subscriber at `level` writing
-/// into the returned buffer.
-pub(crate) fn capture_logs(level: tracing::Level) -> LogBuffer {
-    static BUFFER: OnceLock<LogBuffer> = OnceLock::new();
-    BUFFER
-        .get_or_init(|| {
-            let buffer = LogBuffer::default();
-            let writer = buffer.clone();
-            tracing_subscriber::fmt()
-                .with_max_level(level)
-                .with_ansi(false)
-                .with_writer(move || writer.clone())
-                .try_init()
-                .expect("install the log capture subscriber");
-            buffer
-        })
-        .clone()
 }

@@ -2,12 +2,9 @@
 //! `.npy` tensors are decoded for the client and its results encoded back,
 //! bit for bit, both for tensors written by flower-core and by numpy itself.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::{init_tracing, script, ScriptedServer, Session, STEP_TIMEOUT};
 use flower_client::{start_client, BoxError, ClientOptions, NumPyClient};
 use flower_core::{
     ndarrays_to_parameters, parameters_to_ndarrays, ClientMessage, Config, DType, FitIns, Metrics,
@@ -15,6 +12,9 @@ use flower_core::{
 };
 use half::f16;
 use ndarray::{ArrayD, IxDyn};
+
+use crate::scripted::{script, ScriptedServer, Session};
+use crate::{init_tracing, STEP_TIMEOUT};
 
 /// Returns what it is given and remembers the dtypes it saw.
 #[derive(Debug, Default)]
@@ -182,28 +182,20 @@ for s, b in zip(sent, back):
 print("ok")
 "#;
     let out = flower_testkit::run_python(&python, MAKE, &[]);
-    let hex: Vec<String> = serde_json::from_slice(&out).unwrap();
-    let tensors = hex.iter().map(|h| Bytes::from(unhex(h))).collect();
+    let sent_hex: Vec<String> = serde_json::from_slice(&out).unwrap();
+    let tensors = sent_hex
+        .iter()
+        .map(|h| Bytes::from(hex::decode(h).unwrap()))
+        .collect();
     let sent = Parameters {
         tensors,
         tensor_type: NUMPY_TENSOR_TYPE.into(),
     };
     let (back, seen) = fit_through_client(sent).await;
     assert_eq!(seen.len(), 12);
-    let back_hex: Vec<String> = back.tensors.iter().map(|t| tohex(t)).collect();
-    let sent_json = serde_json::to_string(&hex).unwrap();
+    let back_hex: Vec<String> = back.tensors.iter().map(hex::encode).collect();
+    let sent_json = serde_json::to_string(&sent_hex).unwrap();
     let back_json = serde_json::to_string(&back_hex).unwrap();
     let verdict = flower_testkit::run_python(&python, CHECK, &[&sent_json, &back_json]);
     assert_eq!(String::from_utf8_lossy(&verdict).trim(), "ok");
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-fn tohex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
