@@ -26,10 +26,12 @@ pub const CSV_HEADER: &str = "sepal_length,sepal_width,petal_length,petal_width,
 /// The whole data set: features `(150, 4)` and species `0..3`.
 pub fn iris() -> (Array2<f64>, Vec<usize>) {
     let dataset = linfa_datasets::iris();
-    (
-        dataset.records().to_owned(),
-        dataset.targets().iter().copied().collect(),
-    )
+    // linfa-datasets is on an older ndarray than ours: copy through plain
+    // values rather than sharing the array type.
+    let records = dataset.records();
+    let x = Array2::from_shape_vec(records.dim(), records.iter().copied().collect())
+        .expect("iris records form a full table");
+    (x, dataset.targets().iter().copied().collect())
 }
 
 /// One client's share of the data, standardized.
