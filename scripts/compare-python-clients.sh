@@ -8,7 +8,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 K="${1:-10}"; P="${2:-1000000}"; R="${3:-3}"
 bash "$root/scripts/setup-venv.sh"
 py="$root/.venv/bin/python"
-cargo build --release -p flower-server --manifest-path "$root/Cargo.toml" >&2
+cargo build --release -p flower-server-cli --manifest-path "$root/Cargo.toml" >&2
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 bash "$root/certificates/generate.sh" "$work/certs" >/dev/null
 export FLOWER_TEST_PARAMS="$P" FLWR_TELEMETRY_ENABLED=0

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: creates the pinned Python venv
 # when missing, then runs every test with the interop/Vault tests required
-# (they fail, not skip, if Python is missing).
+# (they fail, not skip, if Python is missing), then the documentation build
+# with warnings as errors and the dependency licence/advisory check
+# (cargo-deny, installed when missing).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -9,4 +11,9 @@ bash scripts/setup-venv.sh
 export FLOWER_REQUIRE_PYTHON=1
 export FLOWER_PYTHON="$root/.venv/bin/python"
 export FLWR_TELEMETRY_ENABLED=0
-cargo test --workspace --no-fail-fast "$@"
+export FLWR_DISABLE_UPDATE_CHECK=1
+status=0
+cargo test --workspace --no-fail-fast "$@" || status=$?
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet || status=$?
+bash scripts/deny.sh || status=$?
+exit "$status"
