@@ -19,6 +19,7 @@ use prost::Message;
 #[derive(Debug)]
 pub struct OutgoingMessage {
     message: ServerMessage,
+    round: Option<u64>,
     encoded: OnceLock<Bytes>,
 }
 
@@ -27,8 +28,26 @@ impl OutgoingMessage {
     pub fn new(message: ServerMessage) -> Arc<Self> {
         Arc::new(OutgoingMessage {
             message,
+            round: None,
             encoded: OnceLock::new(),
         })
+    }
+
+    /// Wraps an instruction of server round `round` (transports that carry
+    /// the round explicitly, like the Fleet API's `server-round`, read it
+    /// with [`OutgoingMessage::round`]).
+    pub fn for_round(message: ServerMessage, round: u64) -> Arc<Self> {
+        Arc::new(OutgoingMessage {
+            message,
+            round: Some(round),
+            encoded: OnceLock::new(),
+        })
+    }
+
+    /// The server round this instruction belongs to, when known (0 for the
+    /// initial `get_parameters`).
+    pub fn round(&self) -> Option<u64> {
+        self.round
     }
 
     /// The instruction.

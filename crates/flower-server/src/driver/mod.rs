@@ -238,6 +238,7 @@ impl RoundDriver {
     /// client) share one encoding.
     fn dispatch(
         &self,
+        round: u64,
         instructions: Vec<(ClientId, ServerMessage)>,
         failures: &mut Vec<ClientFailure>,
     ) -> (Vec<ClientId>, Exchanges) {
@@ -247,7 +248,7 @@ impl RoundDriver {
         for (id, message) in instructions {
             let outgoing = match previous.take() {
                 Some(prev) if same_instruction(prev.message(), &message) => prev,
-                _ => OutgoingMessage::new(message),
+                _ => OutgoingMessage::for_round(message, round),
             };
             previous = Some(outgoing.clone());
             match self.manager.get(id) {
@@ -285,7 +286,7 @@ impl RoundDriver {
             Some(handle) => {
                 let ins = ServerMessage::GetParameters(GetParametersIns::default());
                 handle
-                    .exchange(OutgoingMessage::new(ins), self.config.round_timeout)
+                    .exchange(OutgoingMessage::for_round(ins, 0), self.config.round_timeout)
                     .await
             }
             None => Err(ExchangeError::Closed("client left".into())),
@@ -473,7 +474,7 @@ impl RoundDriver {
             .into_iter()
             .map(|(id, ins): (ClientId, FitIns)| (id, ServerMessage::Fit(ins)))
             .collect();
-        let (sent, mut exchanges) = self.dispatch(messages, &mut failures);
+        let (sent, mut exchanges) = self.dispatch(round, messages, &mut failures);
 
         // Results reach the strategy in the buffer's order; the upload gate
         // admits large uploads in that same order so that few ever wait.
@@ -535,7 +536,7 @@ impl RoundDriver {
             .into_iter()
             .map(|(id, ins): (ClientId, EvaluateIns)| (id, ServerMessage::Evaluate(ins)))
             .collect();
-        let (_, mut exchanges) = self.dispatch(messages, &mut failures);
+        let (_, mut exchanges) = self.dispatch(round, messages, &mut failures);
         let mut results: Vec<(ClientId, EvaluateRes)> = Vec::new();
         while let Some((id, reply)) = exchanges.next().await {
             match classify::<EvaluateRes>(reply) {
