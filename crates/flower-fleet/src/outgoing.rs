@@ -10,7 +10,6 @@
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
-use flower_core::InstructionKind;
 use flower_message::{
     deflate, encode_object, Message, Metadata, ObjectClass, ObjectId, ObjectTree,
 };
@@ -26,7 +25,6 @@ use crate::FleetError;
 /// An instruction's content, deflated once.
 #[derive(Debug)]
 pub(crate) struct SharedContent {
-    pub(crate) kind: InstructionKind,
     message_type: &'static str,
     group_id: String,
     /// The `RecordDict` subtree.
@@ -57,7 +55,6 @@ impl SharedContent {
             .filter(|(id, _)| *id != root)
             .collect();
         Ok(SharedContent {
-            kind: message.message().kind(),
             message_type,
             group_id: message.round().map(|r| r.to_string()).unwrap_or_default(),
             subtree,

@@ -312,6 +312,11 @@ impl LinkState {
         self.by_key.get(key).copied()
     }
 
+    /// The keys of every known node.
+    pub fn node_keys(&self) -> Vec<Vec<u8>> {
+        self.by_key.keys().cloned().collect()
+    }
+
     /// Number of exchanges in flight.
     pub fn exchanges_in_flight(&self) -> usize {
         self.exchanges.len()
