@@ -221,16 +221,18 @@ pub(crate) fn big_model(n: usize) -> (Vec<String>, Parameters) {
     )
 }
 
-/// Binds a server with FedAvg (`min_clients`, `rounds`) over `fleet`.
+/// FedAvg waiting for `min_clients` and starting from `initial`.
+pub(crate) fn fedavg(min_clients: usize, initial: Parameters) -> FedAvgOptions {
+    FedAvgOptions::with_min_clients(min_clients).initial_parameters(initial)
+}
+
+/// Binds a server with FedAvg (`options`, `rounds`) over `fleet`.
 pub(crate) async fn fedavg_server(
     fleet: FleetOptions,
-    initial: Parameters,
-    min_clients: usize,
+    options: FedAvgOptions,
     rounds: u64,
 ) -> (Server, SocketAddr) {
-    let strategy =
-        FedAvg::new(FedAvgOptions::with_min_clients(min_clients).initial_parameters(initial))
-            .expect("fedavg");
+    let strategy = FedAvg::new(options).expect("fedavg");
     let server = Server::builder()
         .strategy(strategy)
         .insecure()
