@@ -102,11 +102,9 @@ fn decode<M: prost::Message + Default>(body: &Bytes) -> Result<M, ApiError> {
     M::decode(body.clone()).map_err(|_| ApiError::Forbidden(ApiErrorCode::InvalidProtobufPayload))
 }
 
-fn run_refusal(e: StateError) -> ApiError {
-    match e {
-        StateError::RunNotRunning(_) => ApiError::Forbidden(ApiErrorCode::RunStatusNotAllowed),
-        _ => ApiError::Forbidden(ApiErrorCode::RunStatusNotAllowed),
-    }
+/// Every state refusal of a run-scoped call means "not this running run".
+fn run_refusal(_: StateError) -> ApiError {
+    ApiError::Forbidden(ApiErrorCode::RunStatusNotAllowed)
 }
 
 impl Service {
@@ -319,7 +317,7 @@ impl Service {
                 pb::PullObjectResponse {
                     object_found,
                     object_available,
-                    object_content: object_content.into(),
+                    object_content,
                 }
                 .encode_to_vec()
             }
@@ -358,7 +356,7 @@ impl Service {
         if !shared.read_state(|s| s.is_pending(node_id, &req.session_id, &id)) {
             return Ok(false);
         }
-        let content = Bytes::from(req.object_content);
+        let content = req.object_content;
         // Hashing a 5 MiB chunk takes milliseconds: off the async threads.
         let checked = content.clone();
         let valid = tokio::task::spawn_blocking(move || validate_object(&id, &checked).map(|_| ()))

@@ -572,7 +572,7 @@ async fn supernode_auth_admits_only_authorized_keys_and_revocation_removes_the_n
     // Removing the key removes the node: it is no client, its calls get 401.
     keys.replace(Vec::new());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while fleet.clients.len() != 0 && tokio::time::Instant::now() < deadline {
+    while !fleet.clients.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(fleet.clients.len(), 0);
