@@ -14,7 +14,7 @@ use flower_server::{AggregationOrder, DriverConfig, ServeOptions, TlsFiles};
 use flower_strategy::StrategySpec;
 use serde::{Deserialize, Serialize};
 
-const AFTER_HELP: &str = "Strategies (--strategy NAME, options as --strategy-option KEY=VALUE or a [strategy-options] table in the TOML file):";
+const AFTER_HELP: &str = "Choosing a strategy: --strategy NAME and --strategy-option KEY=VALUE (repeatable), or in the TOML file `strategy = \"NAME\"` and a [strategy-options] table.";
 
 /// Flower grpc-bidi server: runs rounds of federated learning with stock
 /// Python Flower clients and flower-rs clients.
