@@ -379,3 +379,39 @@ impl fmt::Debug for NodeKeyRevocation {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{NodeKeyCurve, NodeSigningKey};
+
+    fn key(curve: NodeKeyCurve) -> NodePublicKey {
+        NodeSigningKey::generate(curve).public_key().clone()
+    }
+
+    #[tokio::test]
+    async fn replace_merges_duplicates_and_re_adding_is_a_fresh_grant() {
+        let (a, b) = (key(NodeKeyCurve::P256), key(NodeKeyCurve::P521));
+        let store = AuthorizedNodeKeys::new([a.clone(), a.clone(), b.clone()]);
+        assert_eq!(store.len(), 2);
+        let kept = store.revocation(&a).unwrap();
+        let dropped = store.revocation(&b).unwrap();
+        let mut removals = store.subscribe_removals();
+
+        let change = store.replace([a.clone(), a.clone()]);
+        assert_eq!(
+            (change.added.len(), change.removed, change.total),
+            (0, vec![b.clone()], 1)
+        );
+        assert!(dropped.is_revoked() && !kept.is_revoked());
+        assert_eq!(&*removals.try_recv().unwrap(), &[b.clone()]);
+
+        // No removal, no broadcast.
+        let change = store.replace([a.clone(), b.clone()]);
+        assert_eq!(change.added, vec![b.clone()]);
+        assert!(removals.try_recv().is_err());
+        let fresh = store.revocation(&b).unwrap();
+        assert!(!fresh.is_revoked(), "a re-added key is a fresh grant");
+        assert!(dropped.is_revoked(), "the old grant stays revoked");
+    }
+}
