@@ -404,7 +404,7 @@ mod tests {
             (0, vec![b.clone()], 1)
         );
         assert!(dropped.is_revoked() && !kept.is_revoked());
-        assert_eq!(&*removals.try_recv().unwrap(), &[b.clone()]);
+        assert_eq!(&*removals.try_recv().unwrap(), std::slice::from_ref(&b));
 
         // No removal, no broadcast.
         let change = store.replace([a.clone(), b.clone()]);
