@@ -89,6 +89,24 @@ fn with_pyproject(files: &[(String, Vec<u8>)], edit: impl Fn(&str) -> String) ->
     write(&edited, true)
 }
 
+/// A `fab-format-version = 1` FAB with a root `LICENSE` and the given `flwr`
+/// requirement.
+fn v1(files: &[(String, Vec<u8>)], flwr_requirement: &str) -> Vec<u8> {
+    let mut files = files.to_vec();
+    files.insert(1, ("LICENSE".into(), b"Apache-2.0\n".to_vec()));
+    with_pyproject(&files, |t| {
+        t.replace(
+            "[tool.flwr.app]\n",
+            "[tool.flwr.app]\nfab-format-version = 1\nflwr-version-target = \"1.42.0\"\n",
+        )
+        .replace(
+            "license = \"Apache-2.0\"",
+            "license = { file = \"LICENSE\" }",
+        )
+        .replace("\"flwr>=1.42.0\"", &format!("\"{flwr_requirement}\""))
+    })
+}
+
 #[test]
 fn accepts_and_refuses_what_flwr_does() {
     let Some(built) = built() else { return };
@@ -207,6 +225,16 @@ fn accepts_and_refuses_what_flwr_does() {
                 )
             }),
             |r| matches!(r, Err(FabError::InvalidConfig { .. })),
+        ),
+        (
+            "fab-format-version 1, complete",
+            v1(&files, "flwr>=1.42.0"),
+            |r| matches!(r, Ok(f) if f.fab_format_version() == 1),
+        ),
+        (
+            "fab-format-version 1 without a >= bound",
+            v1(&files, "flwr==1.42.0"),
+            |r| matches!(r, Err(FabError::InvalidConfig { errors }) if errors[0].contains(">=")),
         ),
         (
             "bad TOML",
