@@ -14,7 +14,7 @@ use flower_server::{AggregationOrder, DriverConfig, ServeOptions, TlsFiles};
 use flower_strategy::StrategySpec;
 use serde::{Deserialize, Serialize};
 
-const AFTER_HELP: &str = "Strategies (--strategy NAME, options as --strategy-option KEY=VALUE or a [strategy-options] table in the TOML file):";
+const AFTER_HELP: &str = "Choosing a strategy: --strategy NAME and --strategy-option KEY=VALUE (repeatable), or in the TOML file `strategy = \"NAME\"` and a [strategy-options] table.";
 
 /// Flower grpc-bidi server: runs rounds of federated learning with stock
 /// Python Flower clients and flower-rs clients.
@@ -141,7 +141,7 @@ pub(crate) struct Settings {
     /// Path under the mount listing the token secrets
     #[arg(long)]
     pub(crate) vault_secret_path: Option<String>,
-    /// Use users/<sub>/deployments/<ID>/federated (sub from the OIDC token).
+    /// Use `users/<sub>/deployments/<ID>/federated` (sub from the OIDC token).
     #[arg(long, value_name = "ID")]
     pub(crate) deployment_id: Option<String>,
     /// Seconds between Vault token-list refreshes (0 disables)

@@ -286,7 +286,10 @@ impl RoundDriver {
             Some(handle) => {
                 let ins = ServerMessage::GetParameters(GetParametersIns::default());
                 handle
-                    .exchange(OutgoingMessage::for_round(ins, 0), self.config.round_timeout)
+                    .exchange(
+                        OutgoingMessage::for_round(ins, 0),
+                        self.config.round_timeout,
+                    )
                     .await
             }
             None => Err(ExchangeError::Closed("client left".into())),

@@ -130,9 +130,8 @@ fn entry_help(out: &mut String, e: &Entry) {
 pub fn catalog_help() -> String {
     let mut out = String::from(
         "Strategies (Python Flower 1.42's legacy catalog). Select one by its registry name and set\n\
-         options by their Flower keyword names (TOML: [strategy] name = \"...\" and a\n\
-         [strategy.options] table). Every strategy also takes the common options; a wrapper\n\
-         (dp-*, dpfedavg-*) passes them on to the strategy it wraps.\n\n\
+         options by their Flower keyword names. Every strategy also takes the common options; a\n\
+         wrapper (dp-*, dpfedavg-*) passes them on to the strategy it wraps.\n\n\
          Common options:\n",
     );
     for o in COMMON {
