@@ -55,6 +55,23 @@ impl FleetApp {
         }
     }
 
+    /// The app of a FAB read by `flower-fab` (hash, `fab_id`, version from
+    /// its `pyproject.toml`), with `run_config`'s overrides (already checked
+    /// against the FAB's defaults, as a SuperNode requires).
+    pub fn from_fab(fab: &flower_fab::Fab, run_config: &flower_fab::RunConfig) -> Self {
+        FleetApp {
+            fab: fab.content().clone(),
+            fab_hash: fab.hash_str().to_owned(),
+            fab_id: fab.fab_id(),
+            fab_version: fab.fab_version().to_owned(),
+            override_config: run_config
+                .override_scalars()
+                .into_iter()
+                .map(|(k, v)| (k, pb::Scalar::from(v)))
+                .collect(),
+        }
+    }
+
     /// Adds config overrides.
     #[must_use]
     pub fn override_config(mut self, overrides: BTreeMap<String, pb::Scalar>) -> Self {

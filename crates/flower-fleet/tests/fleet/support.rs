@@ -275,9 +275,16 @@ pub(crate) async fn run(server: Server, limit: Duration, nodes: &[&SuperNode]) -
     }
 }
 
-/// The app as the Fleet API serves it.
+/// The app as the Fleet API serves it: id, version and config read from
+/// the FAB by `flower-fab`.
 pub(crate) fn app(fab: Bytes) -> FleetApp {
-    FleetApp::new(fab, FAB_ID, FAB_VERSION)
+    let fab = flower_fab::Fab::from_bytes(fab).expect("a valid FAB");
+    assert_eq!(
+        (fab.fab_id().as_str(), fab.fab_version()),
+        (FAB_ID, FAB_VERSION)
+    );
+    let config = flower_fab::RunConfig::from_args(&fab, &["scale=1.0"]).expect("run config");
+    FleetApp::from_fab(&fab, &config)
 }
 
 /// Decodes the final parameters.
