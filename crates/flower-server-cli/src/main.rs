@@ -72,8 +72,15 @@ async fn run(settings: Settings) -> Result<(), String> {
         }
         None => (None, None),
     };
+    if let Some(seed) = settings.insecure_dp_noise_seed {
+        tracing::warn!(
+            seed,
+            "--insecure-dp-noise-seed: DP noise is predictable from this seed; for tests only"
+        );
+    }
     let common = flower_strategy::CommonOptions {
-        seed: Some(driver_config.seed),
+        // DP noise from the OS unless the explicitly insecure test flag is given.
+        seed: settings.insecure_dp_noise_seed,
         initial_parameters: initial,
         ..Default::default()
     };

@@ -108,7 +108,8 @@ pub(crate) struct Settings {
     /// order (least memory)
     #[arg(long, value_parser = ["join", "arrival"])]
     pub(crate) aggregation_order: Option<String>,
-    /// Seed for client sampling and strategy randomness
+    /// Seed of client sampling (which clients a round picks). DP noise is
+    /// never seeded by it: noise always comes from the OS
     #[arg(long)]
     pub(crate) seed: Option<u64>,
     /// Accept this bearer token (`authorization` or `x-authorization:
@@ -189,6 +190,12 @@ pub(crate) struct Settings {
     /// the token options.
     #[arg(long, value_name = "PATH")]
     pub(crate) vault_node_keys_path: Option<String>,
+
+    /// FOR TESTS ONLY: seed the DP wrappers' noise so runs repeat. Anyone
+    /// who knows the seed can subtract the noise; it is logged loudly and
+    /// never written to disk.
+    #[arg(long, value_name = "N")]
+    pub(crate) insecure_dp_noise_seed: Option<u64>,
 
     /// Log as JSON lines.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]

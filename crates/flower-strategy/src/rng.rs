@@ -1,6 +1,11 @@
 //! The seedable Gaussian noise source of the DP wrappers (ChaCha20,
-//! Box–Muller). Its position is part of the strategy state, so a run
-//! resumed from a checkpoint draws the same noise as an uninterrupted one.
+//! Box–Muller).
+//!
+//! The seed never goes into the strategy state (a checkpoint on disk must
+//! not let anyone re-derive and subtract the noise). With the OS-drawn seed
+//! (the default), a resumed run draws fresh noise and says so; with an
+//! explicit test seed only the stream position is saved, so a resumed test
+//! run draws the same noise as an uninterrupted one.
 
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -10,7 +15,8 @@ use crate::StrategyError;
 /// Gaussian noise from a seeded ChaCha20 stream.
 #[derive(Debug, Clone)]
 pub(crate) struct NoiseRng {
-    seed: [u8; 32],
+    /// True when the seed was given (a test seed), false when from the OS.
+    explicit: bool,
     rng: ChaCha20Rng,
 }
 
@@ -30,7 +36,7 @@ impl NoiseRng {
             }
         };
         NoiseRng {
-            seed: seed_bytes,
+            explicit: seed.is_some(),
             rng: ChaCha20Rng::from_seed(seed_bytes),
         }
     }
@@ -48,33 +54,32 @@ impl NoiseRng {
         mean + std * z
     }
 
+    /// The stream position, never the seed.
     pub(crate) fn state(&self) -> serde_json::Value {
-        let seed: String = self.seed.iter().map(|b| format!("{b:02x}")).collect();
-        serde_json::json!({ "seed": seed, "word_pos": self.rng.get_word_pos().to_string() })
+        serde_json::json!({
+            "seed_source": if self.explicit { "explicit" } else { "os" },
+            "word_pos": self.rng.get_word_pos().to_string(),
+        })
     }
 
+    /// Continues at the saved position when this stream has the same
+    /// explicit seed; an OS-seeded stream keeps its fresh seed (the old one
+    /// was never saved) and the run draws fresh noise.
     pub(crate) fn restore(&mut self, state: &serde_json::Value) -> Result<(), StrategyError> {
         let bad = |m: &str| StrategyError::State(format!("rng: {m}"));
-        let hex = state
-            .get("seed")
-            .and_then(|s| s.as_str())
-            .ok_or_else(|| bad("no seed"))?;
-        if hex.len() != 64 || !hex.is_ascii() {
-            return Err(bad("seed must be 64 hex digits"));
-        }
-        let mut seed = [0u8; 32];
-        for (i, byte) in seed.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .map_err(|_| bad("seed is not hex"))?;
-        }
         let pos: u128 = state
             .get("word_pos")
             .and_then(|p| p.as_str())
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| bad("no word_pos"))?;
-        self.seed = seed;
-        self.rng = ChaCha20Rng::from_seed(seed);
-        self.rng.set_word_pos(pos);
+        let saved_explicit = state.get("seed_source").and_then(|s| s.as_str()) == Some("explicit");
+        if self.explicit && saved_explicit {
+            self.rng.set_word_pos(pos);
+        } else {
+            tracing::warn!(
+                "DP noise: the resumed run draws fresh noise from the OS (noise seeds are never saved)"
+            );
+        }
         Ok(())
     }
 }
@@ -90,10 +95,31 @@ mod tests {
         assert_eq!(a.normal(0.0, 1.0), b.normal(0.0, 1.0));
         let saved = a.state();
         let next = a.normal(0.0, 1.0);
-        let mut c = NoiseRng::new(Some(1));
+        // The same explicit (test) seed continues where the state says.
+        let mut c = NoiseRng::new(Some(7));
         c.restore(&saved).unwrap();
         assert_eq!(c.normal(0.0, 1.0), next);
         assert_eq!(a.normal(3.0, 0.0), 3.0);
+    }
+
+    #[test]
+    fn the_seed_is_never_in_the_state_and_os_noise_is_fresh_after_restore() {
+        let mut a = NoiseRng::new(None);
+        let _ = a.normal(0.0, 1.0);
+        let saved = a.state();
+        assert!(saved.get("seed").is_none(), "{saved}");
+        assert_eq!(saved["seed_source"], "os");
+        let next = a.normal(0.0, 1.0);
+        let mut b = NoiseRng::new(None);
+        b.restore(&saved).unwrap();
+        assert_ne!(b.normal(0.0, 1.0), next);
+        // Two OS-seeded streams differ: unseeded runs get different noise.
+        assert_ne!(
+            NoiseRng::new(None).normal(0.0, 1.0),
+            NoiseRng::new(None).normal(0.0, 1.0)
+        );
+        let explicit = NoiseRng::new(Some(9)).state();
+        assert!(explicit.get("seed").is_none(), "{explicit}");
     }
 
     #[test]
