@@ -6,7 +6,13 @@ use std::time::Duration;
 use crate::common::*;
 
 fn run_strategy(name: &str, options: &[&str]) {
-    let Some(py) = python() else { return };
+    run_strategy_in(name, options);
+}
+
+/// Runs `name` and returns the final model and the checkpoint's text
+/// (`None` when Python is missing and the test is skipped).
+fn run_strategy_in(name: &str, options: &[&str]) -> Option<(Vec<Vec<f64>>, String)> {
+    let py = python()?;
     let dir = tempfile::tempdir().unwrap();
     let certs = DevCertificates::generate();
     let init = dir.path().join("init.npz");
@@ -35,6 +41,28 @@ fn run_strategy(name: &str, options: &[&str]) {
     assert_eq!(last.len(), initial.len());
     assert_ne!(last, initial, "{name} did not change the model");
     assert_clients_succeed(&mut clients);
+    let checkpoint = std::fs::read_to_string(out.join("checkpoint.json")).unwrap();
+    Some((last, checkpoint))
+}
+
+#[test]
+fn unseeded_dp_noise_differs_between_runs_and_is_never_saved() {
+    // Same clients, same inputs, same --seed: with noise from the OS the two
+    // models differ, and no checkpoint holds a noise seed to subtract it.
+    let options = [
+        "noise_multiplier=1.0",
+        "clipping_norm=10.0",
+        "num_sampled_clients=3",
+    ];
+    let Some((first, checkpoint)) = run_strategy_in("dp-server-fixed", &options) else {
+        return;
+    };
+    let (second, _) = run_strategy_in("dp-server-fixed", &options).unwrap();
+    assert_ne!(first, second, "unseeded DP runs produced identical models");
+    let state: serde_json::Value = serde_json::from_str(&checkpoint).unwrap();
+    let rng = &state["strategy_state"]["rng"];
+    assert_eq!(rng["seed_source"], "os", "{checkpoint}");
+    assert!(rng.get("seed").is_none(), "{checkpoint}");
 }
 
 fn model_from(path: &std::path::Path) -> Vec<Vec<f64>> {
