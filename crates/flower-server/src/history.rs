@@ -28,8 +28,10 @@ pub struct RoundRecord {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct History {
     /// Aggregated client evaluation loss per round.
+    #[serde(with = "losses")]
     pub losses_distributed: Vec<(u64, f64)>,
     /// Centralized evaluation loss per round (round 0 = initial model).
+    #[serde(with = "losses")]
     pub losses_centralized: Vec<(u64, f64)>,
     /// Aggregated fit metrics, by name, per round.
     pub metrics_distributed_fit: BTreeMap<String, Vec<(u64, Value)>>,
@@ -49,10 +51,71 @@ pub fn scalar_to_json(s: &Scalar) -> Value {
             let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
             serde_json::json!({ "bytes_hex": hex })
         }
-        Scalar::Double(d) => serde_json::Number::from_f64(*d).map_or(Value::Null, Value::Number),
+        Scalar::Double(d) => serde_json::Number::from_f64(*d)
+            .map_or_else(|| Value::String(non_finite_name(*d).into()), Value::Number),
         Scalar::Sint64(i) => Value::from(*i),
         Scalar::Uint64(u) => Value::from(*u),
         Scalar::String(s) => Value::String(s.clone()),
+    }
+}
+
+/// JSON has no NaN or infinities: they are written as the strings
+/// `"NaN"`, `"Infinity"`, `"-Infinity"` (the names Python's `json` uses).
+fn non_finite_name(v: f64) -> &'static str {
+    if v.is_nan() {
+        "NaN"
+    } else if v > 0.0 {
+        "Infinity"
+    } else {
+        "-Infinity"
+    }
+}
+
+/// `(round, loss)` lists whose losses may be non-finite (a client may
+/// report NaN): numbers when finite, [`non_finite_name`] strings otherwise,
+/// so `history.json` and `checkpoint.json` always read back.
+mod losses {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    pub(super) fn serialize<S: Serializer>(v: &[(u64, f64)], s: S) -> Result<S::Ok, S::Error> {
+        let as_json: Vec<(u64, Value)> = v
+            .iter()
+            .map(|&(round, loss)| {
+                let value = serde_json::Number::from_f64(loss).map_or_else(
+                    || Value::String(super::non_finite_name(loss).into()),
+                    Value::Number,
+                );
+                (round, value)
+            })
+            .collect();
+        as_json.serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(u64, f64)>, D::Error> {
+        let raw: Vec<(u64, Value)> = Vec::deserialize(d)?;
+        raw.into_iter()
+            .map(|(round, value)| {
+                let loss = match &value {
+                    Value::Number(n) => n.as_f64(),
+                    Value::String(s) => match s.as_str() {
+                        "NaN" => Some(f64::NAN),
+                        "Infinity" => Some(f64::INFINITY),
+                        "-Infinity" => Some(f64::NEG_INFINITY),
+                        _ => None,
+                    },
+                    // What earlier versions wrote for a non-finite loss.
+                    Value::Null => Some(f64::NAN),
+                    _ => None,
+                };
+                loss.map(|l| (round, l)).ok_or_else(|| {
+                    D::Error::custom(format!("round {round}: loss {value} is not a number"))
+                })
+            })
+            .collect()
     }
 }
 
@@ -105,4 +168,39 @@ pub struct Checkpoint {
     pub strategy_state: Value,
     /// History so far.
     pub history: History,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_losses_and_metrics_round_trip() {
+        let mut h = History::default();
+        h.add_loss_distributed(1, f64::NAN);
+        h.add_loss_distributed(2, f64::INFINITY);
+        h.add_loss_centralized(0, f64::NEG_INFINITY);
+        h.add_loss_centralized(1, 0.25);
+        let mut m = Metrics::new();
+        m.insert("acc".into(), Scalar::Double(f64::NAN));
+        h.add_metrics_distributed(1, &m);
+        let text = serde_json::to_string(&h).unwrap();
+        assert!(
+            text.contains("\"NaN\"") && text.contains("\"-Infinity\""),
+            "{text}"
+        );
+        let back: History = serde_json::from_str(&text).unwrap();
+        assert!(back.losses_distributed[0].1.is_nan());
+        assert_eq!(back.losses_distributed[1].1, f64::INFINITY);
+        assert_eq!(
+            back.losses_centralized,
+            vec![(0, f64::NEG_INFINITY), (1, 0.25)]
+        );
+        assert_eq!(back.metrics_distributed["acc"][0].1, "NaN");
+        // Files written before this fix held `null`: they read back as NaN.
+        let old: History =
+            serde_json::from_str(r#"{"losses_distributed":[[1,null]],"losses_centralized":[],"metrics_distributed_fit":{},"metrics_distributed":{},"metrics_centralized":{},"rounds":[]}"#)
+                .unwrap();
+        assert!(old.losses_distributed[0].1.is_nan());
+    }
 }

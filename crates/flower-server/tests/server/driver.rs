@@ -270,3 +270,50 @@ async fn shutdown_future_interrupts_the_run() {
         .unwrap_err();
     assert!(matches!(err, ServerError::Interrupted), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nan_loss_is_saved_and_the_run_resumes_from_it() {
+    // A client whose evaluation loss is NaN: the run completes, and the
+    // history and checkpoint it wrote read back on --resume.
+    fn nan_client(
+    ) -> FnClient<impl Fn(ServerMessage) -> Result<ClientMessage, ExchangeError> + Send + Sync>
+    {
+        FnClient::new(|msg| match msg {
+            ServerMessage::Fit(ins) => Ok(ClientMessage::Fit(FitRes {
+                status: Status::success(),
+                parameters: ins.parameters,
+                num_examples: 1,
+                metrics: Default::default(),
+            })),
+            _ => Ok(ClientMessage::Evaluate(EvaluateRes {
+                status: Status::success(),
+                loss: f32::NAN,
+                num_examples: 1,
+                metrics: Default::default(),
+            })),
+        })
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |rounds: u64, resume: bool| {
+        let manager = ClientManager::default();
+        manager.register(Arc::new(nan_client())).unwrap();
+        let config = DriverConfig {
+            num_rounds: rounds,
+            resume,
+            shutdown_grace: Duration::from_millis(10),
+            ..DriverConfig::default()
+        };
+        RoundDriver::new(manager, fedavg(1), config)
+            .with_store(Arc::new(DirectoryStore::new(dir.path())))
+    };
+    let first = run(1, false).run(no_shutdown()).await.unwrap();
+    assert!(first.history.losses_distributed[0].1.is_nan());
+    let resumed = run(2, true).run(no_shutdown()).await.unwrap();
+    assert_eq!(resumed.completed_rounds, 2);
+    assert_eq!(resumed.history.losses_distributed.len(), 2);
+    assert!(resumed
+        .history
+        .losses_distributed
+        .iter()
+        .all(|(_, l)| l.is_nan()));
+}
