@@ -215,6 +215,11 @@ impl StrategyError {
             StrategyError::MissingMetric(_) => "MissingMetric",
             StrategyError::Missing(_) => "Missing",
             StrategyError::State(_) => "State",
+            StrategyError::InconsistentReplies(_) => "InconsistentReplies",
+            StrategyError::Aggregation(_) => "Aggregation",
+            StrategyError::Shape(_) => "Shape",
+            StrategyError::TooFewNodes { .. } => "TooFewNodes",
+            StrategyError::InPhase { .. } => "InPhase",
         }
     }
 }

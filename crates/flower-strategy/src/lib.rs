@@ -114,6 +114,7 @@ mod fedprox;
 mod float;
 mod layers;
 mod mean;
+pub mod msg;
 mod pyjson;
 mod qfedavg;
 mod registry;
@@ -235,4 +236,36 @@ pub enum StrategyError {
     /// Strategy state passed to [`Strategy::restore_state`] is malformed.
     #[error("invalid strategy state: {0}")]
     State(String),
+    /// Message-API replies that cannot be aggregated together (Flower:
+    /// `InconsistentMessageReplies`): not exactly one ArrayRecord or
+    /// MetricRecord, differing keys, a missing or list-valued weight.
+    #[error("inconsistent replies: {0}")]
+    InconsistentReplies(String),
+    /// A message-API aggregation step failed (Flower: `AggregationError`).
+    #[error("aggregation failed: {0}")]
+    Aggregation(String),
+    /// Values whose shapes or lengths cannot be combined (Flower: NumPy's or
+    /// `zip(strict=True)`'s ValueError).
+    #[error("incompatible shapes: {0}")]
+    Shape(String),
+    /// Fewer nodes connected than a message-API strategy needs, after the
+    /// grid's bounded wait (Flower waits forever).
+    #[error("too few nodes: {required} required, {online} connected")]
+    TooFewNodes {
+        /// Nodes required (`max(min_available_nodes, sample_size)`).
+        required: usize,
+        /// Nodes connected when the wait gave up.
+        online: usize,
+    },
+    /// A message-API strategy failed in one phase of [`msg::start`].
+    #[error("{phase} of round {server_round} failed")]
+    InPhase {
+        /// The phase.
+        phase: msg::Phase,
+        /// The round (0 for the initial server-side evaluation).
+        server_round: u64,
+        /// The error.
+        #[source]
+        source: Box<StrategyError>,
+    },
 }
