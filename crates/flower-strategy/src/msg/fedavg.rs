@@ -7,8 +7,8 @@ use std::sync::Arc;
 use flower_core::DType;
 
 use super::records::{
-    Array, ArrayRecord, ConfigRecord, ConfigValue, Message, MessageType, MetricRecord,
-    MetricValue, Record, RecordDict, Reply,
+    Array, ArrayRecord, ConfigRecord, ConfigValue, Message, MessageType, MetricRecord, MetricValue,
+    Record, RecordDict, Reply,
 };
 use super::{Grid, MsgStrategy};
 use crate::layers::{is_plain_le, Data, Layer};
@@ -74,7 +74,10 @@ impl fmt::Debug for FedAvgOptions {
             .field("weighted_by_key", &self.weighted_by_key)
             .field("arrayrecord_key", &self.arrayrecord_key)
             .field("configrecord_key", &self.configrecord_key)
-            .field("train_metrics_aggr_fn", &self.train_metrics_aggr_fn.is_some())
+            .field(
+                "train_metrics_aggr_fn",
+                &self.train_metrics_aggr_fn.is_some(),
+            )
             .field(
                 "evaluate_metrics_aggr_fn",
                 &self.evaluate_metrics_aggr_fn.is_some(),
@@ -100,7 +103,9 @@ impl FedAvg {
             // Flower does not check; a negative or NaN fraction would make
             // `int(n * fraction)` meaningless.
             if !(v >= 0.0) {
-                return Err(StrategyError::Config(format!("{name} must be >= 0, got {v}")));
+                return Err(StrategyError::Config(format!(
+                    "{name} must be >= 0, got {v}"
+                )));
             }
         }
         if opts.fraction_train == 0.0 {
@@ -219,7 +224,10 @@ impl FedAvg {
     }
 
     /// The weighted mean of the arrays of `records`.
-    pub(crate) fn mean_arrays(&self, records: &[&RecordDict]) -> Result<ArrayRecord, StrategyError> {
+    pub(crate) fn mean_arrays(
+        &self,
+        records: &[&RecordDict],
+    ) -> Result<ArrayRecord, StrategyError> {
         let factors = weight_factors(records, &self.opts.weighted_by_key)?;
         aggregate_arrayrecords(records, &factors)
     }
@@ -318,7 +326,9 @@ pub(crate) fn validate(
     };
     if check_arrayrecord {
         if replies.iter().any(|r| r.array_records().count() != 1) {
-            return Err(inconsistent("expected exactly one ArrayRecord in every reply"));
+            return Err(inconsistent(
+                "expected exactly one ArrayRecord in every reply",
+            ));
         }
         if let Some((key, arrays)) = first.array_records().next() {
             if !same_keys(key, &arrays.key_set()) {
@@ -327,10 +337,14 @@ pub(crate) fn validate(
         }
     }
     if replies.iter().any(|r| r.metric_records().count() != 1) {
-        return Err(inconsistent("expected exactly one MetricRecord in every reply"));
+        return Err(inconsistent(
+            "expected exactly one MetricRecord in every reply",
+        ));
     }
     let Some((key, metrics)) = first.metric_records().next() else {
-        return Err(inconsistent("expected exactly one MetricRecord in every reply"));
+        return Err(inconsistent(
+            "expected exactly one MetricRecord in every reply",
+        ));
     };
     let all = metrics.key_set();
     if !same_keys(key, &all) {
@@ -394,12 +408,10 @@ pub(crate) fn weight_factors(
 ) -> Result<Vec<f64>, StrategyError> {
     let weights = records
         .iter()
-        .map(|r| {
-            match r.first_metrics().and_then(|m| m.get(key)) {
-                Some(MetricValue::Int(i)) => Ok(PyNum::Int(i128::from(*i))),
-                Some(MetricValue::Float(f)) => Ok(PyNum::Float(*f)),
-                _ => Err(inconsistent(&format!("reply without a scalar {key:?}"))),
-            }
+        .map(|r| match r.first_metrics().and_then(|m| m.get(key)) {
+            Some(MetricValue::Int(i)) => Ok(PyNum::Int(i128::from(*i))),
+            Some(MetricValue::Float(f)) => Ok(PyNum::Float(*f)),
+            _ => Err(inconsistent(&format!("reply without a scalar {key:?}"))),
         })
         .collect::<Result<Vec<_>, _>>()?;
     let total = weights.iter().fold(PyNum::Int(0), |acc, &w| acc.add(w));

@@ -3,8 +3,8 @@
 
 use super::fedavg::{FedAvg, FedAvgOptions};
 use super::records::{
-    Array, ArrayRecord, ConfigRecord, ConfigValue, Message, MessageType, MetricRecord,
-    MetricValue, Reply,
+    Array, ArrayRecord, ConfigRecord, ConfigValue, Message, MessageType, MetricRecord, MetricValue,
+    Reply,
 };
 use super::{Grid, MsgStrategy};
 use crate::layers::{self, pairwise_sum, Data, Layer};
@@ -169,7 +169,9 @@ impl MsgStrategy for FedAvgM {
         let mut pg: Vec<Data> = Vec::with_capacity(agg.len());
         for ((_, new), old) in agg.iter().zip(current) {
             if new.len() != old.len() {
-                return Err(StrategyError::Shape("aggregate and current model differ".into()));
+                return Err(StrategyError::Shape(
+                    "aggregate and current model differ".into(),
+                ));
             }
             pg.push(layers::sub(&old.data, &new.data));
         }
@@ -292,7 +294,12 @@ impl FedOpt {
     }
 
     /// `(m_t, v_t)` after the last aggregation, by key (f64 values).
-    pub fn moments(&self) -> (Option<Vec<(String, Vec<f64>)>>, Option<Vec<(String, Vec<f64>)>>) {
+    pub fn moments(
+        &self,
+    ) -> (
+        Option<Vec<(String, Vec<f64>)>>,
+        Option<Vec<(String, Vec<f64>)>>,
+    ) {
         let f = |m: &Option<Vec<(String, Data)>>| {
             m.as_ref()
                 .map(|v| v.iter().map(|(k, d)| (k.clone(), d.to_f64())).collect())
@@ -364,10 +371,11 @@ impl MsgStrategy for FedOpt {
         }
         let d = |k: &str| delta.iter().find(|(c, _)| c == k).map(|(_, l)| l);
         let hp = self.hp;
-        let m_prev = self
-            .m_t
-            .take()
-            .unwrap_or_else(|| agg.iter().map(|(k, x)| (k.clone(), x.data.zeros_like())).collect());
+        let m_prev = self.m_t.take().unwrap_or_else(|| {
+            agg.iter()
+                .map(|(k, x)| (k.clone(), x.data.zeros_like()))
+                .collect()
+        });
         let mut m_t = Vec::with_capacity(m_prev.len());
         for (k, m) in &m_prev {
             let dk = d(k).ok_or_else(|| aggregation(format!("no delta for {k:?}")))?;
@@ -379,10 +387,11 @@ impl MsgStrategy for FedOpt {
                 ),
             ));
         }
-        let v_prev = self
-            .v_t
-            .take()
-            .unwrap_or_else(|| agg.iter().map(|(k, x)| (k.clone(), x.data.zeros_like())).collect());
+        let v_prev = self.v_t.take().unwrap_or_else(|| {
+            agg.iter()
+                .map(|(k, x)| (k.clone(), x.data.zeros_like()))
+                .collect()
+        });
         let mut v_t = Vec::with_capacity(v_prev.len());
         for (k, v) in &v_prev {
             let dk = d(k).ok_or_else(|| aggregation(format!("no delta for {k:?}")))?;
@@ -395,7 +404,10 @@ impl MsgStrategy for FedOpt {
                 ),
                 FedOptKind::FedYogi => {
                     let s = layers::sign(&layers::sub(v, &d2));
-                    layers::sub(v, &layers::mul(&layers::scale_weak(&d2, 1.0 - hp.beta_2), &s))
+                    layers::sub(
+                        v,
+                        &layers::mul(&layers::scale_weak(&d2, 1.0 - hp.beta_2), &s),
+                    )
                 }
             };
             v_t.push((k.clone(), next));
@@ -412,7 +424,8 @@ impl MsgStrategy for FedOpt {
             let step = match self.kind {
                 // eta_norm is a NumPy float64 scalar: the update is f64.
                 FedOptKind::FedAdam => {
-                    let eta_norm = hp.eta * (1.0 - hp.beta_2.powf(r)).sqrt() / (1.0 - hp.beta_1.powf(r));
+                    let eta_norm =
+                        hp.eta * (1.0 - hp.beta_2.powf(r)).sqrt() / (1.0 - hp.beta_1.powf(r));
                     layers::div(&layers::scale_strong(m, eta_norm), &denom)
                 }
                 _ => layers::div(&layers::scale_weak(m, hp.eta), &denom),
@@ -555,12 +568,16 @@ impl MsgStrategy for QFedAvg {
             let mut grad = Vec::with_capacity(local.len());
             for ((_, gw), (_, lw)) in global.iter().zip(&local) {
                 if gw.len() != lw.len() {
-                    return Err(StrategyError::Shape("reply and global shapes differ".into()));
+                    return Err(StrategyError::Shape(
+                        "reply and global shapes differ".into(),
+                    ));
                 }
                 // np.subtract(gw, lw, out=lw); lw *= L: in the reply's dtype.
                 let diff = layers::sub(&gw.data, &lw.data);
                 let diff = match (&lw.data, diff) {
-                    (Data::F32(_), Data::F64(v)) => Data::F32(v.iter().map(|&x| x as f32).collect()),
+                    (Data::F32(_), Data::F64(v)) => {
+                        Data::F32(v.iter().map(|&x| x as f32).collect())
+                    }
                     (_, d) => d,
                 };
                 grad.push(layers::scale_weak(&diff, l));
@@ -570,7 +587,9 @@ impl MsgStrategy for QFedAvg {
             let delta: Vec<Data> = grad
                 .iter()
                 .map(|g| match g {
-                    Data::F32(v) => Data::F32(v.iter().map(|&x| (f64::from(x) * lpq) as f32).collect()),
+                    Data::F32(v) => {
+                        Data::F32(v.iter().map(|&x| (f64::from(x) * lpq) as f32).collect())
+                    }
                     Data::F64(v) => Data::F64(v.iter().map(|&x| x * lpq).collect()),
                 })
                 .collect();
@@ -578,7 +597,11 @@ impl MsgStrategy for QFedAvg {
             self.last_h.push(h);
             sum_delta = Some(match sum_delta {
                 None => delta,
-                Some(s) => s.iter().zip(&delta).map(|(a, b)| layers::add(a, b)).collect(),
+                Some(s) => s
+                    .iter()
+                    .zip(&delta)
+                    .map(|(a, b)| layers::add(a, b))
+                    .collect(),
             });
             sum_h += h;
         }

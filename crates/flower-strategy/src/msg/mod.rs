@@ -30,8 +30,8 @@ use std::fmt;
 pub use fedavg::{FedAvg, FedAvgOptions, MetricsAggrFn};
 pub use fedopt::{FedAvgM, FedOpt, FedOptKind, FedOptOptions, FedProx, QFedAvg, QFedAvgOptions};
 pub use records::{
-    Array, ArrayRecord, ConfigRecord, ConfigValue, Message, MessageType, MetricRecord,
-    MetricValue, Ordered, Record, RecordDict, Reply, ReplyError,
+    Array, ArrayRecord, ConfigRecord, ConfigValue, Message, MessageType, MetricRecord, MetricValue,
+    Ordered, Record, RecordDict, Reply, ReplyError,
 };
 
 use crate::StrategyError;
