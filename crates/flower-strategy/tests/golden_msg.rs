@@ -29,11 +29,6 @@ use serde_json::Value as Json;
 
 /// Strategy classes whose cases are expected to fail until they are ported.
 const NOT_YET: &[&str] = &[
-    "FedMedian",
-    "FedTrimmedAvg",
-    "Krum",
-    "MultiKrum",
-    "Bulyan",
     "DifferentialPrivacyServerSideFixedClipping",
     "DifferentialPrivacyServerSideAdaptiveClipping",
     "DifferentialPrivacyClientSideFixedClipping",
@@ -686,6 +681,15 @@ fn build(spec: &Json) -> Result<Box<dyn MsgStrategy>, StrategyError> {
             q.train_loss_key = s(kw, "train_loss_key", &q.train_loss_key);
             Box::new(QFedAvg::new(opts, q)?)
         }
+        "FedMedian" => Box::new(msg::FedMedian::new(opts)?),
+        "FedTrimmedAvg" => Box::new(msg::FedMedian::trimmed(opts, f(kw, "beta", 0.2))?),
+        "Krum" => Box::new(msg::MultiKrum::krum(opts, u(kw, "num_malicious_nodes", 0))?),
+        "MultiKrum" => Box::new(msg::MultiKrum::new(
+            opts,
+            u(kw, "num_malicious_nodes", 0),
+            u(kw, "num_nodes_to_select", 1),
+        )?),
+        "Bulyan" => Box::new(msg::Bulyan::new(opts, u(kw, "num_malicious_nodes", 0))?),
         other => return Err(StrategyError::Config(format!("{other} is not ported yet"))),
     })
 }

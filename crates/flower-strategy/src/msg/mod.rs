@@ -13,6 +13,9 @@
 //! | `FedAvgM` | [`FedAvgM`] | `server_learning_rate`, `server_momentum` |
 //! | `FedAdagrad` / `FedAdam` / `FedYogi` / (`FedOpt`) | [`FedOpt`] | [`FedOptOptions`] |
 //! | `QFedAvg` | [`QFedAvg`] | [`QFedAvgOptions`] |
+//! | `FedMedian` / `FedTrimmedAvg` | [`FedMedian`] ([`FedMedian::trimmed`]) | `beta` |
+//! | `Krum` / `MultiKrum` | [`MultiKrum`] ([`MultiKrum::krum`]) | `num_malicious_nodes`, `num_nodes_to_select` |
+//! | `Bulyan` | [`Bulyan`] | `num_malicious_nodes` |
 //!
 //! The arithmetic is the legacy catalog's (`layers`, `mean`); what
 //! differs is Flower's message-API options, sampling, reply validation and
@@ -23,6 +26,7 @@
 mod fedavg;
 mod fedopt;
 mod records;
+mod robust;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -33,6 +37,7 @@ pub use records::{
     Array, ArrayRecord, ConfigRecord, ConfigValue, Message, MessageType, MetricRecord, MetricValue,
     Ordered, Record, RecordDict, Reply, ReplyError,
 };
+pub use robust::{Bulyan, FedMedian, MultiKrum};
 
 use crate::StrategyError;
 
