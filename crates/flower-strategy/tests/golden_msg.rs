@@ -28,14 +28,7 @@ use flower_strategy::StrategyError;
 use serde_json::Value as Json;
 
 /// Strategy classes whose cases are expected to fail until they are ported.
-const NOT_YET: &[&str] = &[
-    "DifferentialPrivacyServerSideFixedClipping",
-    "DifferentialPrivacyServerSideAdaptiveClipping",
-    "DifferentialPrivacyClientSideFixedClipping",
-    "DifferentialPrivacyClientSideAdaptiveClipping",
-    "FedXgbBagging",
-    "FedXgbCyclic",
-];
+const NOT_YET: &[&str] = &["FedXgbBagging", "FedXgbCyclic"];
 
 /// Classes whose arrays must match bit for bit.
 const EXACT: &[&str] = &[
@@ -690,6 +683,28 @@ fn build(spec: &Json) -> Result<Box<dyn MsgStrategy>, StrategyError> {
             u(kw, "num_nodes_to_select", 1),
         )?),
         "Bulyan" => Box::new(msg::Bulyan::new(opts, u(kw, "num_malicious_nodes", 0))?),
+        c if c.starts_with("DifferentialPrivacy") => {
+            let inner = build(&spec["inner"])?;
+            let server_side = c.contains("ServerSide");
+            let nm = f(kw, "noise_multiplier", f64::NAN);
+            let ns = u(kw, "num_sampled_clients", 0);
+            if c.ends_with("FixedClipping") {
+                let o = flower_strategy::FixedClippingOptions {
+                    noise_multiplier: nm,
+                    clipping_norm: f(kw, "clipping_norm", f64::NAN),
+                    num_sampled_clients: ns,
+                };
+                Box::new(msg::DpWrapper::fixed(inner, server_side, o)?)
+            } else {
+                let mut o = flower_strategy::AdaptiveClippingOptions::new(nm, ns);
+                o.initial_clipping_norm = f(kw, "initial_clipping_norm", o.initial_clipping_norm);
+                o.target_clipped_quantile =
+                    f(kw, "target_clipped_quantile", o.target_clipped_quantile);
+                o.clip_norm_lr = f(kw, "clip_norm_lr", o.clip_norm_lr);
+                o.clipped_count_stddev = kw.get("clipped_count_stddev").and_then(Json::as_f64);
+                Box::new(msg::DpWrapper::adaptive(inner, server_side, o)?)
+            }
+        }
         other => return Err(StrategyError::Config(format!("{other} is not ported yet"))),
     })
 }

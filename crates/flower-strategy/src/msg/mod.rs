@@ -16,6 +16,7 @@
 //! | `FedMedian` / `FedTrimmedAvg` | [`FedMedian`] ([`FedMedian::trimmed`]) | `beta` |
 //! | `Krum` / `MultiKrum` | [`MultiKrum`] ([`MultiKrum::krum`]) | `num_malicious_nodes`, `num_nodes_to_select` |
 //! | `Bulyan` | [`Bulyan`] | `num_malicious_nodes` |
+//! | the four `DifferentialPrivacy*Clipping` wrappers | [`DpWrapper`] ([`DpWrapper::fixed`], [`DpWrapper::adaptive`]) | [`FixedClippingOptions`](crate::FixedClippingOptions), [`AdaptiveClippingOptions`](crate::AdaptiveClippingOptions) |
 //!
 //! The arithmetic is the legacy catalog's (`layers`, `mean`); what
 //! differs is Flower's message-API options, sampling, reply validation and
@@ -23,6 +24,7 @@
 //! blocks forever the grid's wait is bounded
 //! ([`crate::deviations`], `msg-bounded-wait`).
 
+mod dp;
 mod fedavg;
 mod fedopt;
 mod records;
@@ -31,6 +33,7 @@ mod robust;
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub use dp::DpWrapper;
 pub use fedavg::{FedAvg, FedAvgOptions, MetricsAggrFn};
 pub use fedopt::{FedAvgM, FedOpt, FedOptKind, FedOptOptions, FedProx, QFedAvg, QFedAvgOptions};
 pub use records::{
