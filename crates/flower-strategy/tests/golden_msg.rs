@@ -28,7 +28,7 @@ use flower_strategy::StrategyError;
 use serde_json::Value as Json;
 
 /// Strategy classes whose cases are expected to fail until they are ported.
-const NOT_YET: &[&str] = &["FedXgbBagging", "FedXgbCyclic"];
+const NOT_YET: &[&str] = &[];
 
 /// Classes whose arrays must match bit for bit.
 const EXACT: &[&str] = &[
@@ -37,8 +37,6 @@ const EXACT: &[&str] = &[
     "FedAvgM",
     "FedMedian",
     "Krum",
-    "FedXgbBagging",
-    "FedXgbCyclic",
     "FedOpt",
 ];
 
@@ -705,6 +703,8 @@ fn build(spec: &Json) -> Result<Box<dyn MsgStrategy>, StrategyError> {
                 Box::new(msg::DpWrapper::adaptive(inner, server_side, o)?)
             }
         }
+        "FedXgbBagging" => Box::new(msg::FedXgbBagging::new(opts)?),
+        "FedXgbCyclic" => Box::new(msg::FedXgbCyclic::new(opts)?),
         other => return Err(StrategyError::Config(format!("{other} is not ported yet"))),
     })
 }

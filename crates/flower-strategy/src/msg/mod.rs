@@ -16,6 +16,7 @@
 //! | `FedMedian` / `FedTrimmedAvg` | [`FedMedian`] ([`FedMedian::trimmed`]) | `beta` |
 //! | `Krum` / `MultiKrum` | [`MultiKrum`] ([`MultiKrum::krum`]) | `num_malicious_nodes`, `num_nodes_to_select` |
 //! | `Bulyan` | [`Bulyan`] | `num_malicious_nodes` |
+//! | `FedXgbBagging` / `FedXgbCyclic` | [`FedXgbBagging`] / [`FedXgbCyclic`] | — |
 //! | the four `DifferentialPrivacy*Clipping` wrappers | [`DpWrapper`] ([`DpWrapper::fixed`], [`DpWrapper::adaptive`]) | [`FixedClippingOptions`](crate::FixedClippingOptions), [`AdaptiveClippingOptions`](crate::AdaptiveClippingOptions) |
 //!
 //! The arithmetic is the legacy catalog's (`layers`, `mean`); what
@@ -29,6 +30,7 @@ mod fedavg;
 mod fedopt;
 mod records;
 mod robust;
+mod xgb;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -41,6 +43,7 @@ pub use records::{
     Ordered, Record, RecordDict, Reply, ReplyError,
 };
 pub use robust::{Bulyan, FedMedian, MultiKrum};
+pub use xgb::{FedXgbBagging, FedXgbCyclic};
 
 use crate::StrategyError;
 
