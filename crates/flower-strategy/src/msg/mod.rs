@@ -286,3 +286,122 @@ pub fn start(
     }
     Ok(result)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::{Data, Layer};
+
+    /// Two nodes online, a wait bound of `max_waits`, echoing replies.
+    struct SmallGrid {
+        waits: u32,
+        max_waits: u32,
+    }
+
+    impl Grid for SmallGrid {
+        fn node_ids(&mut self) -> Vec<u64> {
+            vec![11, 22]
+        }
+        fn wait_for_nodes(&mut self) -> bool {
+            self.waits += 1;
+            self.waits <= self.max_waits
+        }
+        fn send_and_receive(&mut self, messages: Vec<Message>, _timeout: f64) -> Vec<Reply> {
+            messages
+                .into_iter()
+                .map(|m| {
+                    let mut content = (*m.content).clone();
+                    let mut metrics = MetricRecord::new();
+                    metrics.insert("num-examples", MetricValue::Int(1));
+                    content.insert("metrics", Record::Metrics(metrics));
+                    content.remove("config");
+                    Reply {
+                        src_node_id: m.dst_node_id,
+                        content: Ok(content),
+                    }
+                })
+                .collect()
+        }
+    }
+
+    fn model(v: &[f32]) -> ArrayRecord {
+        let layer = Layer {
+            shape: vec![v.len()],
+            data: Data::F32(v.to_vec()),
+            half: false,
+        };
+        [("w", Array::of_layer(&layer))].into_iter().collect()
+    }
+
+    /// Deviation `msg-bounded-wait`: Flower would sleep forever here.
+    #[test]
+    fn too_few_nodes_fail_after_the_bounded_wait() {
+        let opts = FedAvgOptions {
+            min_available_nodes: 3,
+            ..FedAvgOptions::default()
+        };
+        let mut s = FedAvg::new(opts).unwrap();
+        let mut grid = SmallGrid {
+            waits: 0,
+            max_waits: 4,
+        };
+        let err = start(&mut s, &mut grid, model(&[1.0]), RunConfig::default(), None).unwrap_err();
+        let StrategyError::InPhase {
+            phase,
+            server_round,
+            source,
+        } = err
+        else {
+            panic!("InPhase expected")
+        };
+        assert_eq!((phase, server_round), (Phase::ConfigureTrain, 1));
+        assert!(matches!(
+            *source,
+            StrategyError::TooFewNodes {
+                required: 3,
+                online: 2
+            }
+        ));
+        assert_eq!(grid.waits, 5);
+        // Enough nodes: the same grid runs to the end.
+        let mut s = FedAvg::new(FedAvgOptions::default()).unwrap();
+        let r = start(&mut s, &mut grid, model(&[1.0]), RunConfig::default(), None).unwrap();
+        assert_eq!(r.train_metrics_clientapp.len(), 3);
+    }
+
+    /// Deviation `msg-dp-noise-source`: noise is drawn per wrapper from an
+    /// OS-seeded stream, so two wrappers add different noise; zero noise
+    /// turns -0.0 into +0.0 as NumPy's `x += 0.0` does.
+    #[test]
+    fn dp_noise_is_os_seeded_and_zero_noise_clears_negative_zero() {
+        let replies = |v: &[f32]| {
+            let mut metrics = MetricRecord::new();
+            metrics.insert("num-examples", MetricValue::Int(1));
+            let mut c = RecordDict::new();
+            c.insert("arrays", Record::Arrays(model(v)));
+            c.insert("metrics", Record::Metrics(metrics));
+            vec![Reply {
+                src_node_id: 1,
+                content: Ok(c),
+            }]
+        };
+        let run = |nm: f64, v: &[f32]| {
+            let inner = Box::new(FedAvg::new(FedAvgOptions::default()).unwrap());
+            let o = crate::FixedClippingOptions {
+                noise_multiplier: nm,
+                clipping_norm: 1.0,
+                num_sampled_clients: 1,
+            };
+            let mut dp = DpWrapper::fixed(inner, false, o).unwrap();
+            let (a, _) = dp.aggregate_train(1, replies(v)).unwrap();
+            let a = a.unwrap();
+            a.get("w").unwrap().layer().unwrap().data
+        };
+        let Data::F32(z) = run(0.0, &[-0.0, 2.0]) else {
+            panic!("f32 expected")
+        };
+        assert!(z[0] == 0.0 && z[0].is_sign_positive());
+        assert_eq!(z[1], 2.0);
+        assert_ne!(run(1.0, &[0.0; 8]), run(1.0, &[0.0; 8]));
+    }
+}
