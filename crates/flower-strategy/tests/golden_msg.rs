@@ -368,7 +368,7 @@ struct ReplayGrid {
 impl ReplayGrid {
     fn phase_json(&self) -> Option<&Json> {
         let r = self.phase / 2;
-        let p = if self.phase % 2 == 0 {
+        let p = if self.phase.is_multiple_of(2) {
             "train"
         } else {
             "evaluate"
@@ -711,7 +711,7 @@ fn build(spec: &Json) -> Result<Box<dyn MsgStrategy>, StrategyError> {
 
 /// The harness's `server_eval_l2_v1` / `server_eval_odd_rounds_v1`.
 fn server_eval(name: &str, r: u64, arrays: &ArrayRecord) -> Option<MetricRecord> {
-    if name == "server_eval_odd_rounds_v1" && r % 2 == 0 {
+    if name == "server_eval_odd_rounds_v1" && r.is_multiple_of(2) {
         return None;
     }
     let mut values = Vec::new();

@@ -35,12 +35,22 @@ pub struct DpWrapper {
     rng: NoiseRng,
 }
 
+/// `x > 0` (false for NaN).
+fn positive(x: f64) -> bool {
+    x > 0.0
+}
+
+/// `x >= 0` (false for NaN).
+fn non_negative(x: f64) -> bool {
+    x >= 0.0
+}
+
 fn config_err(m: &str) -> StrategyError {
     StrategyError::Config(m.to_owned())
 }
 
 fn validate_common(noise_multiplier: f64, num_sampled_clients: usize) -> Result<(), StrategyError> {
-    if !(noise_multiplier >= 0.0) {
+    if !non_negative(noise_multiplier) {
         return Err(config_err("the noise multiplier should be non-negative"));
     }
     if num_sampled_clients == 0 {
@@ -60,7 +70,7 @@ impl DpWrapper {
         o: FixedClippingOptions,
     ) -> Result<Self, StrategyError> {
         validate_common(o.noise_multiplier, o.num_sampled_clients)?;
-        if !(o.clipping_norm > 0.0) {
+        if !positive(o.clipping_norm) {
             return Err(config_err("the clipping norm should be positive"));
         }
         Ok(DpWrapper {
@@ -83,16 +93,16 @@ impl DpWrapper {
         o: AdaptiveClippingOptions,
     ) -> Result<Self, StrategyError> {
         validate_common(o.noise_multiplier, o.num_sampled_clients)?;
-        if !(o.initial_clipping_norm > 0.0) {
+        if !positive(o.initial_clipping_norm) {
             return Err(config_err("the initial clipping norm should be positive"));
         }
         if !(0.0..=1.0).contains(&o.target_clipped_quantile) {
             return Err(config_err("the target clipped quantile must be in [0, 1]"));
         }
-        if !(o.clip_norm_lr > 0.0) {
+        if !positive(o.clip_norm_lr) {
             return Err(config_err("the learning rate must be positive"));
         }
-        if o.clipped_count_stddev.is_some_and(|s| !(s >= 0.0)) {
+        if o.clipped_count_stddev.is_some_and(|s| !non_negative(s)) {
             return Err(config_err("clipped_count_stddev must be non-negative"));
         }
         let (count_stddev, noise_multiplier) = adaptive_noise_params(

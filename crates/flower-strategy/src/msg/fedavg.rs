@@ -102,7 +102,7 @@ impl FedAvg {
         ] {
             // Flower does not check; a negative or NaN fraction would make
             // `int(n * fraction)` meaningless.
-            if !(v >= 0.0) {
+            if v.is_nan() || v < 0.0 {
                 return Err(StrategyError::Config(format!(
                     "{name} must be >= 0, got {v}"
                 )));

@@ -260,6 +260,9 @@ impl FedOptOptions {
     }
 }
 
+/// Per-key moment values (f64), `None` before the first aggregation.
+pub type Moments = Option<Vec<(String, Vec<f64>)>>;
+
 /// Flower's message-API `FedAdagrad`, `FedAdam`, `FedYogi` (and `FedOpt`).
 #[derive(Debug, Clone)]
 pub struct FedOpt {
@@ -294,12 +297,7 @@ impl FedOpt {
     }
 
     /// `(m_t, v_t)` after the last aggregation, by key (f64 values).
-    pub fn moments(
-        &self,
-    ) -> (
-        Option<Vec<(String, Vec<f64>)>>,
-        Option<Vec<(String, Vec<f64>)>>,
-    ) {
+    pub fn moments(&self) -> (Moments, Moments) {
         let f = |m: &Option<Vec<(String, Data)>>| {
             m.as_ref()
                 .map(|v| v.iter().map(|(k, d)| (k.clone(), d.to_f64())).collect())

@@ -37,7 +37,9 @@ use std::fmt;
 
 pub use dp::DpWrapper;
 pub use fedavg::{FedAvg, FedAvgOptions, MetricsAggrFn};
-pub use fedopt::{FedAvgM, FedOpt, FedOptKind, FedOptOptions, FedProx, QFedAvg, QFedAvgOptions};
+pub use fedopt::{
+    FedAvgM, FedOpt, FedOptKind, FedOptOptions, FedProx, Moments, QFedAvg, QFedAvgOptions,
+};
 pub use records::{
     Array, ArrayRecord, ConfigRecord, ConfigValue, Message, MessageType, MetricRecord, MetricValue,
     Ordered, Record, RecordDict, Reply, ReplyError,
