@@ -91,6 +91,9 @@
 //!   `qfedavg_custom`, FedMedian, FedTrimmedAvg, Krum, Bulyan,
 //!   FaultTolerantFedAvg, the XGBoost and Android strategies and every edge
 //!   case but `edge_large_num_examples_inplace`).
+//! * `cargo test -p flower-strategy --test golden_msg` replays the 87
+//!   message-API cases ([`msg`]) from `<workspace>/../shared/golden/strategies-msg`
+//!   (`FLWR_GOLDEN_MSG_DIR` overrides it) through [`msg::start`].
 //! * `cargo test -p flower-strategy --test strategy`: one binary with a module
 //!   per concern: `sampling` (client counts against Flower's
 //!   `sampling_table.json`), `checkpoint` (`state`/`restore_state` resume
