@@ -22,6 +22,8 @@
 //! | `inplace-rounding` | In-place FedAvg rounds `x_k·(n_k/N)` to the layer dtype for each client, then adds in that dtype | `f32(x_k·n_k)` is added up in f32 (f64 for f64 layers) and divided by `N` once: the same roundings before the scaling instead of after; results differ by about an ulp (a single client's model is returned exactly, as in Flower; the plain mean is bit-equal) | `N` is only known after the last result: a streaming fold cannot scale by `n_k/N` |
 //! | `qffl-summation-order` | QFedAvg sums `Δ_k/H` over clients | It sums `Δ_k` as results arrive and divides by `H = Σh_k` once (f64, last-bit differences) | Streaming |
 //! | `float16-compute` | f16 layers are computed in f16 step by step (and the plain mean rounds `n_k` to f16, overflowing above 65504) | f16 layers are computed in f32 and rounded to f16 once | Avoids the overflow; results equal within f16 precision |
+//! | `msg-bounded-wait` | Message-API strategies sleep 1 s and poll `get_node_ids()` forever while fewer than `max(min_available_nodes, sample_size)` nodes are connected | [`crate::msg::Grid::wait_for_nodes`] bounds the wait; when it gives up the phase fails with [`StrategyError::TooFewNodes`] (golden cases `edge_too_few_nodes_blocks`, `edge_min_train_nodes_exceeds_blocks`: Flower blocked where this port errors) | A server must not hang forever on a misconfigured minimum |
+//! | `msg-dp-noise-source` | The message-API DP wrappers draw Gaussian noise (and the clipped-count noise) from NumPy's global generator | An OS-seeded ChaCha20 stream per wrapper (zero noise is still added, turning -0.0 into +0.0 as in Flower) | NumPy's global generator is shared, seedable by any code and not a cryptographic source |
 //! | `integer-plain-mean-exact` | The plain mean multiplies integer layers by `n_k` in int64 (wrapping on overflow) | Exact 128-bit sums | No wrap-around |
 
 use crate::StrategyError;
@@ -179,6 +181,20 @@ pub const DEVIATIONS: &[Deviation] = &[
         golden_cases: &[],
     },
     Deviation {
+        id: "msg-bounded-wait",
+        flower: "message-API sampling sleeps and polls get_node_ids() forever while too few nodes are connected",
+        here: "Grid::wait_for_nodes bounds the wait; the phase then fails with TooFewNodes (golden_msg checks edge_too_few_nodes_blocks and edge_min_train_nodes_exceeds_blocks)",
+        reason: "a server must not hang forever on a misconfigured minimum",
+        golden_cases: &[],
+    },
+    Deviation {
+        id: "msg-dp-noise-source",
+        flower: "the message-API DP wrappers draw noise from NumPy's global generator",
+        here: "an OS-seeded ChaCha20 stream per wrapper; zero noise is still added (-0.0 becomes +0.0)",
+        reason: "NumPy's global generator is shared, seedable by any code and not a cryptographic source",
+        golden_cases: &[],
+    },
+    Deviation {
         id: "integer-plain-mean-exact",
         flower: "int64 products and sums wrap on overflow",
         here: "exact 128-bit sums",
@@ -215,6 +231,11 @@ impl StrategyError {
             StrategyError::MissingMetric(_) => "MissingMetric",
             StrategyError::Missing(_) => "Missing",
             StrategyError::State(_) => "State",
+            StrategyError::InconsistentReplies(_) => "InconsistentReplies",
+            StrategyError::Aggregation(_) => "Aggregation",
+            StrategyError::Shape(_) => "Shape",
+            StrategyError::TooFewNodes { .. } => "TooFewNodes",
+            StrategyError::InPhase { .. } => "InPhase",
         }
     }
 }

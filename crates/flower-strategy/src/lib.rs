@@ -91,6 +91,9 @@
 //!   `qfedavg_custom`, FedMedian, FedTrimmedAvg, Krum, Bulyan,
 //!   FaultTolerantFedAvg, the XGBoost and Android strategies and every edge
 //!   case but `edge_large_num_examples_inplace`).
+//! * `cargo test -p flower-strategy --test golden_msg` replays the 87
+//!   message-API cases ([`msg`]) from `<workspace>/../shared/golden/strategies-msg`
+//!   (`FLWR_GOLDEN_MSG_DIR` overrides it) through [`msg::start`].
 //! * `cargo test -p flower-strategy --test strategy`: one binary with a module
 //!   per concern: `sampling` (client counts against Flower's
 //!   `sampling_table.json`), `checkpoint` (`state`/`restore_state` resume
@@ -105,7 +108,7 @@ mod android;
 mod bookkeeping;
 pub mod callbacks;
 pub mod deviations;
-mod dp;
+pub(crate) mod dp;
 mod fault_tolerant;
 mod fedavg;
 mod fedavgm;
@@ -114,10 +117,11 @@ mod fedprox;
 mod float;
 mod layers;
 mod mean;
+pub mod msg;
 mod pyjson;
 mod qfedavg;
 mod registry;
-mod rng;
+pub(crate) mod rng;
 mod robust;
 mod strategy;
 mod xgb;
@@ -235,4 +239,36 @@ pub enum StrategyError {
     /// Strategy state passed to [`Strategy::restore_state`] is malformed.
     #[error("invalid strategy state: {0}")]
     State(String),
+    /// Message-API replies that cannot be aggregated together (Flower:
+    /// `InconsistentMessageReplies`): not exactly one ArrayRecord or
+    /// MetricRecord, differing keys, a missing or list-valued weight.
+    #[error("inconsistent replies: {0}")]
+    InconsistentReplies(String),
+    /// A message-API aggregation step failed (Flower: `AggregationError`).
+    #[error("aggregation failed: {0}")]
+    Aggregation(String),
+    /// Values whose shapes or lengths cannot be combined (Flower: NumPy's or
+    /// `zip(strict=True)`'s ValueError).
+    #[error("incompatible shapes: {0}")]
+    Shape(String),
+    /// Fewer nodes connected than a message-API strategy needs, after the
+    /// grid's bounded wait (Flower waits forever).
+    #[error("too few nodes: {required} required, {online} connected")]
+    TooFewNodes {
+        /// Nodes required (`max(min_available_nodes, sample_size)`).
+        required: usize,
+        /// Nodes connected when the wait gave up.
+        online: usize,
+    },
+    /// A message-API strategy failed in one phase of [`msg::start`].
+    #[error("{phase} of round {server_round} failed")]
+    InPhase {
+        /// The phase.
+        phase: msg::Phase,
+        /// The round (0 for the initial server-side evaluation).
+        server_round: u64,
+        /// The error.
+        #[source]
+        source: Box<StrategyError>,
+    },
 }

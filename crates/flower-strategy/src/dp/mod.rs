@@ -15,7 +15,7 @@
 
 mod central;
 mod dpfedavg;
-mod noise;
+pub(crate) mod noise;
 
 use flower_core::{FitRes, Metrics, Parameters, Scalar};
 

@@ -30,7 +30,7 @@ pub(super) fn update_norm(update: &[Data]) -> f64 {
 /// Clips `x − g` to L2 norm `clipping_norm` and returns `(g + u, clipped)`.
 /// A zero-norm update is [`StrategyError::ZeroNorm`] (Flower:
 /// ZeroDivisionError).
-pub(super) fn clip_model(
+pub(crate) fn clip_model(
     x: &[Layer],
     g: &[Layer],
     clipping_norm: f64,
@@ -85,18 +85,18 @@ pub(super) fn add_noise(
 
 /// What the adaptive clipping-norm update needs besides the round's counts.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct NormUpdate {
+pub(crate) struct NormUpdate {
     /// Stddev σ_b of the noise on the count.
-    pub(super) count_stddev: f64,
+    pub(crate) count_stddev: f64,
     /// Learning rate η_C.
-    pub(super) lr: f64,
+    pub(crate) lr: f64,
     /// Target fraction γ.
-    pub(super) target: f64,
+    pub(crate) target: f64,
 }
 
 impl NormUpdate {
     /// `C ← C·exp(−η_C·((b + N(0, σ_b²))/R − γ))` for `bits` of `results`.
-    pub(super) fn apply(&self, c: f64, bits: usize, results: usize, rng: &mut NoiseRng) -> f64 {
+    pub(crate) fn apply(&self, c: f64, bits: usize, results: usize, rng: &mut NoiseRng) -> f64 {
         let noised = rng.normal(bits as f64, self.count_stddev);
         c * (-self.lr * (noised / results as f64 - self.target)).exp()
     }
@@ -104,7 +104,7 @@ impl NormUpdate {
 
 /// Flower's `compute_adaptive_noise_params`: `(clipped_count_stddev,
 /// effective noise multiplier)`.
-pub(super) fn adaptive_noise_params(
+pub(crate) fn adaptive_noise_params(
     z: f64,
     num_sampled_clients: usize,
     stddev: Option<f64>,

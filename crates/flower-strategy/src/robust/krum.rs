@@ -250,7 +250,12 @@ fn closest_mean<T: Float>(column: &[T], med: T, beta: usize) -> T {
 
 /// Bulyan's second stage for one layer: per coordinate, the mean of the
 /// `beta` values of `selected` closest to the median `med`.
-fn closest_layer<T: Float>(selected: &[&[Layer]], l: usize, med: &[T], beta: usize) -> Data {
+pub(crate) fn closest_layer<T: Float>(
+    selected: &[&[Layer]],
+    l: usize,
+    med: &[T],
+    beta: usize,
+) -> Data {
     T::data(
         med.iter()
             .enumerate()

@@ -21,6 +21,7 @@ use crate::layers::{
 use crate::strategy::{ClientFailure, ClientId};
 use crate::StrategyError;
 
+pub(crate) use krum::closest_layer;
 pub use krum::{Bulyan, BulyanOptions, BulyanRule, Krum, KrumOptions, KrumRule};
 
 /// One kept result.
@@ -156,7 +157,7 @@ impl<R: RobustRule> Aggregate for RobustStep<R> {
 // ---- per-coordinate helpers ------------------------------------------------
 
 /// Total order with NaN last (NumPy's sort order).
-fn nan_last<T: Float>(a: T, b: T) -> Ordering {
+pub(crate) fn nan_last<T: Float>(a: T, b: T) -> Ordering {
     match (a.is_nan(), b.is_nan()) {
         (true, true) => Ordering::Equal,
         (true, false) => Ordering::Greater,
@@ -166,7 +167,7 @@ fn nan_last<T: Float>(a: T, b: T) -> Ordering {
 }
 
 /// A reduction of one coordinate's column of values to one value.
-trait ColumnOp {
+pub(crate) trait ColumnOp {
     fn apply<T: Float>(&self, column: &mut [T]) -> T;
 }
 
@@ -179,7 +180,7 @@ fn column<T: Float>(models: &[&[Layer]], layer: usize, i: usize, out: &mut Vec<T
 
 /// Applies `op` to every coordinate of layer `layer` across `models`,
 /// building an output layer of the first model's dtype.
-fn per_coordinate(models: &[&[Layer]], layer: usize, op: &impl ColumnOp) -> Layer {
+pub(crate) fn per_coordinate(models: &[&[Layer]], layer: usize, op: &impl ColumnOp) -> Layer {
     fn run<T: Float>(models: &[&[Layer]], layer: usize, op: &impl ColumnOp) -> Vec<T> {
         let mut col = Vec::with_capacity(models.len());
         (0..models[0][layer].len())
@@ -200,7 +201,7 @@ fn per_coordinate(models: &[&[Layer]], layer: usize, op: &impl ColumnOp) -> Laye
 
 /// `np.median` of one column: the middle value, or `(a+b)/2` in the dtype
 /// for an even count; NaN if any value is NaN.
-struct Median;
+pub(crate) struct Median;
 
 impl ColumnOp for Median {
     fn apply<T: Float>(&self, column: &mut [T]) -> T {
@@ -218,8 +219,8 @@ impl ColumnOp for Median {
 }
 
 /// Mean of the column without its `cut` lowest and `cut` highest values.
-struct Trimmed {
-    cut: usize,
+pub(crate) struct Trimmed {
+    pub(crate) cut: usize,
 }
 
 impl ColumnOp for Trimmed {
@@ -237,7 +238,7 @@ impl ColumnOp for Trimmed {
 }
 
 /// The coordinate-wise median model.
-fn median_model(models: &[&[Layer]]) -> Vec<Layer> {
+pub(crate) fn median_model(models: &[&[Layer]]) -> Vec<Layer> {
     let Some(first) = models.first() else {
         return Vec::new();
     };
