@@ -168,6 +168,10 @@ pub struct Checkpoint {
     pub strategy_state: Value,
     /// History so far.
     pub history: History,
+    /// SHA-256 (hex) of the model file this checkpoint belongs to, set by
+    /// the store; resume refuses a model file that does not match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use flower_core::Parameters;
+use sha2::{Digest, Sha256};
 
 use crate::history::Checkpoint;
 use crate::model_file::{parameters_from_npz, parameters_to_npz_named};
@@ -92,12 +93,14 @@ impl RunStore for DirectoryStore {
                 }
             })?;
         write_atomic(&model_path, &model)?;
+        let mut checkpoint = checkpoint.clone();
+        checkpoint.model_sha256 = Some(hex::encode(Sha256::digest(&model)));
         let history_path = dir.join(Self::HISTORY);
         let history = serde_json::to_vec_pretty(&checkpoint.history)
             .map_err(ServerError::json("writing", &history_path))?;
         write_atomic(&history_path, &history)?;
         let checkpoint_path = dir.join(Self::CHECKPOINT);
-        let cp = serde_json::to_vec_pretty(checkpoint)
+        let cp = serde_json::to_vec_pretty(&checkpoint)
             .map_err(ServerError::json("writing", &checkpoint_path))?;
         // The checkpoint goes last: it only ever points at a complete model.
         write_atomic(&checkpoint_path, &cp)
@@ -112,7 +115,21 @@ impl RunStore for DirectoryStore {
             std::fs::read_to_string(&cp_path).map_err(ServerError::io("reading", &cp_path))?;
         let checkpoint: Checkpoint =
             serde_json::from_str(&text).map_err(ServerError::json("reading", &cp_path))?;
-        let parameters = parameters_from_npz(&self.dir.join(Self::MODEL), &checkpoint.tensor_type)?;
+        let model_path = self.dir.join(Self::MODEL);
+        if let Some(want) = &checkpoint.model_sha256 {
+            let bytes =
+                std::fs::read(&model_path).map_err(ServerError::io("reading", &model_path))?;
+            let got = hex::encode(Sha256::digest(&bytes));
+            if &got != want {
+                return Err(ServerError::Config(format!(
+                    "{} does not belong to {} (its SHA-256 is {got}, the checkpoint expects \
+                     {want}): refusing to resume from a model the checkpoint did not write",
+                    model_path.display(),
+                    cp_path.display()
+                )));
+            }
+        }
+        let parameters = parameters_from_npz(&model_path, &checkpoint.tensor_type)?;
         Ok(Some(SavedRun {
             checkpoint,
             parameters,
@@ -124,22 +141,28 @@ impl RunStore for DirectoryStore {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same
-/// directory, synced, then renamed over the target.
+/// Writes `bytes` to `path` atomically: a new temporary file in the same
+/// directory (unique name, created exclusively with mode 0600, so a
+/// planted file or symlink is never followed), synced, renamed over the
+/// target, then the directory synced so the rename survives a crash.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
     use std::io::Write;
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = std::fs::File::create(&tmp).map_err(ServerError::io("writing", path))?;
-    file.write_all(bytes)
-        .map_err(ServerError::io("writing", path))?;
-    file.sync_all().map_err(ServerError::io("writing", path))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(ServerError::io("writing", path))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let io = || ServerError::io("writing", path);
+    let mut file = tempfile::Builder::new()
+        .prefix(".flower-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io())?;
+    file.write_all(bytes).map_err(io())?;
+    file.as_file().sync_all().map_err(io())?;
+    file.persist(path).map_err(|e| io()(e.error))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(ServerError::io("syncing", dir))?;
     Ok(())
 }
 
@@ -164,11 +187,49 @@ mod tests {
             strategy: "FedAvg".into(),
             strategy_state: serde_json::Value::Null,
             history: History::default(),
+            model_sha256: None,
         };
         store.save(&checkpoint, &parameters).unwrap();
         let saved = store.load().unwrap().unwrap();
-        assert_eq!(saved.checkpoint, checkpoint);
+        assert_eq!(
+            saved.checkpoint.completed_rounds,
+            checkpoint.completed_rounds
+        );
+        assert!(saved.checkpoint.model_sha256.is_some());
         assert_eq!(saved.parameters, parameters);
+
+        // Files are private to the owner; no temporary file is left behind.
+        use std::os::unix::fs::PermissionsExt;
+        for name in [DirectoryStore::MODEL, DirectoryStore::CHECKPOINT] {
+            let mode = std::fs::metadata(store.dir().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        let leftovers = std::fs::read_dir(store.dir())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".tmp")
+            })
+            .count();
+        assert_eq!(leftovers, 0);
+
+        // A model file swapped under the checkpoint is refused.
+        let other = flower_core::ndarrays_to_parameters(&[flower_core::NdArray::from(
+            ndarray::arr1(&[9.0f32, 9.0]).into_dyn(),
+        )]);
+        std::fs::write(
+            store.dir().join(DirectoryStore::MODEL),
+            crate::parameters_to_npz(&other).unwrap(),
+        )
+        .unwrap();
+        let err = store.load().unwrap_err();
+        assert!(err.to_string().contains("does not belong"), "{err}");
     }
 
     #[test]
@@ -188,6 +249,7 @@ mod tests {
             strategy: "FedAvg".into(),
             strategy_state: serde_json::Value::Null,
             history: History::default(),
+            model_sha256: None,
         };
         store.save(&checkpoint, &parameters).unwrap();
         let (read, read_names) = crate::read_npz_named(

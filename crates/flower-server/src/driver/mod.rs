@@ -343,6 +343,7 @@ impl RoundDriver {
             strategy: self.strategy.name().to_string(),
             strategy_state: self.strategy.state(),
             history: self.history.clone(),
+            model_sha256: None,
         };
         blocking(|| store.save(&checkpoint, parameters))
     }
