@@ -1,0 +1,34 @@
+"""ClientApp of `flower-bench fleet`: no training, so the servers are what is measured.
+
+train: every received array + 1 (same name, same dtype), `num-examples` from the run config.
+evaluate: a cheap loss (the first element of every array, summed), same `num-examples`.
+"""
+
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+
+
+def _examples(context: Context) -> int:
+    return int(context.run_config["examples"])
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Reply with every received array plus one."""
+    arrays = msg.content["arrays"]
+    updated = ArrayRecord(
+        {name: Array(array.numpy() + array.numpy().dtype.type(1)) for name, array in arrays.items()}
+    )
+    metrics = MetricRecord({"num-examples": _examples(context)})
+    return Message(content=RecordDict({"arrays": updated, "metrics": metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Reply with a loss that costs nothing to compute."""
+    arrays = msg.content["arrays"]
+    loss = float(sum(float(a.numpy().ravel()[0]) for a in arrays.values() if a.numpy().size))
+    metrics = MetricRecord({"num-examples": _examples(context), "loss": loss})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
