@@ -105,6 +105,23 @@ impl Ctx {
     }
 }
 
+/// A command line for the record: program and arguments (quoted when they
+/// hold spaces), without the environment.
+fn show(c: &Command) -> String {
+    std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(|a| {
+            let a = a.to_string_lossy();
+            if a.contains(' ') {
+                format!("'{a}'")
+            } else {
+                a.into_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Runs `fleet`.
 pub(crate) fn run(args: FleetArgs) -> anyhow::Result<i32> {
     if args.nodes == 0 || args.rounds == 0 || args.params < 4 {
@@ -444,7 +461,7 @@ fn run_stock(ctx: &Ctx) -> anyhow::Result<Outcome> {
     ])
     .arg(port.to_string())
     .current_dir(&dir);
-    let command = format!("{c:?}");
+    let command = show(&c);
     let recorder = Arc::new(Recorder::new(ctx.watcher.clone()));
     let log = dir.join("superlink.log");
     eprintln!("[{LABEL}] starting flower-superlink on {addr}");
@@ -512,7 +529,7 @@ fn run_stock(ctx: &Ctx) -> anyhow::Result<Outcome> {
         .arg("--format")
         .arg("json")
         .current_dir(&dir);
-    let flwr_run_command = format!("{c:?}");
+    let flwr_run_command = show(&c);
     let run_log = dir.join("flwr-run.log");
     let out = Arc::new(Mutex::new(String::new()));
     let o = out.clone();
@@ -661,7 +678,7 @@ fn run_ours(ctx: &Ctx) -> anyhow::Result<Outcome> {
     args.extend(ctx.args.server_args.iter().map(OsString::from));
     let mut c = Command::new(&bin);
     c.args(&args).env("RUST_LOG", "info").current_dir(&dir);
-    let command = format!("{c:?}");
+    let command = show(&c);
     let recorder = Arc::new(Recorder::new(ctx.watcher.clone()));
     let log = dir.join("flower-server.log");
     eprintln!("[{LABEL}] starting {} (Fleet API on {addr})", bin.display());
