@@ -47,13 +47,14 @@ pub(crate) struct RoundEnd {
 }
 
 /// Everything seen so far.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Seen {
     /// Readings at round starts.
     pub(crate) starts: BTreeMap<u64, Reading>,
     /// Completed rounds in order.
     pub(crate) rounds: Vec<RoundEnd>,
     /// Fit seconds of rounds whose end was not seen yet (stock).
+    #[serde(skip)]
     pending_fit: BTreeMap<u64, f64>,
     /// SuperNodes the stock SuperLink activated.
     pub(crate) activated: usize,

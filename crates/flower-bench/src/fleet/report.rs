@@ -74,8 +74,7 @@ pub(crate) struct Outcome {
     pub(crate) settled: Option<Reading>,
     /// The tree's sums after it was stopped (whole life).
     pub(crate) final_totals: Totals,
-    /// Rounds and markers.
-    #[serde(skip)]
+    /// Rounds and markers, with the readings taken at each.
     pub(crate) seen: Seen,
     /// Every process of the tree.
     pub(crate) members: Vec<Member>,
