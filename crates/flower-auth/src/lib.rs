@@ -47,6 +47,8 @@
 //! * [`AuthManager`]: first load, reloads, revocation.
 //! * [`AuthConfig`], [`AuthFlags`], [`VaultConfig`], [`token_store_from`]:
 //!   configuration (the server CLI maps onto [`AuthFlags`]).
+//! * [`node`]: SuperNode (Fleet API) request signatures and the authorized
+//!   node keys of `--enable-supernode-auth`.
 
 #![forbid(unsafe_code)]
 
@@ -55,6 +57,7 @@ mod config;
 mod error;
 mod layer;
 mod manager;
+pub mod node;
 mod revocable;
 mod secret;
 mod source;

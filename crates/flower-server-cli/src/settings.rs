@@ -141,7 +141,7 @@ pub(crate) struct Settings {
     /// Path under the mount listing the token secrets
     #[arg(long)]
     pub(crate) vault_secret_path: Option<String>,
-    /// Use users/<sub>/deployments/<ID>/federated (sub from the OIDC token).
+    /// Use `users/<sub>/deployments/<ID>/federated` (sub from the OIDC token).
     #[arg(long, value_name = "ID")]
     pub(crate) deployment_id: Option<String>,
     /// Seconds between Vault token-list refreshes (0 disables)

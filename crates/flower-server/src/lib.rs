@@ -36,7 +36,9 @@ pub use error::{error_chain, ModelFileError, ServerError};
 pub use flower_strategy::ClientId;
 pub use grpc::{FlowerTransport, ServeOptions, StreamError, TlsFiles, UploadGate};
 pub use history::{scalar_to_json, Checkpoint, History, RoundRecord};
-pub use model_file::{parameters_from_npz, parameters_to_npz};
+pub use model_file::{
+    parameters_from_npz, parameters_to_npz, parameters_to_npz_named, read_npz_named,
+};
 pub use node::{ClientHandle, ExchangeError, OutgoingMessage};
 pub use store::{write_atomic, DirectoryStore, RunStore, SavedRun};
 pub use transport::{BoundTransport, Transport};

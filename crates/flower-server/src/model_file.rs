@@ -17,12 +17,24 @@ use crate::{ModelFileError, ServerError};
 
 /// Serializes parameters as `.npz` bytes.
 pub fn parameters_to_npz(parameters: &Parameters) -> Result<Vec<u8>, ModelFileError> {
+    parameters_to_npz_named(parameters, None)
+}
+
+/// Serializes parameters as `.npz` bytes with these entry names (what
+/// `np.savez(path, **arrays)` writes; `names` must have one per tensor,
+/// otherwise `arr_0`, `arr_1`, ... are used).
+pub fn parameters_to_npz_named(
+    parameters: &Parameters,
+    names: Option<&[String]>,
+) -> Result<Vec<u8>, ModelFileError> {
+    let names = names.filter(|n| n.len() == parameters.tensors.len());
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
         .large_file(parameters.byte_len() > (u32::MAX as usize) / 2);
     for (i, tensor) in parameters.tensors.iter().enumerate() {
-        zip.start_file(format!("arr_{i}.npy"), options)?;
+        let name = names.map_or_else(|| format!("arr_{i}"), |n| n[i].clone());
+        zip.start_file(format!("{name}.npy"), options)?;
         if parameters.tensor_type == NUMPY_TENSOR_TYPE {
             zip.write_all(tensor)?;
         } else {
@@ -38,13 +50,22 @@ pub fn parameters_to_npz(parameters: &Parameters) -> Result<Vec<u8>, ModelFileEr
 /// Every entry must be a valid `.npy` of a supported dtype. With a
 /// `tensor_type` other than `numpy.ndarray`, the `uint8` wrapping is undone.
 pub fn parameters_from_npz(path: &Path, tensor_type: &str) -> Result<Parameters, ServerError> {
+    read_npz_named(path, tensor_type).map(|(parameters, _)| parameters)
+}
+
+/// Like [`parameters_from_npz`], also returning the entry names (without
+/// `.npy`) in the same order as the tensors.
+pub fn read_npz_named(
+    path: &Path,
+    tensor_type: &str,
+) -> Result<(Parameters, Vec<String>), ServerError> {
     let bad = |source: ModelFileError| ServerError::ModelFile {
         path: path.to_path_buf(),
         source,
     };
     let file = std::fs::File::open(path).map_err(|e| bad(e.into()))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(e.into()))?;
-    let mut entries: Vec<(Option<u64>, usize, Bytes)> = Vec::new();
+    let mut entries: Vec<(Option<u64>, String, Bytes)> = Vec::new();
     for index in 0..archive.len() {
         let mut entry = archive.by_index(index).map_err(|e| bad(e.into()))?;
         let name = entry.name().to_string();
@@ -65,13 +86,17 @@ pub fn parameters_from_npz(path: &Path, tensor_type: &str) -> Result<Parameters,
         } else {
             Bytes::copy_from_slice(view.data)
         };
-        entries.push((number, index, tensor));
+        entries.push((number, stem, tensor));
     }
     if entries.iter().all(|(n, _, _)| n.is_some()) {
         entries.sort_by_key(|(n, _, _)| *n);
     }
-    Ok(Parameters {
-        tensors: entries.into_iter().map(|(_, _, t)| t).collect(),
-        tensor_type: tensor_type.to_string(),
-    })
+    let (names, tensors) = entries.into_iter().map(|(_, name, t)| (name, t)).unzip();
+    Ok((
+        Parameters {
+            tensors,
+            tensor_type: tensor_type.to_string(),
+        },
+        names,
+    ))
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use flower_core::Parameters;
 
 use crate::history::Checkpoint;
-use crate::model_file::{parameters_from_npz, parameters_to_npz};
+use crate::model_file::{parameters_from_npz, parameters_to_npz_named};
 use crate::ServerError;
 
 /// A saved run: the checkpoint and the model it points at.
@@ -46,6 +46,7 @@ pub trait RunStore: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct DirectoryStore {
     dir: PathBuf,
+    array_names: Option<Vec<String>>,
 }
 
 impl DirectoryStore {
@@ -58,7 +59,18 @@ impl DirectoryStore {
 
     /// A store writing into `dir` (created on the first save).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        DirectoryStore { dir: dir.into() }
+        DirectoryStore {
+            dir: dir.into(),
+            array_names: None,
+        }
+    }
+
+    /// Names the model's arrays in `model.npz` (e.g. the keys of the
+    /// initial `.npz`); without, or when the count differs, `arr_0`, ...
+    #[must_use]
+    pub fn with_array_names(mut self, names: Vec<String>) -> Self {
+        self.array_names = Some(names);
+        self
     }
 
     /// The directory.
@@ -72,10 +84,13 @@ impl RunStore for DirectoryStore {
         let dir = &self.dir;
         std::fs::create_dir_all(dir).map_err(ServerError::io("creating", dir))?;
         let model_path = dir.join(Self::MODEL);
-        let model = parameters_to_npz(parameters).map_err(|source| ServerError::ModelFile {
-            path: model_path.clone(),
-            source,
-        })?;
+        let model =
+            parameters_to_npz_named(parameters, self.array_names.as_deref()).map_err(|source| {
+                ServerError::ModelFile {
+                    path: model_path.clone(),
+                    source,
+                }
+            })?;
         write_atomic(&model_path, &model)?;
         let history_path = dir.join(Self::HISTORY);
         let history = serde_json::to_vec_pretty(&checkpoint.history)
@@ -154,5 +169,33 @@ mod tests {
         let saved = store.load().unwrap().unwrap();
         assert_eq!(saved.checkpoint, checkpoint);
         assert_eq!(saved.parameters, parameters);
+    }
+
+    #[test]
+    fn array_names_are_kept_in_the_model_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["w".to_string(), "b".to_string()];
+        let store = DirectoryStore::new(dir.path()).with_array_names(names.clone());
+        let parameters = flower_core::ndarrays_to_parameters(&[
+            flower_core::NdArray::from(ndarray::arr1(&[1.0f32, 2.0]).into_dyn()),
+            flower_core::NdArray::from(ndarray::arr1(&[3i64]).into_dyn()),
+        ]);
+        let checkpoint = Checkpoint {
+            format_version: 1,
+            completed_rounds: 0,
+            num_rounds: 1,
+            tensor_type: parameters.tensor_type.clone(),
+            strategy: "FedAvg".into(),
+            strategy_state: serde_json::Value::Null,
+            history: History::default(),
+        };
+        store.save(&checkpoint, &parameters).unwrap();
+        let (read, read_names) = crate::read_npz_named(
+            &dir.path().join(DirectoryStore::MODEL),
+            &parameters.tensor_type,
+        )
+        .unwrap();
+        assert_eq!(read_names, names);
+        assert_eq!(read, parameters);
     }
 }

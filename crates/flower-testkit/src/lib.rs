@@ -16,12 +16,16 @@
 //!   certificate for `localhost`, `127.0.0.1` and `::1`.
 //! * [`stock_server`] runs the stock Python Flower server (flwr 1.42,
 //!   FedAvg, optional TLS and bearer token) as a child process.
+//! * [`flwr`] builds FABs of the test apps under `python/apps/` with the
+//!   venv's `flwr build`, runs stock `flower-supernode`s ([`flwr::SuperNode`])
+//!   and generates SuperNode ECDSA keys.
 //! * [`bao`] runs an OpenBao dev server (the venv's `bao` binary) and drives
 //!   it through its CLI; [`jwt`] mints the JWTs its JWT auth method checks.
 //!
 //! The most used items are re-exported at the crate root.
 
 pub mod bao;
+pub mod flwr;
 pub mod jwt;
 pub mod net;
 pub mod process;

@@ -12,4 +12,5 @@ mod signals;
 mod file_source;
 mod interceptor;
 mod no_token_in_logs;
+mod node_keys;
 mod vault;

@@ -1,0 +1,1 @@
+"""flower-rs test app: legacy NumPyClient ClientApp and ServerApp (see README.md)."""

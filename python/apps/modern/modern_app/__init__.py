@@ -1,0 +1,1 @@
+"""flower-rs test app: message-API ClientApp and ServerApp (see README.md)."""
