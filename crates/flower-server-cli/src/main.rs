@@ -9,7 +9,10 @@ mod settings;
 
 use std::process::ExitCode;
 
-use flower_server::{error_chain, parameters_from_npz, Server, ServerError};
+use std::sync::Arc;
+
+use flower_fleet::{FleetApi, FleetApp, FleetOptions, MessageFormat};
+use flower_server::{error_chain, read_npz_named, DirectoryStore, Server, ServerError};
 use settings::Settings;
 use tracing::{error, info};
 
@@ -61,11 +64,13 @@ async fn run(settings: Settings) -> Result<(), String> {
     let chain = |e: ServerError| error_chain(&e);
     let (serve_options, insecure) = settings.serve_options()?;
     let driver_config = settings.driver_config()?;
-    let initial = match &settings.initial_parameters {
+    let (initial, array_names) = match &settings.initial_parameters {
         Some(path) => {
-            Some(parameters_from_npz(path, flower_core::NUMPY_TENSOR_TYPE).map_err(chain)?)
+            let (parameters, names) =
+                read_npz_named(path, flower_core::NUMPY_TENSOR_TYPE).map_err(chain)?;
+            (Some(parameters), Some(names))
         }
-        None => None,
+        None => (None, None),
     };
     let common = flower_strategy::CommonOptions {
         seed: Some(driver_config.seed),
@@ -80,8 +85,11 @@ async fn run(settings: Settings) -> Result<(), String> {
         "starting"
     );
 
+    // The grpc-bidi port serves unless only the Fleet API was asked for.
+    let grpc_bidi = settings.address.is_some() || settings.fleet_api_address.is_none();
     let mut builder = Server::builder()
-        .serve_options(serve_options)
+        .serve_options(serve_options.clone())
+        .grpc_bidi(grpc_bidi)
         .boxed_strategy(strategy)
         .driver(driver_config)
         .allow_insecure_auth(settings.allow_insecure_auth.unwrap_or(false));
@@ -89,23 +97,53 @@ async fn run(settings: Settings) -> Result<(), String> {
         builder = builder.insecure();
     }
     if let Some(dir) = &settings.output_dir {
-        builder = builder.output_dir(dir);
+        let mut store = DirectoryStore::new(dir);
+        if let Some(names) = &array_names {
+            store = store.with_array_names(names.clone());
+        }
+        builder = builder.store(Arc::new(store));
     }
-    if let Some(auth) = settings
-        .auth_flags()?
-        .into_config()
-        .map_err(|e| e.to_string())?
-    {
-        builder = builder.auth(auth);
+    let auth_flags = settings.auth_flags()?;
+    if grpc_bidi {
+        if let Some(auth) = auth_flags
+            .clone()
+            .into_config()
+            .map_err(|e| e.to_string())?
+        {
+            builder = builder.auth(auth);
+        }
     }
+    let node_keys = match settings.fleet_api_address {
+        None => {
+            if settings.fab.is_some() || !settings.run_config.is_empty() {
+                return Err("--fab and --run-config need --fleet-api-address".into());
+            }
+            None
+        }
+        Some(address) => {
+            let (fleet, node_keys) =
+                fleet_options(&settings, address, &serve_options, insecure, array_names).await?;
+            builder = builder.transport(FleetApi::new(fleet));
+            node_keys
+        }
+    };
     let server = builder.bind().await.map_err(|e| match e {
         ServerError::Auth(e) => format!("authentication: {e}"),
         ServerError::Config(why) => why,
         other => chain(other),
     })?;
-    println!("flower-server listening on {}", server.local_addr());
+    if grpc_bidi {
+        println!("flower-server listening on {}", server.local_addr());
+    }
+    for (name, addr) in server.transport_addrs() {
+        println!("flower-server {name} listening on {addr}");
+    }
 
-    match server.run(wait_for_signal()).await {
+    let outcome = server.run(wait_for_signal()).await;
+    if let Some(manager) = &node_keys {
+        manager.shutdown();
+    }
+    match outcome {
         Ok(outcome) => {
             info!(rounds = outcome.completed_rounds, "done");
             if let Some(dir) = &settings.output_dir {
@@ -122,6 +160,79 @@ async fn run(settings: Settings) -> Result<(), String> {
         )),
         Err(e) => Err(chain(e)),
     }
+}
+
+/// The Fleet API's settings: the FAB and its run config (validated as
+/// Flower does), the message format, TLS as the grpc port's, and the node
+/// keys (their manager is returned so it lives as long as the run).
+async fn fleet_options(
+    settings: &Settings,
+    address: std::net::SocketAddr,
+    serve_options: &flower_server::ServeOptions,
+    insecure: bool,
+    array_names: Option<Vec<String>>,
+) -> Result<(FleetOptions, Option<flower_auth::node::NodeKeyManager>), String> {
+    let fab_path = settings
+        .fab
+        .as_ref()
+        .ok_or("--fleet-api-address needs --fab FILE (the app `flwr build` writes)")?;
+    let fab = flower_fab::Fab::from_file(fab_path)
+        .map_err(|e| format!("--fab {}: {}", fab_path.display(), error_chain(&e)))?;
+    let run_config = flower_fab::RunConfig::from_args(&fab, &settings.run_config)
+        .map_err(|e| format!("--run-config: {}", error_chain(&e)))?;
+    info!(
+        fab_id = %fab.fab_id(),
+        fab_version = fab.fab_version(),
+        fab_hash = fab.hash_str(),
+        "serving app"
+    );
+    let app = FleetApp::from_fab(&fab, &run_config);
+    let mut fleet = FleetOptions::new(app).address(address);
+    fleet = match (&serve_options.tls, insecure) {
+        (Some(tls), _) => fleet.tls(tls.clone()),
+        (None, _) => fleet.insecure(),
+    };
+    if let Some(format) = settings.fleet_message_format.as_deref() {
+        fleet = fleet.message_format(match format {
+            "legacy" => MessageFormat::Legacy,
+            _ => MessageFormat::Modern,
+        });
+    }
+    if let Some(names) = array_names {
+        fleet = fleet.array_keys(names);
+    }
+    let keys_config = flower_auth::node::NodeKeysConfig::from_flags(
+        &settings.auth_flags()?,
+        settings.authorized_keys.clone(),
+        settings.vault_node_keys_path.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    let enable = settings.enable_supernode_auth.unwrap_or(false);
+    let manager = match (enable, keys_config) {
+        (false, None) => None,
+        (false, Some(_)) => {
+            return Err(
+                "--authorized-keys / --vault-node-keys-path need --enable-supernode-auth".into(),
+            )
+        }
+        (true, None) => return Err(
+            "--enable-supernode-auth needs --authorized-keys FILE and/or --vault-node-keys-path"
+                .into(),
+        ),
+        (true, Some(config)) => {
+            let manager = flower_auth::node::NodeKeyManager::start(&config)
+                .await
+                .map_err(|e| format!("SuperNode keys: {}", error_chain(&e)))?;
+            info!(
+                source = manager.source_description(),
+                keys = manager.keys().len(),
+                "SuperNode authentication on"
+            );
+            fleet = fleet.supernode_auth(manager.keys());
+            Some(manager)
+        }
+    };
+    Ok((fleet, manager))
 }
 
 /// Completes on SIGINT or SIGTERM (never, when the handlers cannot be set).

@@ -155,6 +155,41 @@ pub(crate) struct Settings {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub(crate) allow_insecure_auth: Option<bool>,
 
+    /// Serve Flower's Fleet API (stock `flower-supernode` 1.40+) on this
+    /// address, with the same TLS files (or --insecure). Without --address,
+    /// the Fleet API is the only way in; with it, both ports serve one
+    /// federation.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) fleet_api_address: Option<SocketAddr>,
+    /// The app the SuperNodes run: the .fab file `flwr build` writes
+    /// (required with --fleet-api-address).
+    #[arg(long, value_name = "FILE.fab")]
+    pub(crate) fab: Option<PathBuf>,
+    /// Override a key of the FAB's [tool.flwr.app.config], as `flwr run
+    /// --run-config` does (KEY=VALUE in TOML syntax; unknown keys are
+    /// refused); repeatable.
+    #[arg(long = "run-config", value_name = "KEY=VALUE")]
+    pub(crate) run_config: Vec<String>,
+    /// Content keys of the SuperNodes' messages: `modern` (arrays/config,
+    /// for `@app.train` ClientApps) or `legacy` (fitins.*/evaluateins.*, for
+    /// `ClientApp(client_fn=...)` NumPyClient apps).
+    #[arg(long, value_parser = ["modern", "legacy"])]
+    pub(crate) fleet_message_format: Option<String>,
+    /// Admit only SuperNodes whose public key is authorized
+    /// (--authorized-keys and/or --vault-node-keys-path), as flwr's
+    /// --enable-supernode-auth; otherwise SuperNodes self-register.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub(crate) enable_supernode_auth: Option<bool>,
+    /// Authorized SuperNode public keys (OpenSSH or PEM, one per line;
+    /// SIGUSR1 re-reads it; a key removed deactivates its node).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) authorized_keys: Option<PathBuf>,
+    /// Vault path (under --vault-mount) listing authorized SuperNode public
+    /// keys, one per secret (value under the `token` key); same login as
+    /// the token options.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) vault_node_keys_path: Option<String>,
+
     /// Log as JSON lines.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub(crate) log_json: Option<bool>,
@@ -172,6 +207,14 @@ fn defaults() -> Vec<(&'static str, String)> {
     let secs = |d: Duration| d.as_secs_f64().to_string();
     vec![
         ("address", serve.address.to_string()),
+        (
+            "fleet_message_format",
+            match flower_fleet::ContentOptions::default().format {
+                flower_fleet::MessageFormat::Legacy => "legacy",
+                _ => "modern",
+            }
+            .into(),
+        ),
         ("max_message_size", serve.max_message_size.to_string()),
         ("keepalive_secs", serve.keepalive.as_secs().to_string()),
         (

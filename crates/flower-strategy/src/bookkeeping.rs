@@ -326,7 +326,7 @@ fn eval_loss(results: &[(ClientId, EvaluateRes)]) -> Result<f64, StrategyError> 
 /// Length in float32 values of raw tensor `i` (Android clients send
 /// `ndarray.tobytes()`).
 pub(crate) fn f32_len(i: usize, t: &[u8]) -> Result<usize, StrategyError> {
-    if t.len() % 4 != 0 {
+    if !t.len().is_multiple_of(4) {
         return Err(StrategyError::Malformed(format!(
             "tensor {i}: {} bytes is not a whole number of float32 values",
             t.len()

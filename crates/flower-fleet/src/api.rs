@@ -1,0 +1,449 @@
+//! [`FleetApi`]: the Fleet service as a [`Transport`] of `flower-server`,
+//! configured by [`FleetOptions`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flower_auth::node::AuthorizedNodeKeys;
+use flower_message::{Limits, ObjectId};
+use flower_proto as pb;
+use flower_server::{BoundTransport, ClientManager, ServerError, TlsFiles, Transport};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::convert::{ContentOptions, MessageFormat};
+use crate::http::{self, NodeAuth, Service};
+use crate::node::{unix_now, RunInfo, Shared};
+use crate::state::{LinkState, StateConfig};
+use crate::FleetError;
+
+/// The Flower app the SuperNodes run: a FAB (the zip `flwr build` writes)
+/// and the run's config overrides, as `GetRun`/`GetFab` serve them.
+#[derive(Debug, Clone)]
+pub struct FleetApp {
+    /// The FAB's bytes, served as they are.
+    pub fab: Bytes,
+    /// `sha256(fab)` in hex (the SuperNode checks it).
+    pub fab_hash: String,
+    /// `<publisher>/<project.name>` from the FAB's `pyproject.toml`.
+    pub fab_id: String,
+    /// `project.version` from the FAB's `pyproject.toml`.
+    pub fab_version: String,
+    /// `Run.override_config`: every key must exist in the FAB's
+    /// `[tool.flwr.app.config]` (a SuperNode dies on an unknown key).
+    pub override_config: BTreeMap<String, pb::Scalar>,
+}
+
+impl FleetApp {
+    /// An app from the FAB's bytes and the id and version read from its
+    /// `pyproject.toml`, with no config overrides.
+    pub fn new(fab: Bytes, fab_id: impl Into<String>, fab_version: impl Into<String>) -> Self {
+        // An object id is exactly the hex SHA-256 of the bytes.
+        let fab_hash = ObjectId::of(&fab).to_string();
+        FleetApp {
+            fab,
+            fab_hash,
+            fab_id: fab_id.into(),
+            fab_version: fab_version.into(),
+            override_config: BTreeMap::new(),
+        }
+    }
+
+    /// The app of a FAB read by `flower-fab` (hash, `fab_id`, version from
+    /// its `pyproject.toml`), with `run_config`'s overrides (already checked
+    /// against the FAB's defaults, as a SuperNode requires).
+    pub fn from_fab(fab: &flower_fab::Fab, run_config: &flower_fab::RunConfig) -> Self {
+        FleetApp {
+            fab: fab.content().clone(),
+            fab_hash: fab.hash_str().to_owned(),
+            fab_id: fab.fab_id(),
+            fab_version: fab.fab_version().to_owned(),
+            override_config: run_config
+                .override_scalars()
+                .into_iter()
+                .map(|(k, v)| (k, pb::Scalar::from(v)))
+                .collect(),
+        }
+    }
+
+    /// Adds config overrides.
+    #[must_use]
+    pub fn override_config(mut self, overrides: BTreeMap<String, pb::Scalar>) -> Self {
+        self.override_config = overrides;
+        self
+    }
+}
+
+/// Settings of the Fleet API. The `Default` values are the only copy of
+/// these defaults.
+#[derive(Clone)]
+#[non_exhaustive]
+#[must_use]
+pub struct FleetOptions {
+    /// Address to bind (default `0.0.0.0:9092`, Flower's Fleet API port;
+    /// port 0 picks a free port).
+    pub address: SocketAddr,
+    /// TLS certificate and key (PEM), as for the grpc-bidi port.
+    pub tls: Option<TlsFiles>,
+    /// Serve plain HTTP (`--insecure`); without it or `tls`, bind refuses.
+    pub insecure: bool,
+    /// The app (FAB) the SuperNodes run; required.
+    pub app: Option<FleetApp>,
+    /// The run's id (default: random).
+    pub run_id: Option<u64>,
+    /// Record layout and reply keys (default: message API, arrays `"0"`,
+    /// `"1"`, ..., loss from `loss` or `eval_loss`).
+    pub content: ContentOptions,
+    /// Only keys in `authorized_keys` may connect, and only as pre-registered
+    /// nodes (flwr's `--enable-supernode-auth`; default off: SuperNodes
+    /// self-register with any key, every request still signed).
+    pub enable_supernode_auth: bool,
+    /// The authorized node keys; a key removed from them deactivates its
+    /// node and fails its pending exchange.
+    pub authorized_keys: Option<AuthorizedNodeKeys>,
+    /// Largest request body (default 8 MiB: a 5 MiB chunk object plus
+    /// room for large config records).
+    pub max_request_bytes: usize,
+    /// Bounds on reply object trees.
+    pub limits: Limits,
+    /// Housekeeping period: silent nodes, expired instructions and push
+    /// sessions (default 1 s).
+    pub tick: Duration,
+}
+
+impl std::fmt::Debug for FleetOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetOptions")
+            .field("address", &self.address)
+            .field("tls", &self.tls)
+            .field("insecure", &self.insecure)
+            .field("app", &self.app.as_ref().map(|a| &a.fab_id))
+            .field("run_id", &self.run_id)
+            .field("content", &self.content)
+            .field("enable_supernode_auth", &self.enable_supernode_auth)
+            .field(
+                "authorized_keys",
+                &self.authorized_keys.as_ref().map(AuthorizedNodeKeys::len),
+            )
+            .field("max_request_bytes", &self.max_request_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        FleetOptions {
+            address: SocketAddr::from(([0, 0, 0, 0], 9092)),
+            tls: None,
+            insecure: false,
+            app: None,
+            run_id: None,
+            content: ContentOptions::default(),
+            enable_supernode_auth: false,
+            authorized_keys: None,
+            max_request_bytes: 8 << 20,
+            limits: Limits::default(),
+            tick: Duration::from_secs(1),
+        }
+    }
+}
+
+impl FleetOptions {
+    /// Defaults serving `app`.
+    pub fn new(app: FleetApp) -> Self {
+        FleetOptions {
+            app: Some(app),
+            ..FleetOptions::default()
+        }
+    }
+
+    /// The address to bind.
+    pub fn address(mut self, address: SocketAddr) -> Self {
+        self.address = address;
+        self
+    }
+
+    /// Serves TLS with these PEM files.
+    pub fn tls(mut self, files: TlsFiles) -> Self {
+        self.tls = Some(files);
+        self
+    }
+
+    /// Serves plain HTTP.
+    pub fn insecure(mut self) -> Self {
+        self.insecure = true;
+        self
+    }
+
+    /// The run's id.
+    pub fn run_id(mut self, run_id: u64) -> Self {
+        self.run_id = Some(run_id);
+        self
+    }
+
+    /// The message format.
+    pub fn message_format(mut self, format: MessageFormat) -> Self {
+        self.content.format = format;
+        self
+    }
+
+    /// The array names of `Modern` instructions (the initial `.npz` keys).
+    pub fn array_keys(mut self, keys: Vec<String>) -> Self {
+        self.content.array_keys = Some(keys);
+        self
+    }
+
+    /// Admits only `keys`, as pre-registered nodes.
+    pub fn supernode_auth(mut self, keys: AuthorizedNodeKeys) -> Self {
+        self.enable_supernode_auth = true;
+        self.authorized_keys = Some(keys);
+        self
+    }
+
+    /// The largest request body.
+    pub fn max_request_bytes(mut self, bytes: usize) -> Self {
+        self.max_request_bytes = bytes;
+        self
+    }
+}
+
+/// Flower's Fleet API for stock SuperNodes (flwr ≥ 1.40, protobuf over
+/// HTTP/1.1), as a `flower-server` [`Transport`]:
+///
+/// ```no_run
+/// # async fn demo(fab: bytes::Bytes, strategy: Box<dyn flower_strategy::Strategy>) -> Result<(), flower_server::ServerError> {
+/// use flower_fleet::{FleetApi, FleetApp, FleetOptions};
+/// use flower_server::Server;
+///
+/// let app = FleetApp::new(fab, "flwrlabs/my-app", "1.0.0");
+/// let fleet = FleetApi::new(FleetOptions::new(app).insecure());
+/// let server = Server::builder()
+///     .strategy(strategy)
+///     .insecure()
+///     .grpc_bidi(false)
+///     .transport(fleet)
+///     .bind()
+///     .await?;
+/// # let _ = server; Ok(()) }
+/// ```
+///
+/// Every SuperNode that activates becomes a client of the round driver
+/// ([`FleetNode`](crate::FleetNode)); one run per server process.
+#[derive(Debug)]
+pub struct FleetApi {
+    options: FleetOptions,
+}
+
+impl FleetApi {
+    /// The Fleet API with `options`.
+    pub fn new(options: FleetOptions) -> Self {
+        FleetApi { options }
+    }
+
+    fn prepare(
+        options: &FleetOptions,
+    ) -> Result<(FleetApp, Option<tokio_rustls::TlsAcceptor>), FleetError> {
+        let app = options
+            .app
+            .clone()
+            .ok_or_else(|| FleetError::Config("no app (FAB) to serve".into()))?;
+        let tls = match (&options.tls, options.insecure) {
+            (Some(files), _) => Some(http::tls::acceptor(files)?),
+            (None, true) => None,
+            (None, false) => {
+                return Err(FleetError::Config(
+                    "neither TLS files nor insecure (plain HTTP) chosen".into(),
+                ))
+            }
+        };
+        if options.enable_supernode_auth && options.authorized_keys.is_none() {
+            return Err(FleetError::Config(
+                "supernode authentication needs authorized keys".into(),
+            ));
+        }
+        Ok((app, tls))
+    }
+}
+
+fn run_info(app: &FleetApp, run_id: u64) -> RunInfo {
+    let now = chrono_like_now();
+    RunInfo {
+        run: pb::Run {
+            run_id,
+            fab_id: app.fab_id.clone(),
+            fab_version: app.fab_version.clone(),
+            override_config: app.override_config.clone(),
+            fab_hash: app.fab_hash.clone(),
+            pending_at: now.clone(),
+            starting_at: now.clone(),
+            running_at: now,
+            status: Some(pb::RunStatus {
+                status: "running".into(),
+                sub_status: String::new(),
+                details: String::new(),
+            }),
+            // The SuperNode keeps one Context per series.
+            series_id: run_id,
+            ..pb::Run::default()
+        },
+        fab: pb::Fab {
+            hash_str: app.fab_hash.clone(),
+            content: app.fab.clone(),
+            verifications: BTreeMap::new(),
+        },
+    }
+}
+
+/// Unix seconds as text (the SuperNode does not read the `*_at` fields).
+fn chrono_like_now() -> String {
+    format!("{:.6}", unix_now())
+}
+
+impl Transport for FleetApi {
+    fn name(&self) -> &'static str {
+        "fleet-api"
+    }
+
+    fn bind(
+        self: Box<Self>,
+        clients: ClientManager,
+        stop: BoxFuture<'static, ()>,
+    ) -> BoxFuture<'static, Result<BoundTransport, ServerError>> {
+        async move {
+            let options = self.options;
+            let (app, tls) = Self::prepare(&options).map_err(|e| match e {
+                FleetError::Config(m) => ServerError::Config(m),
+                other => ServerError::Tls(Box::new(other)),
+            })?;
+            let (random_run_id, seed) = {
+                let mut rng = rand::thread_rng();
+                (rng.next_u64(), rng.next_u64())
+            };
+            // Below 2^63: the same number in every language's integers.
+            let run_id = options.run_id.unwrap_or(random_run_id >> 1);
+            let mut config = StateConfig::new(run_id);
+            config.enable_supernode_auth = options.enable_supernode_auth;
+            config.limits = options.limits.clone();
+            let state = LinkState::new(config, seed);
+            let shared = Shared::new(
+                state,
+                clients,
+                options.content.clone(),
+                options.limits.clone(),
+                run_info(&app, run_id),
+            );
+            let service = Arc::new(Service {
+                shared: shared.clone(),
+                auth: NodeAuth {
+                    authorized: options.authorized_keys.clone(),
+                },
+                max_request_bytes: options.max_request_bytes,
+            });
+            let bind_error = |source| ServerError::Bind {
+                address: options.address,
+                source,
+            };
+            let listener = TcpListener::bind(options.address)
+                .await
+                .map_err(bind_error)?;
+            let local_addr = listener.local_addr().map_err(bind_error)?;
+            info!(
+                address = %local_addr,
+                tls = tls.is_some(),
+                run_id,
+                fab_id = %app.fab_id,
+                "fleet api listening on {local_addr}"
+            );
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let housekeeping = housekeeping(shared.clone(), options.tick, stop_rx.clone());
+            let revocations = options
+                .authorized_keys
+                .clone()
+                .map(|keys| revocations(shared.clone(), keys, stop_rx));
+            let accept = http::accept_loop(listener, tls, service, stop);
+            let serve = async move {
+                let housekeeping = tokio::spawn(housekeeping);
+                let revocations = revocations.map(tokio::spawn);
+                accept.await;
+                let _ = stop_tx.send(true);
+                // Fail what is still waiting: the driver must not hang.
+                shared.with_state(LinkState::finish_run);
+                let _ = housekeeping.await;
+                if let Some(r) = revocations {
+                    let _ = r.await;
+                }
+                Ok(())
+            };
+            Ok(BoundTransport {
+                local_addr,
+                serve: serve.boxed(),
+            })
+        }
+        .boxed()
+    }
+}
+
+async fn housekeeping(
+    shared: Arc<Shared>,
+    period: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => shared.with_state(|s| s.tick(unix_now())),
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn revocations(
+    shared: Arc<Shared>,
+    keys: AuthorizedNodeKeys,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut removals = keys.subscribe_removals();
+    loop {
+        let removed = tokio::select! {
+            r = removals.recv() => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match removed {
+            Ok(removed) => {
+                for key in removed.iter() {
+                    if let Some(node_id) = shared.with_state(|s| s.revoke_key(key.sec1_bytes())) {
+                        warn!(
+                            node_id,
+                            key = key.fingerprint(),
+                            "node key revoked; node removed"
+                        );
+                    }
+                }
+            }
+            Err(RecvError::Lagged(_)) => {
+                // Missed some swaps: drop every node whose key is gone.
+                let current: std::collections::HashSet<Vec<u8>> = keys
+                    .snapshot()
+                    .keys()
+                    .map(|k| k.sec1_bytes().to_vec())
+                    .collect();
+                shared.with_state(|s| {
+                    for key in s.node_keys() {
+                        if !current.contains(&key) {
+                            s.revoke_key(&key);
+                        }
+                    }
+                });
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}

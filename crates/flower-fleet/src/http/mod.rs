@@ -1,0 +1,453 @@
+//! The Fleet service: the twelve RPCs as `POST /v1/fleet/<kebab-rpc>` with
+//! raw protobuf bodies over HTTP/1.1 (flwr ≥ 1.40), every request
+//! authenticated by its node signature first.
+//!
+//! Order of checks, cheapest first: the path (404 outside the Fleet API),
+//! the method, the signature headers (401), the content type, the body size
+//! and its protobuf decoding (403, see [`reply`]), then the node-id binding
+//! (401) and the RPC itself.
+
+mod reply;
+pub(crate) mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use flower_auth::node::{verify_node_request, AuthorizedNodeKeys, NodePublicKey};
+use flower_message::{validate_object, ObjectId};
+use flower_proto as pb;
+use futures::future::BoxFuture;
+use http::{header, Method, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prost::Message as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use crate::node::{unix_now, Shared};
+use crate::state::{Lookup, PushOutcome, StateError};
+use reply::{ApiError, ApiErrorCode, Body};
+
+/// The Fleet RPCs and their HTTP paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rpc {
+    RegisterNode,
+    ActivateNode,
+    DeactivateNode,
+    UnregisterNode,
+    SendNodeHeartbeat,
+    PullMessages,
+    PushMessages,
+    GetRun,
+    GetFab,
+    PushObject,
+    PullObject,
+    ConfirmMessageReceived,
+}
+
+impl Rpc {
+    fn from_path(path: &str) -> Option<Self> {
+        Some(match path.strip_prefix("/v1/fleet/")? {
+            "register-node" => Rpc::RegisterNode,
+            "activate-node" => Rpc::ActivateNode,
+            "deactivate-node" => Rpc::DeactivateNode,
+            "unregister-node" => Rpc::UnregisterNode,
+            "send-node-heartbeat" => Rpc::SendNodeHeartbeat,
+            "pull-messages" => Rpc::PullMessages,
+            "push-messages" => Rpc::PushMessages,
+            "get-run" => Rpc::GetRun,
+            "get-fab" => Rpc::GetFab,
+            "push-object" => Rpc::PushObject,
+            "pull-object" => Rpc::PullObject,
+            "confirm-message-received" => Rpc::ConfirmMessageReceived,
+            _ => return None,
+        })
+    }
+}
+
+/// Node authentication settings of the service.
+#[derive(Clone)]
+pub(crate) struct NodeAuth {
+    /// The authorized keys (required when supernode auth is enabled).
+    pub(crate) authorized: Option<AuthorizedNodeKeys>,
+}
+
+impl std::fmt::Debug for NodeAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeAuth")
+            .field(
+                "authorized_keys",
+                &self.authorized.as_ref().map(AuthorizedNodeKeys::len),
+            )
+            .finish()
+    }
+}
+
+/// The service's shared parts.
+#[derive(Debug)]
+pub(crate) struct Service {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) auth: NodeAuth,
+    pub(crate) max_request_bytes: usize,
+}
+
+fn decode<M: prost::Message + Default>(body: &Bytes) -> Result<M, ApiError> {
+    M::decode(body.clone()).map_err(|_| ApiError::Forbidden(ApiErrorCode::InvalidProtobufPayload))
+}
+
+/// Every state refusal of a run-scoped call means "not this running run".
+fn run_refusal(_: StateError) -> ApiError {
+    ApiError::Forbidden(ApiErrorCode::RunStatusNotAllowed)
+}
+
+impl Service {
+    /// One request, never failing: every outcome is a response.
+    pub(crate) async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+        let Some(rpc) = Rpc::from_path(request.uri().path()) else {
+            return reply::not_found();
+        };
+        match self.handle_rpc(rpc, request).await {
+            Ok(body) => reply::protobuf(body),
+            Err(e) => {
+                debug!(?rpc, error = ?e, "fleet request refused");
+                e.response()
+            }
+        }
+    }
+
+    async fn handle_rpc(&self, rpc: Rpc, request: Request<Incoming>) -> Result<Vec<u8>, ApiError> {
+        if request.method() != Method::POST {
+            return Err(ApiError::Forbidden(ApiErrorCode::InvalidProtobufPayload));
+        }
+        let key = verify_node_request(request.headers(), SystemTime::now()).map_err(|e| {
+            // Only the reason, never a key or signature.
+            debug!(error = %e, "node authentication failed");
+            ApiError::Unauthenticated
+        })?;
+        if !reply::is_protobuf(request.headers().get(header::CONTENT_TYPE)) {
+            return Err(ApiError::Forbidden(ApiErrorCode::UnsupportedContentType));
+        }
+        let body = Limited::new(request.into_body(), self.max_request_bytes)
+            .collect()
+            .await
+            .map_err(|_| ApiError::Forbidden(ApiErrorCode::InvalidProtobufPayload))?
+            .to_bytes();
+        self.dispatch(rpc, &key, &body).await
+    }
+
+    /// The node bound to `key` must be `node_id`.
+    fn bound(&self, key: &NodePublicKey, node_id: u64) -> Result<(), ApiError> {
+        let found = self.shared.read_state(|s| s.node_for_key(key.sec1_bytes()));
+        if found == Some(node_id) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthenticated)
+        }
+    }
+
+    /// `public_key` (PEM bytes) of Register/ActivateNode must be the signer.
+    fn same_key(key: &NodePublicKey, pem: &[u8]) -> Result<(), ApiError> {
+        match NodePublicKey::from_pem_bytes(pem) {
+            Ok(body_key) if body_key == *key => Ok(()),
+            _ => Err(ApiError::Unauthenticated),
+        }
+    }
+
+    fn authorized(&self, key: &NodePublicKey) -> bool {
+        self.auth
+            .authorized
+            .as_ref()
+            .is_some_and(|keys| keys.contains(key))
+    }
+
+    async fn dispatch(
+        &self,
+        rpc: Rpc,
+        key: &NodePublicKey,
+        body: &Bytes,
+    ) -> Result<Vec<u8>, ApiError> {
+        let shared = &self.shared;
+        let now = unix_now();
+        Ok(match rpc {
+            Rpc::RegisterNode => {
+                let req: pb::RegisterNodeFleetRequest = decode(body)?;
+                Self::same_key(key, &req.public_key)?;
+                let node_id = shared
+                    .with_state(|s| s.register(key.sec1_bytes()))
+                    .map_err(|e| match e {
+                        StateError::RegistrationDisabled => {
+                            ApiError::Refused(ApiErrorCode::RegistrationDisabled)
+                        }
+                        _ => ApiError::Refused(ApiErrorCode::PublicKeyAlreadyInUse),
+                    })?;
+                debug!(node_id, key = key.fingerprint(), "SuperNode registered");
+                pb::RegisterNodeFleetResponse { node_id }.encode_to_vec()
+            }
+            Rpc::ActivateNode => {
+                let req: pb::ActivateNodeRequest = decode(body)?;
+                Self::same_key(key, &req.public_key)?;
+                let authorized = self.authorized(key);
+                let node_id = shared
+                    .with_state(|s| {
+                        s.activate(key.sec1_bytes(), req.heartbeat_interval, authorized, now)
+                    })
+                    .map_err(|e| match e {
+                        StateError::BadHeartbeatInterval(_) => {
+                            ApiError::Forbidden(ApiErrorCode::InvalidHeartbeatInterval)
+                        }
+                        _ => ApiError::Refused(ApiErrorCode::NodeActivationFailed),
+                    })?;
+                pb::ActivateNodeResponse { node_id }.encode_to_vec()
+            }
+            Rpc::DeactivateNode => {
+                let req: pb::DeactivateNodeRequest = decode(body)?;
+                self.bound(key, req.node_id)?;
+                shared
+                    .with_state(|s| s.deactivate(req.node_id, now))
+                    .map_err(|_| ApiError::Forbidden(ApiErrorCode::NodeDeactivationFailed))?;
+                pb::DeactivateNodeResponse {}.encode_to_vec()
+            }
+            Rpc::UnregisterNode => {
+                let req: pb::UnregisterNodeFleetRequest = decode(body)?;
+                self.bound(key, req.node_id)?;
+                shared
+                    .with_state(|s| s.unregister(req.node_id))
+                    .map_err(|e| match e {
+                        StateError::UnregistrationDisabled => {
+                            ApiError::Forbidden(ApiErrorCode::UnregistrationDisabled)
+                        }
+                        _ => ApiError::Forbidden(ApiErrorCode::NodeUnregistrationFailed),
+                    })?;
+                pb::UnregisterNodeFleetResponse {}.encode_to_vec()
+            }
+            Rpc::SendNodeHeartbeat => {
+                let req: pb::SendNodeHeartbeatRequest = decode(body)?;
+                let node_id = req.node.unwrap_or_default().node_id;
+                self.bound(key, node_id)?;
+                let success = shared
+                    .with_state(|s| s.heartbeat(node_id, req.heartbeat_interval, now))
+                    .map_err(|_| ApiError::Forbidden(ApiErrorCode::InvalidHeartbeatInterval))?;
+                pb::SendNodeHeartbeatResponse { success }.encode_to_vec()
+            }
+            Rpc::PullMessages => {
+                let req: pb::PullMessagesRequest = decode(body)?;
+                let node_id = req.node.unwrap_or_default().node_id;
+                self.bound(key, node_id)?;
+                let (messages_list, message_object_trees) =
+                    match shared.with_state(|s| s.pull_messages(node_id, now)) {
+                        Some((m, t)) => (vec![m], vec![t]),
+                        None => (Vec::new(), Vec::new()),
+                    };
+                pb::PullMessagesResponse {
+                    reconnect: None,
+                    messages_list,
+                    message_object_trees,
+                }
+                .encode_to_vec()
+            }
+            Rpc::PushMessages => {
+                let req: pb::PushMessagesRequest = decode(body)?;
+                let node_id = req.node.unwrap_or_default().node_id;
+                self.bound(key, node_id)?;
+                let (Some(message), Some(tree)) =
+                    (req.messages_list.first(), req.message_object_trees.first())
+                else {
+                    return Err(ApiError::Forbidden(ApiErrorCode::InvalidProtobufPayload));
+                };
+                let accepted = shared
+                    .with_state(|s| s.push_messages(node_id, message, tree, now))
+                    .map_err(run_refusal)?;
+                pb::PushMessagesResponse {
+                    reconnect: Some(pb::Reconnect { reconnect: 5 }),
+                    results: [(accepted.message_id, 0)].into_iter().collect(),
+                    objects_to_push: accepted.objects_to_push,
+                    session_id: accepted.session_id,
+                }
+                .encode_to_vec()
+            }
+            Rpc::GetRun => {
+                let req: pb::GetRunRequest = decode(body)?;
+                self.bound(key, req.node.unwrap_or_default().node_id)?;
+                self.check_run(req.run_id, ApiErrorCode::GetRunFailed)?;
+                pb::GetRunResponse {
+                    run: Some(shared.run.run.clone()),
+                }
+                .encode_to_vec()
+            }
+            Rpc::GetFab => {
+                let req: pb::GetFabRequest = decode(body)?;
+                self.bound(key, req.node.unwrap_or_default().node_id)?;
+                self.check_run(req.run_id, ApiErrorCode::GetFabFailed)?;
+                if req.hash_str != shared.run.fab.hash_str {
+                    return Err(ApiError::Forbidden(ApiErrorCode::GetFabFailed));
+                }
+                pb::GetFabResponse {
+                    fab: Some(shared.run.fab.clone()),
+                }
+                .encode_to_vec()
+            }
+            Rpc::PushObject => {
+                let req: pb::PushObjectRequest = decode(body)?;
+                let node_id = req.node.unwrap_or_default().node_id;
+                self.bound(key, node_id)?;
+                shared
+                    .read_state(|s| s.check_running(req.run_id))
+                    .map_err(run_refusal)?;
+                let stored = self.push_object(node_id, req).await?;
+                pb::PushObjectResponse { stored }.encode_to_vec()
+            }
+            Rpc::PullObject => {
+                let req: pb::PullObjectRequest = decode(body)?;
+                self.bound(key, req.node.unwrap_or_default().node_id)?;
+                let found = shared
+                    .read_state(|s| s.pull_object(req.run_id, &req.object_id))
+                    .map_err(run_refusal)?;
+                let (object_found, object_available, object_content) = match found {
+                    Lookup::NotFound => (false, false, Bytes::new()),
+                    Lookup::Pending => (true, false, Bytes::new()),
+                    Lookup::Found(c) => (true, true, c),
+                };
+                pb::PullObjectResponse {
+                    object_found,
+                    object_available,
+                    object_content,
+                }
+                .encode_to_vec()
+            }
+            Rpc::ConfirmMessageReceived => {
+                let req: pb::ConfirmMessageReceivedRequest = decode(body)?;
+                let node_id = req.node.unwrap_or_default().node_id;
+                self.bound(key, node_id)?;
+                shared
+                    .with_state(|s| s.confirm(node_id, req.run_id, &req.message_object_id))
+                    .map_err(run_refusal)?;
+                pb::ConfirmMessageReceivedResponse {}.encode_to_vec()
+            }
+        })
+    }
+
+    fn check_run(&self, run_id: u64, unknown: ApiErrorCode) -> Result<(), ApiError> {
+        if run_id != self.shared.run.run.run_id {
+            return Err(ApiError::Forbidden(unknown));
+        }
+        self.shared
+            .read_state(|s| s.check_running(run_id))
+            .map_err(run_refusal)
+    }
+
+    /// Stores one pushed object if its session awaits it and it is valid
+    /// (hash and head); a node pushing a bad object fails its exchange.
+    async fn push_object(
+        &self,
+        node_id: u64,
+        req: pb::PushObjectRequest,
+    ) -> Result<bool, ApiError> {
+        let Ok(id) = req.object_id.parse::<ObjectId>() else {
+            return Ok(false);
+        };
+        let shared = &self.shared;
+        if !shared.read_state(|s| s.is_pending(node_id, &req.session_id, &id)) {
+            return Ok(false);
+        }
+        let content = req.object_content;
+        // Hashing a 5 MiB chunk takes milliseconds: off the async threads.
+        let checked = content.clone();
+        let valid = tokio::task::spawn_blocking(move || validate_object(&id, &checked).map(|_| ()))
+            .await
+            .map_err(|_| ApiError::Unavailable)?;
+        if let Err(e) = valid {
+            warn!(node_id, error = %e, "SuperNode pushed an invalid object; its reply fails");
+            shared.with_state(|s| s.reject_reply(node_id, &req.session_id, e.to_string()));
+            return Ok(false);
+        }
+        let outcome = shared
+            .with_state(|s| s.push_object(node_id, req.run_id, &req.session_id, &id, content))
+            .map_err(run_refusal)?;
+        Ok(outcome != PushOutcome::Refused)
+    }
+}
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_connection<S>(service: Arc<Service>, io: S, stop: tokio::sync::watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handler = service_fn(move |request| {
+        let service = service.clone();
+        async move { Ok::<_, Infallible>(service.handle(request).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), handler);
+    let mut conn = std::pin::pin!(conn);
+    let mut stop = stop;
+    let stopped = tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!(error = %e, "fleet connection ended");
+            }
+            false
+        }
+        _ = stop.wait_for(|s| *s) => true,
+    };
+    if stopped {
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    }
+}
+
+/// Accepts connections until `stop` completes.
+pub(crate) fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    service: Arc<Service>,
+    stop: BoxFuture<'static, ()>,
+) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut stop = stop;
+        loop {
+            let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+                _ = &mut stop => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off.
+                        warn!(error = %e, "fleet accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let service = service.clone();
+            let stop_rx = stop_rx.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                match tls {
+                    None => serve_connection(service, stream, stop_rx).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(tls_stream)) => {
+                                serve_connection(service, tls_stream, stop_rx).await
+                            }
+                            Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
+                }
+            });
+        }
+        let _ = stop_tx.send(true);
+    })
+}

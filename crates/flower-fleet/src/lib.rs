@@ -1,0 +1,36 @@
+//! Flower's Fleet API for stock SuperNodes: a `flower-server`
+//! [`Transport`](flower_server::Transport) that serves `flower-supernode`
+//! 1.40+ (protobuf over HTTP/1.1, content-addressed objects, signed
+//! requests, FABs).
+//!
+//! * [`FleetApi`] with [`FleetOptions`] (address, TLS or insecure, the
+//!   [`FleetApp`] FAB, [`MessageFormat`], array keys, node auth, limits):
+//!   `Server::builder().transport(FleetApi::new(options))`.
+//! * [`state`]: the sans-I/O link state (nodes and heartbeats, the run,
+//!   per-node instruction queues, push sessions, the reference-counted
+//!   object store), driven with injected time.
+//! * [`FleetNode`]: each active SuperNode as a
+//!   [`ClientHandle`](flower_server::ClientHandle) of the round driver; the
+//!   driver's `FitIns`/`EvaluateIns` become `train`/`evaluate` messages
+//!   ([`ContentOptions`] says which records).
+//!
+//! What a SuperNode sees follows flwr 1.42's SuperLink
+//! (`superlink/servicer/fleet/fleet_handlers.py`,
+//! `server/superlink/linkstate/in_memory_linkstate.py`), except that on the
+//! Fleet paths only the statuses a SuperNode survives are used (200, 401,
+//! 403, 503; see the `http` module) and that a restarted SuperNode with a
+//! known key is taken back at once.
+#![forbid(unsafe_code)]
+
+mod api;
+mod convert;
+mod error;
+mod http;
+mod node;
+mod outgoing;
+pub mod state;
+
+pub use api::{FleetApi, FleetApp, FleetOptions};
+pub use convert::{ContentOptions, MessageFormat};
+pub use error::FleetError;
+pub use node::FleetNode;

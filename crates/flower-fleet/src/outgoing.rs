@@ -1,0 +1,209 @@
+//! Instructions for nodes: the content deflated once per
+//! [`OutgoingMessage`], each node's `Message` root built around it.
+//!
+//! Every sampled node gets the same model. Its `RecordDict` subtree (the
+//! model's chunks, arrays, records) is deflated once, and the same `Bytes`
+//! are what every node pulls; only the small `Message` object differs per
+//! node (its metadata names the destination), so a broadcast costs one
+//! model in memory, not one per node.
+
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
+use flower_message::{
+    deflate, encode_object, Message, Metadata, ObjectClass, ObjectId, ObjectTree,
+};
+use flower_proto as pb;
+use flower_server::OutgoingMessage;
+use prost::Message as _;
+use tokio::sync::OnceCell;
+
+use crate::convert::{instruction_content, ContentOptions};
+use crate::state::{Instruction, SUPERLINK_NODE_ID};
+use crate::FleetError;
+
+/// An instruction's content, deflated once.
+#[derive(Debug)]
+pub(crate) struct SharedContent {
+    message_type: &'static str,
+    group_id: String,
+    /// The `RecordDict` subtree.
+    subtree: ObjectTree,
+    /// Every object of the subtree (no `Message` root).
+    objects: Vec<(ObjectId, Bytes)>,
+}
+
+impl SharedContent {
+    /// Translates and deflates `message`.
+    pub(crate) fn build(
+        message: &OutgoingMessage,
+        options: &ContentOptions,
+    ) -> Result<Self, FleetError> {
+        let (message_type, content) =
+            instruction_content(message.message(), message.round(), options)?;
+        let deflated = deflate(&Message::new(Metadata::default(), content));
+        let root = deflated.root;
+        let subtree = deflated
+            .tree
+            .children
+            .into_iter()
+            .next()
+            .ok_or_else(|| FleetError::Unsupported("deflated message has no content".into()))?;
+        let objects = deflated
+            .objects
+            .into_iter()
+            .filter(|(id, _)| *id != root)
+            .collect();
+        Ok(SharedContent {
+            message_type,
+            group_id: message.round().map(|r| r.to_string()).unwrap_or_default(),
+            subtree,
+            objects,
+        })
+    }
+
+    /// The instruction for `node_id`: metadata as flwr's `Grid` writes it
+    /// (source = the SuperLink, `group_id` = the round), and the `Message`
+    /// object whose id is the message id.
+    pub(crate) fn instruction(&self, run_id: u64, node_id: u64, ttl: f64, now: f64) -> Instruction {
+        let mut metadata = pb::Metadata {
+            run_id,
+            message_id: String::new(),
+            src_node_id: SUPERLINK_NODE_ID,
+            dst_node_id: node_id,
+            reply_to_message_id: String::new(),
+            group_id: self.group_id.clone(),
+            ttl,
+            message_type: self.message_type.to_owned(),
+            created_at: now,
+            src_task_id: None,
+            dst_task_id: None,
+        };
+        // The body is the metadata with a blank message id (receivers only
+        // check the hash, they never re-deflate, so prost's encoding is fine).
+        let body = pb::Message {
+            metadata: Some(metadata.clone()),
+            content: None,
+            error: None,
+        }
+        .encode_to_vec();
+        let content = Bytes::from(encode_object(
+            ObjectClass::Message,
+            &[self.subtree.id],
+            &body,
+        ));
+        let root = ObjectId::of(&content);
+        metadata.message_id = root.to_string();
+        let mut objects = Vec::with_capacity(self.objects.len() + 1);
+        objects.extend(self.objects.iter().cloned());
+        objects.push((root, content));
+        Instruction {
+            wire: pb::Message {
+                metadata: Some(metadata),
+                content: Some(pb::RecordDict::default()),
+                error: None,
+            },
+            tree: ObjectTree {
+                id: root,
+                children: vec![self.subtree.clone()],
+            },
+            objects,
+            expires_at: now + ttl,
+        }
+    }
+}
+
+type Cell = Arc<OnceCell<Result<Arc<SharedContent>, String>>>;
+
+/// Deflated content by instruction, while the instruction is alive.
+#[derive(Debug, Default)]
+pub(crate) struct ContentCache {
+    entries: Mutex<Vec<(Weak<OutgoingMessage>, Cell)>>,
+}
+
+impl ContentCache {
+    /// The content of `message`, deflated by the first caller (off the
+    /// async threads); later callers wait for it.
+    pub(crate) async fn get(
+        &self,
+        message: &Arc<OutgoingMessage>,
+        options: &Arc<ContentOptions>,
+    ) -> Result<Arc<SharedContent>, String> {
+        let cell = {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries.retain(|(weak, _)| weak.strong_count() > 0);
+            let found = entries
+                .iter()
+                .find(|(weak, _)| std::ptr::eq(weak.as_ptr(), Arc::as_ptr(message)))
+                .map(|(_, cell)| cell.clone());
+            found.unwrap_or_else(|| {
+                let cell = Cell::default();
+                entries.push((Arc::downgrade(message), cell.clone()));
+                cell
+            })
+        };
+        cell.get_or_init(|| {
+            let message = message.clone();
+            let options = options.clone();
+            async move {
+                tokio::task::spawn_blocking(move || SharedContent::build(&message, &options))
+                    .await
+                    .map_err(|e| format!("deflating the instruction failed: {e}"))
+                    .and_then(|r| r.map(Arc::new).map_err(|e| e.to_string()))
+            }
+        })
+        .await
+        .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flower_core::{FitIns, Parameters, ServerMessage};
+
+    #[tokio::test]
+    async fn one_deflation_per_instruction_shared_by_nodes() {
+        let tensor = Bytes::from(vec![7u8; 64]);
+        let message = OutgoingMessage::for_round(
+            ServerMessage::Fit(FitIns {
+                parameters: Parameters {
+                    tensors: vec![tensor],
+                    tensor_type: "raw".into(),
+                },
+                config: Default::default(),
+            }),
+            2,
+        );
+        let cache = ContentCache::default();
+        let options = Arc::new(ContentOptions::default());
+        let a = cache.get(&message, &options).await.expect("content");
+        let b = cache.get(&message, &options).await.expect("content");
+        assert!(Arc::ptr_eq(&a, &b));
+        let one = a.instruction(7, 100, 60.0, 1000.0);
+        let two = a.instruction(7, 200, 60.0, 1000.0);
+        // Different roots, one shared subtree with the same buffers.
+        assert_ne!(one.tree.id, two.tree.id);
+        assert_eq!(one.tree.children, two.tree.children);
+        let (id1, c1) = &one.objects[0];
+        let (id2, c2) = &two.objects[0];
+        assert_eq!(id1, id2);
+        assert_eq!(c1.as_ptr(), c2.as_ptr());
+        let md = one.wire.metadata.expect("metadata");
+        assert_eq!(md.message_id, one.tree.id.to_string());
+        assert_eq!(
+            (md.group_id.as_str(), md.message_type.as_str()),
+            ("2", "train")
+        );
+        // The node's objects inflate back to the instruction.
+        let objects: std::collections::HashMap<_, _> = one.objects.iter().cloned().collect();
+        let m = flower_message::inflate(&one.tree, &objects, &Default::default()).expect("inflate");
+        assert_eq!(m.metadata.dst_node_id, 100);
+        assert!(m.content().and_then(|c| c.array_record("arrays")).is_some());
+        drop(message);
+        // A dead instruction's entry is pruned on the next lookup.
+        let other = OutgoingMessage::new(ServerMessage::Fit(FitIns::default()));
+        let _ = cache.get(&other, &options).await;
+        assert_eq!(cache.entries.lock().map(|e| e.len()).unwrap_or(0), 1);
+    }
+}

@@ -1,0 +1,834 @@
+//! The link state: nodes, the run, one instruction queue per node, push
+//! sessions and the object store. No I/O and no clock: every call is handed
+//! the current time (Unix seconds, as flwr's `created_at`/`online_until`),
+//! so tests drive it deterministically.
+//!
+//! It follows flwr 1.42's `InMemoryLinkState` and `fleet_handlers.py` where
+//! a SuperNode can tell the difference, and departs where it cannot:
+//! instructions and replies are bound to one exchange of the round driver,
+//! and whatever ends an exchange (reply, error, node offline, expiry, run
+//! end) releases its objects.
+//!
+//! Changes of a node's availability are queued as [`NodeEvent`]s, which the
+//! async layer drains with [`LinkState::take_events`] to (un)register the
+//! node with the server's client manager.
+
+mod store;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use bytes::Bytes;
+use flower_message::{Limits, ObjectId, ObjectTree};
+use flower_proto as pb;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::oneshot;
+
+pub use store::{Lookup, ObjectStore};
+
+/// flwr's `HEARTBEAT_MIN_INTERVAL`, seconds.
+pub const HEARTBEAT_MIN_INTERVAL: f64 = 10.0;
+/// flwr's `HEARTBEAT_MAX_INTERVAL`, seconds.
+pub const HEARTBEAT_MAX_INTERVAL: f64 = 1800.0;
+/// flwr's `HEARTBEAT_PATIENCE`: a node is online until `now + patience ×
+/// interval` after each heartbeat.
+pub const HEARTBEAT_PATIENCE: f64 = 2.0;
+/// flwr's push-session lifetime, seconds.
+pub const PUSH_SESSION_TTL: f64 = 180.0;
+/// flwr's `SUPERLINK_NODE_ID`: the source of every instruction.
+pub const SUPERLINK_NODE_ID: u64 = 1;
+
+/// A node's status (flwr's `NodeStatus` without `UNREGISTERED`: an
+/// unregistered node is forgotten).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeStatus {
+    /// Known, never activated.
+    Registered,
+    /// Activated and heartbeating.
+    Online,
+    /// Deactivated, or silent past its patience.
+    Offline,
+}
+
+/// The run's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Serving instructions.
+    Running,
+    /// Over: every Fleet call about it is refused with 403.
+    Finished,
+}
+
+/// A change the async layer acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// The node became available for instructions.
+    Online(u64),
+    /// The node is no longer available (deactivated, silent, removed).
+    Offline(u64),
+}
+
+/// Why an exchange ended without a reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExchangeFailure {
+    /// The node missed its heartbeat patience.
+    #[error("node {0} went silent (no heartbeat within its patience)")]
+    NodeSilent(u64),
+    /// The node deactivated or unregistered itself.
+    #[error("node {0} deactivated")]
+    NodeDeactivated(u64),
+    /// The node's key was removed from the authorized set.
+    #[error("node {0} was removed (its key is no longer authorized)")]
+    NodeRemoved(u64),
+    /// The instruction's TTL passed before a reply arrived.
+    #[error("instruction expired before a reply arrived")]
+    Expired,
+    /// The push session of the reply expired before all objects arrived.
+    #[error("the reply's push session expired before all its objects arrived")]
+    SessionExpired,
+    /// The run finished.
+    #[error("the run finished")]
+    RunFinished,
+    /// The node pushed an object that is not what its reply named.
+    #[error("invalid reply object: {0}")]
+    InvalidObject(String),
+}
+
+/// A complete reply: its tree and the content of every object in it.
+#[derive(Debug, Clone)]
+pub struct ReplyObjects {
+    /// The reply's tree (root = the reply's `Message` object).
+    pub tree: ObjectTree,
+    /// Content of every distinct object of the tree.
+    pub objects: HashMap<ObjectId, Bytes>,
+}
+
+/// How an exchange ended.
+pub type ExchangeOutcome = Result<ReplyObjects, ExchangeFailure>;
+
+/// An instruction for one node, ready to be pulled.
+#[derive(Debug, Clone)]
+pub struct Instruction {
+    /// The `Message` as `PullMessages` lists it (metadata with
+    /// `message_id` = root id, empty content).
+    pub wire: pb::Message,
+    /// The object tree (root = the node's `Message` object).
+    pub tree: ObjectTree,
+    /// Content of every distinct object in the tree; the shared subtree's
+    /// `Bytes` are the same buffers for every node.
+    pub objects: Vec<(ObjectId, Bytes)>,
+    /// Unix time after which the instruction is void (`created_at + ttl`).
+    pub expires_at: f64,
+}
+
+/// Refusals, each mapped to one HTTP status by the service.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// Self-registration is off (`enable_supernode_auth`).
+    #[error("SuperNode authentication is enabled; SuperNodes must be pre-registered")]
+    RegistrationDisabled,
+    /// Unregistration through the Fleet API is off (`enable_supernode_auth`).
+    #[error("SuperNode authentication is enabled; SuperNodes cannot unregister themselves")]
+    UnregistrationDisabled,
+    /// The key already belongs to a node.
+    #[error("public key already in use")]
+    KeyInUse,
+    /// The key belongs to no node (or is not authorized).
+    #[error("no SuperNode with this public key")]
+    UnknownKey,
+    /// The node id is unknown.
+    #[error("unknown node {0}")]
+    UnknownNode(u64),
+    /// Heartbeat interval outside [10, 1800] seconds.
+    #[error("heartbeat interval {0} is out of bounds [10, 1800]")]
+    BadHeartbeatInterval(f64),
+    /// The node cannot be (de)activated in its current status.
+    #[error("node {0} cannot change to the requested status")]
+    BadTransition(u64),
+    /// The run is not running, or not this server's run.
+    #[error("run {0} is not running")]
+    RunNotRunning(u64),
+    /// The node has no pending work (the target of an instruction must be online).
+    #[error("node {0} is not online")]
+    NodeNotOnline(u64),
+    /// The node already has an instruction in flight.
+    #[error("node {0} already has an instruction in flight")]
+    Busy(u64),
+}
+
+/// Settings of the link state.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// The run's id.
+    pub run_id: u64,
+    /// Refuse `RegisterNode` (and `UnregisterNode`); only keys in the
+    /// authorized set may activate (flwr's `--enable-supernode-auth`).
+    pub enable_supernode_auth: bool,
+    /// Push-session lifetime (default [`PUSH_SESSION_TTL`]).
+    pub session_ttl: f64,
+    /// Bounds on reply trees (node count, object sizes).
+    pub limits: Limits,
+}
+
+impl StateConfig {
+    /// Flower's defaults for run `run_id`.
+    pub fn new(run_id: u64) -> Self {
+        StateConfig {
+            run_id,
+            enable_supernode_auth: false,
+            session_ttl: PUSH_SESSION_TTL,
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    key: Vec<u8>,
+    status: NodeStatus,
+    online_until: f64,
+    exchange: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Exchange {
+    node_id: u64,
+    instruction: Instruction,
+    root: ObjectId,
+    delivered: bool,
+    /// The instruction's objects are still held (until confirmed or ended).
+    holds_instruction: bool,
+    reply: Option<Reply>,
+    done: Option<oneshot::Sender<ExchangeOutcome>>,
+}
+
+#[derive(Debug)]
+struct Reply {
+    session: String,
+    tree: ObjectTree,
+    ids: Vec<ObjectId>,
+    pending: HashSet<ObjectId>,
+    expires_at: f64,
+}
+
+/// What `PushMessages` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushAccepted {
+    /// The reply's id.
+    pub message_id: String,
+    /// Ids the node still has to push.
+    pub objects_to_push: Vec<String>,
+    /// The push session (empty when the reply was not accepted).
+    pub session_id: String,
+}
+
+/// What `PushObject` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Not stored (unknown session, id not pending).
+    Refused,
+    /// Stored; the reply still misses objects.
+    Stored,
+    /// Stored, and this completed the reply (the exchange ended).
+    Completed,
+}
+
+/// The link state of one run. See the module docs.
+#[derive(Debug)]
+pub struct LinkState {
+    config: StateConfig,
+    status: RunStatus,
+    nodes: HashMap<u64, Node>,
+    by_key: HashMap<Vec<u8>, u64>,
+    exchanges: HashMap<u64, Exchange>,
+    by_message: HashMap<ObjectId, u64>,
+    sessions: HashMap<String, u64>,
+    store: ObjectStore,
+    events: VecDeque<NodeEvent>,
+    next_exchange: u64,
+    rng: ChaCha8Rng,
+}
+
+fn check_interval(interval: f64) -> Result<(), StateError> {
+    if (HEARTBEAT_MIN_INTERVAL..=HEARTBEAT_MAX_INTERVAL).contains(&interval) {
+        Ok(())
+    } else {
+        Err(StateError::BadHeartbeatInterval(interval))
+    }
+}
+
+impl LinkState {
+    /// An empty state for one running run; `seed` seeds node and session ids.
+    pub fn new(config: StateConfig, seed: u64) -> Self {
+        LinkState {
+            config,
+            status: RunStatus::Running,
+            nodes: HashMap::new(),
+            by_key: HashMap::new(),
+            exchanges: HashMap::new(),
+            by_message: HashMap::new(),
+            sessions: HashMap::new(),
+            store: ObjectStore::default(),
+            events: VecDeque::new(),
+            next_exchange: 1,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// The run's id.
+    pub fn run_id(&self) -> u64 {
+        self.config.run_id
+    }
+
+    /// The run's status.
+    pub fn run_status(&self) -> RunStatus {
+        self.status
+    }
+
+    /// Whether self-registration is off.
+    pub fn supernode_auth_enabled(&self) -> bool {
+        self.config.enable_supernode_auth
+    }
+
+    /// The object store (for inspection).
+    pub fn store(&self) -> &ObjectStore {
+        &self.store
+    }
+
+    /// Node availability changes since the last call.
+    pub fn take_events(&mut self) -> Vec<NodeEvent> {
+        self.events.drain(..).collect()
+    }
+
+    /// A node's status.
+    pub fn node_status(&self, node_id: u64) -> Option<NodeStatus> {
+        self.nodes.get(&node_id).map(|n| n.status)
+    }
+
+    /// The node bound to `key` (the canonical key bytes).
+    pub fn node_for_key(&self, key: &[u8]) -> Option<u64> {
+        self.by_key.get(key).copied()
+    }
+
+    /// The keys of every known node.
+    pub fn node_keys(&self) -> Vec<Vec<u8>> {
+        self.by_key.keys().cloned().collect()
+    }
+
+    /// Number of exchanges in flight.
+    pub fn exchanges_in_flight(&self) -> usize {
+        self.exchanges.len()
+    }
+
+    fn new_node_id(&mut self) -> u64 {
+        loop {
+            let id = self.rng.next_u64();
+            // flwr excludes 0 and its own id; ids stay below 2^63 so they
+            // are the same number in every language's int.
+            let id = id >> 1;
+            if id > SUPERLINK_NODE_ID && !self.nodes.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn insert_node(&mut self, key: Vec<u8>) -> u64 {
+        let id = self.new_node_id();
+        self.by_key.insert(key.clone(), id);
+        self.nodes.insert(
+            id,
+            Node {
+                key,
+                status: NodeStatus::Registered,
+                online_until: 0.0,
+                exchange: None,
+            },
+        );
+        id
+    }
+
+    /// `RegisterNode`: a new node bound to `key` (self-registration).
+    pub fn register(&mut self, key: &[u8]) -> Result<u64, StateError> {
+        if self.config.enable_supernode_auth {
+            return Err(StateError::RegistrationDisabled);
+        }
+        if self.by_key.contains_key(key) {
+            return Err(StateError::KeyInUse);
+        }
+        Ok(self.insert_node(key.to_vec()))
+    }
+
+    /// `ActivateNode`. With supernode auth on, `authorized` says whether
+    /// `key` is in the authorized set; such a key's node is created on first
+    /// activation (the pre-registration flwr does through its Control API).
+    pub fn activate(
+        &mut self,
+        key: &[u8],
+        interval: f64,
+        authorized: bool,
+        now: f64,
+    ) -> Result<u64, StateError> {
+        let node_id = match self.by_key.get(key) {
+            Some(id) => *id,
+            None if self.config.enable_supernode_auth && authorized => {
+                self.insert_node(key.to_vec())
+            }
+            None => return Err(StateError::UnknownKey),
+        };
+        if self.config.enable_supernode_auth && !authorized {
+            return Err(StateError::UnknownKey);
+        }
+        check_interval(interval)?;
+        self.refresh_node(node_id, now);
+        let node = self
+            .nodes
+            .get_mut(&node_id)
+            .ok_or(StateError::UnknownNode(node_id))?;
+        match node.status {
+            NodeStatus::Registered | NodeStatus::Offline => {
+                node.status = NodeStatus::Online;
+                node.online_until = now + HEARTBEAT_PATIENCE * interval;
+                self.events.push_back(NodeEvent::Online(node_id));
+                Ok(node_id)
+            }
+            // A restarted SuperNode with a persistent key: flwr refuses it
+            // (and the node exits) until the old session times out; taking
+            // it back at once costs only the old session's instruction.
+            NodeStatus::Online => {
+                node.online_until = now + HEARTBEAT_PATIENCE * interval;
+                self.fail_node_exchange(node_id, ExchangeFailure::NodeDeactivated(node_id));
+                Ok(node_id)
+            }
+        }
+    }
+
+    /// `DeactivateNode`: the node goes offline; its exchange fails.
+    pub fn deactivate(&mut self, node_id: u64, now: f64) -> Result<(), StateError> {
+        self.refresh_node(node_id, now);
+        let node = self
+            .nodes
+            .get_mut(&node_id)
+            .ok_or(StateError::UnknownNode(node_id))?;
+        if node.status != NodeStatus::Online {
+            return Err(StateError::BadTransition(node_id));
+        }
+        node.status = NodeStatus::Offline;
+        node.online_until = now;
+        self.events.push_back(NodeEvent::Offline(node_id));
+        self.fail_node_exchange(node_id, ExchangeFailure::NodeDeactivated(node_id));
+        Ok(())
+    }
+
+    /// `UnregisterNode`: the node is forgotten.
+    pub fn unregister(&mut self, node_id: u64) -> Result<(), StateError> {
+        if self.config.enable_supernode_auth {
+            return Err(StateError::UnregistrationDisabled);
+        }
+        if !self.nodes.contains_key(&node_id) {
+            return Err(StateError::UnknownNode(node_id));
+        }
+        self.remove_node(node_id, ExchangeFailure::NodeDeactivated(node_id));
+        Ok(())
+    }
+
+    /// A key left the authorized set: its node is deactivated and forgotten,
+    /// and its exchange fails.
+    pub fn revoke_key(&mut self, key: &[u8]) -> Option<u64> {
+        let node_id = self.by_key.get(key).copied()?;
+        self.remove_node(node_id, ExchangeFailure::NodeRemoved(node_id));
+        Some(node_id)
+    }
+
+    fn remove_node(&mut self, node_id: u64, why: ExchangeFailure) {
+        self.fail_node_exchange(node_id, why);
+        if let Some(node) = self.nodes.remove(&node_id) {
+            self.by_key.remove(&node.key);
+            if node.status == NodeStatus::Online {
+                self.events.push_back(NodeEvent::Offline(node_id));
+            }
+        }
+    }
+
+    /// `SendNodeHeartbeat`: `false` for unknown nodes (the SuperNode then
+    /// raises, as with flwr). An offline node comes back online.
+    pub fn heartbeat(&mut self, node_id: u64, interval: f64, now: f64) -> Result<bool, StateError> {
+        check_interval(interval)?;
+        self.refresh_node(node_id, now);
+        let Some(node) = self.nodes.get_mut(&node_id) else {
+            return Ok(false);
+        };
+        if node.status != NodeStatus::Online {
+            node.status = NodeStatus::Online;
+            self.events.push_back(NodeEvent::Online(node_id));
+        }
+        node.online_until = now + HEARTBEAT_PATIENCE * interval;
+        Ok(true)
+    }
+
+    /// Marks `node_id` offline if its patience ran out.
+    fn refresh_node(&mut self, node_id: u64, now: f64) {
+        let silent = self
+            .nodes
+            .get(&node_id)
+            .is_some_and(|n| n.status == NodeStatus::Online && n.online_until <= now);
+        if silent {
+            if let Some(node) = self.nodes.get_mut(&node_id) {
+                node.status = NodeStatus::Offline;
+            }
+            self.events.push_back(NodeEvent::Offline(node_id));
+            self.fail_node_exchange(node_id, ExchangeFailure::NodeSilent(node_id));
+        }
+    }
+
+    /// Periodic housekeeping: silent nodes go offline, expired instructions
+    /// and push sessions end their exchanges.
+    pub fn tick(&mut self, now: f64) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.refresh_node(id, now);
+        }
+        let expired: Vec<(u64, ExchangeFailure)> = self
+            .exchanges
+            .iter()
+            .filter_map(|(id, ex)| {
+                if ex.instruction.expires_at <= now {
+                    Some((*id, ExchangeFailure::Expired))
+                } else if ex.reply.as_ref().is_some_and(|r| r.expires_at <= now) {
+                    Some((*id, ExchangeFailure::SessionExpired))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (id, why) in expired {
+            self.end_exchange(id, Err(why));
+        }
+    }
+
+    /// Ends the run: every exchange fails, later calls get 403.
+    pub fn finish_run(&mut self) {
+        self.status = RunStatus::Finished;
+        let ids: Vec<u64> = self.exchanges.keys().copied().collect();
+        for id in ids {
+            self.end_exchange(id, Err(ExchangeFailure::RunFinished));
+        }
+    }
+
+    fn check_run(&self, run_id: u64) -> Result<(), StateError> {
+        if run_id != self.config.run_id || self.status != RunStatus::Running {
+            return Err(StateError::RunNotRunning(run_id));
+        }
+        Ok(())
+    }
+
+    /// Whether `run_id` is this server's running run (`GetRun`/`GetFab`).
+    pub fn check_running(&self, run_id: u64) -> Result<(), StateError> {
+        self.check_run(run_id)
+    }
+
+    /// Queues `instruction` for `node_id`; `done` receives the outcome.
+    /// Returns the exchange id (for [`LinkState::cancel`]).
+    pub fn enqueue(
+        &mut self,
+        node_id: u64,
+        instruction: Instruction,
+        done: oneshot::Sender<ExchangeOutcome>,
+        now: f64,
+    ) -> Result<u64, StateError> {
+        self.check_run(self.config.run_id)?;
+        self.refresh_node(node_id, now);
+        let node = self
+            .nodes
+            .get_mut(&node_id)
+            .ok_or(StateError::UnknownNode(node_id))?;
+        if node.status != NodeStatus::Online {
+            return Err(StateError::NodeNotOnline(node_id));
+        }
+        if node.exchange.is_some() {
+            return Err(StateError::Busy(node_id));
+        }
+        let id = self.next_exchange;
+        self.next_exchange += 1;
+        node.exchange = Some(id);
+        for (oid, content) in &instruction.objects {
+            self.store.hold(*oid, Some(content.clone()));
+        }
+        let root = instruction.tree.id;
+        self.by_message.insert(root, id);
+        self.exchanges.insert(
+            id,
+            Exchange {
+                node_id,
+                root,
+                instruction,
+                delivered: false,
+                holds_instruction: true,
+                reply: None,
+                done: Some(done),
+            },
+        );
+        Ok(id)
+    }
+
+    /// The exchange's waiter gave up (timeout, dropped): forget it.
+    pub fn cancel(&mut self, exchange: u64) {
+        if let Some(ex) = self.exchanges.get_mut(&exchange) {
+            ex.done = None;
+        }
+        self.end_exchange(exchange, Err(ExchangeFailure::Expired));
+    }
+
+    fn fail_node_exchange(&mut self, node_id: u64, why: ExchangeFailure) {
+        if let Some(id) = self.nodes.get(&node_id).and_then(|n| n.exchange) {
+            self.end_exchange(id, Err(why));
+        }
+    }
+
+    fn release_instruction(store: &mut ObjectStore, ex: &mut Exchange) {
+        if ex.holds_instruction {
+            ex.holds_instruction = false;
+            for (id, _) in &ex.instruction.objects {
+                store.release(id);
+            }
+        }
+    }
+
+    /// Ends an exchange: releases its objects and session, tells its waiter.
+    fn end_exchange(&mut self, id: u64, outcome: ExchangeOutcome) {
+        let Some(mut ex) = self.exchanges.remove(&id) else {
+            return;
+        };
+        Self::release_instruction(&mut self.store, &mut ex);
+        if let Some(reply) = ex.reply.take() {
+            self.sessions.remove(&reply.session);
+            for oid in &reply.ids {
+                self.store.release(oid);
+            }
+        }
+        self.by_message.remove(&ex.root);
+        if let Some(node) = self.nodes.get_mut(&ex.node_id) {
+            if node.exchange == Some(id) {
+                node.exchange = None;
+            }
+        }
+        if let Some(done) = ex.done.take() {
+            // The waiter may be gone (timed out); nothing to tell then.
+            let _ = done.send(outcome);
+        }
+    }
+
+    /// `PullMessages`: at most one undelivered, unexpired instruction.
+    pub fn pull_messages(
+        &mut self,
+        node_id: u64,
+        now: f64,
+    ) -> Option<(pb::Message, pb::ObjectTree)> {
+        if self.status != RunStatus::Running {
+            return None;
+        }
+        self.refresh_node(node_id, now);
+        let id = self.nodes.get(&node_id)?.exchange?;
+        let ex = self.exchanges.get_mut(&id)?;
+        if ex.delivered {
+            return None;
+        }
+        if ex.instruction.expires_at <= now {
+            self.end_exchange(id, Err(ExchangeFailure::Expired));
+            return None;
+        }
+        ex.delivered = true;
+        Some((ex.instruction.wire.clone(), ex.instruction.tree.to_proto()))
+    }
+
+    /// `ConfirmMessageReceived`: the node has every object of the
+    /// instruction, which no longer needs them held for it.
+    pub fn confirm(
+        &mut self,
+        node_id: u64,
+        run_id: u64,
+        message_id: &str,
+    ) -> Result<(), StateError> {
+        self.check_run(run_id)?;
+        let Ok(root) = message_id.parse::<ObjectId>() else {
+            return Ok(());
+        };
+        if let Some(ex) = self
+            .by_message
+            .get(&root)
+            .and_then(|id| self.exchanges.get_mut(id))
+        {
+            if ex.node_id == node_id {
+                Self::release_instruction(&mut self.store, ex);
+            }
+        }
+        Ok(())
+    }
+
+    /// `PullObject`.
+    pub fn pull_object(&self, run_id: u64, object_id: &str) -> Result<Lookup, StateError> {
+        self.check_run(run_id)?;
+        Ok(match object_id.parse::<ObjectId>() {
+            Ok(id) => self.store.get(&id),
+            Err(_) => Lookup::NotFound,
+        })
+    }
+
+    /// `PushMessages`: accepts `message` (the reply's metadata) with its
+    /// `tree` if it answers the node's instruction, opens a push session and
+    /// preregisters the tree. A reply that answers nothing gets an empty
+    /// answer, as flwr gives (the SuperNode then pushes nothing).
+    pub fn push_messages(
+        &mut self,
+        node_id: u64,
+        message: &pb::Message,
+        tree: &pb::ObjectTree,
+        now: f64,
+    ) -> Result<PushAccepted, StateError> {
+        let metadata = message.metadata.clone().unwrap_or_default();
+        self.check_run(metadata.run_id)?;
+        let rejected = PushAccepted {
+            message_id: metadata.message_id.clone(),
+            objects_to_push: Vec::new(),
+            session_id: String::new(),
+        };
+        let tree = match ObjectTree::from_proto(tree, &self.config.limits) {
+            Ok(t) if t.id.to_string() == metadata.message_id => t,
+            _ => return Ok(rejected),
+        };
+        let Ok(reply_to) = metadata.reply_to_message_id.parse::<ObjectId>() else {
+            return Ok(rejected);
+        };
+        let Some(&ex_id) = self.by_message.get(&reply_to) else {
+            return Ok(rejected);
+        };
+        let valid = self.exchanges.get(&ex_id).is_some_and(|ex| {
+            ex.node_id == node_id && metadata.src_node_id == node_id && ex.delivered
+        });
+        if !valid {
+            return Ok(rejected);
+        }
+        // A second push of a reply replaces the first session.
+        if let Some(old) = self
+            .exchanges
+            .get_mut(&ex_id)
+            .and_then(|ex| ex.reply.take())
+        {
+            self.sessions.remove(&old.session);
+            for oid in &old.ids {
+                self.store.release(oid);
+            }
+        }
+        let ids = tree.unique_ids();
+        let mut pending = HashSet::new();
+        for oid in &ids {
+            if !self.store.hold(*oid, None) {
+                pending.insert(*oid);
+            }
+        }
+        let session = format!("{:032x}", self.rng.gen::<u128>());
+        let objects_to_push = ids
+            .iter()
+            .filter(|id| pending.contains(id))
+            .map(ObjectId::to_string)
+            .collect();
+        let complete = pending.is_empty();
+        if let Some(ex) = self.exchanges.get_mut(&ex_id) {
+            ex.reply = Some(Reply {
+                session: session.clone(),
+                tree,
+                ids,
+                pending,
+                expires_at: now + self.config.session_ttl,
+            });
+        }
+        self.sessions.insert(session.clone(), ex_id);
+        if complete {
+            self.complete(ex_id);
+        }
+        Ok(PushAccepted {
+            message_id: metadata.message_id,
+            objects_to_push,
+            session_id: session,
+        })
+    }
+
+    /// Whether `object_id` is awaited in the node's push session (checked
+    /// before the caller spends time hashing the content).
+    pub fn is_pending(&self, node_id: u64, session_id: &str, object_id: &ObjectId) -> bool {
+        self.session_exchange(node_id, session_id)
+            .and_then(|id| self.exchanges.get(&id))
+            .and_then(|ex| ex.reply.as_ref())
+            .is_some_and(|r| r.pending.contains(object_id))
+    }
+
+    fn session_exchange(&self, node_id: u64, session_id: &str) -> Option<u64> {
+        let id = if session_id.is_empty() {
+            // flwr < 1.35 sent no session id; the node has one exchange.
+            self.nodes.get(&node_id)?.exchange?
+        } else {
+            *self.sessions.get(session_id)?
+        };
+        let ex = self.exchanges.get(&id)?;
+        (ex.node_id == node_id).then_some(id)
+    }
+
+    /// `PushObject` of content the caller validated (hash and head) for
+    /// `object_id`. Completes the exchange when it was the last one.
+    pub fn push_object(
+        &mut self,
+        node_id: u64,
+        run_id: u64,
+        session_id: &str,
+        object_id: &ObjectId,
+        content: Bytes,
+    ) -> Result<PushOutcome, StateError> {
+        self.check_run(run_id)?;
+        let Some(ex_id) = self.session_exchange(node_id, session_id) else {
+            return Ok(PushOutcome::Refused);
+        };
+        let Some(reply) = self
+            .exchanges
+            .get_mut(&ex_id)
+            .and_then(|ex| ex.reply.as_mut())
+        else {
+            return Ok(PushOutcome::Refused);
+        };
+        if !reply.pending.remove(object_id) {
+            return Ok(PushOutcome::Refused);
+        }
+        let done = reply.pending.is_empty();
+        self.store.fill(object_id, content);
+        if done {
+            self.complete(ex_id);
+            return Ok(PushOutcome::Completed);
+        }
+        Ok(PushOutcome::Stored)
+    }
+
+    /// A node pushed something that is not a valid object of its reply:
+    /// the exchange fails now rather than at its timeout.
+    pub fn reject_reply(&mut self, node_id: u64, session_id: &str, reason: String) {
+        if let Some(id) = self.session_exchange(node_id, session_id) {
+            self.end_exchange(id, Err(ExchangeFailure::InvalidObject(reason)));
+        }
+    }
+
+    fn complete(&mut self, ex_id: u64) {
+        let Some(reply) = self.exchanges.get(&ex_id).and_then(|ex| ex.reply.as_ref()) else {
+            return;
+        };
+        let mut objects = HashMap::with_capacity(reply.ids.len());
+        for id in &reply.ids {
+            if let Some(c) = self.store.content(id) {
+                objects.insert(*id, c);
+            }
+        }
+        let tree = reply.tree.clone();
+        self.end_exchange(ex_id, Ok(ReplyObjects { tree, objects }));
+    }
+}
+
+#[cfg(test)]
+mod tests;
