@@ -645,9 +645,8 @@ fn run_ours(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let n = ctx.args.nodes.to_string();
     let mut args: Vec<OsString> = vec![
+        // No --address: the grpc-bidi port stays closed, the Fleet API is the only way in.
         "--insecure".into(),
-        "--address".into(),
-        "127.0.0.1:0".into(),
         "--fleet-api-address".into(),
         addr.to_string().into(),
         "--fab".into(),
