@@ -58,6 +58,11 @@ pub(crate) struct FleetArgs {
     /// temporary directory, removed at the end).
     #[arg(long)]
     pub(crate) work_dir: Option<PathBuf>,
+    /// Give every node the same update (`index=0`), so the nodes' replies
+    /// are identical and the servers may deduplicate their objects (by
+    /// default node i adds 1 + i, and every reply differs).
+    #[arg(long)]
+    pub(crate) identical_replies: bool,
     /// Extra argument for flower-server (repeatable).
     #[arg(long = "server-arg", allow_hyphen_values = true, value_name = "ARG")]
     pub(crate) server_args: Vec<String>,
@@ -195,6 +200,11 @@ pub(crate) fn run(args: FleetArgs) -> anyhow::Result<i32> {
             params: ctx.args.params,
             model_bytes: 4 * ctx.args.params as u64,
             rounds: ctx.args.rounds,
+            replies: if ctx.args.identical_replies {
+                "identical: every node adds 1 (servers may deduplicate the replies' objects)".into()
+            } else {
+                "distinct: node i adds 1 + i to every array".into()
+            },
             fab: ctx.fab.display().to_string(),
             fab_sha256: ctx.fab_sha256.clone(),
             app: ctx.app.display().to_string(),
@@ -256,11 +266,14 @@ fn start_nodes(ctx: &Ctx, dial: SocketAddr, dir: &Path) -> anyhow::Result<Vec<No
         let home = dir.join(format!("node-{i}"));
         std::fs::create_dir_all(&home)?;
         let mut c = ctx.flwr_command("flower-supernode", &home);
+        let index = if ctx.args.identical_replies { 0 } else { i };
         c.arg("--insecure")
             .arg("--superlink")
             .arg(dial.to_string())
             .arg("--port")
-            .arg(free_port()?.to_string());
+            .arg(free_port()?.to_string())
+            .arg("--node-config")
+            .arg(format!("index={index}"));
         let log = dir.join(format!("node-{i}.log"));
         let process = Monitored::spawn(&format!("supernode {i}"), c, &log, |_, _| {
             Arc::new(|_, _: &str| {}) as LineHandler

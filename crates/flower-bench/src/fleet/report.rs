@@ -19,6 +19,8 @@ pub(crate) struct Workload {
     pub(crate) model_bytes: u64,
     /// Rounds.
     pub(crate) rounds: u64,
+    /// What the nodes' train replies are.
+    pub(crate) replies: String,
     /// The FAB given to flower-server.
     pub(crate) fab: String,
     /// Its SHA-256.
@@ -344,6 +346,7 @@ impl FleetResult {
             w.rounds,
             &w.fab_sha256[..w.fab_sha256.len().min(16)]
         );
+        println!("train replies: {}", w.replies);
         println!(
             "machine: {} CPUs, {}; load average at start {}, at end {}",
             self.machine.cpus,
