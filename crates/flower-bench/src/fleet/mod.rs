@@ -51,7 +51,7 @@ pub(crate) struct FleetArgs {
     /// Per-server time limit in seconds, from the server's start.
     #[arg(long, default_value_t = 1800.0)]
     pub(crate) timeout_secs: f64,
-    /// The Flower app to bundle [default: <root>/python/bench].
+    /// The Flower app to bundle [default: ROOT/python/bench].
     #[arg(long)]
     pub(crate) app: Option<PathBuf>,
     /// Where to keep the logs, the FAB and the nodes' FLWR_HOMEs (default: a
