@@ -10,7 +10,11 @@
 //!   throughput as a yardstick.
 //! * `scale`: 10,000 concurrently connected clients with a tiny model
 //!   against `flower-server`; server peak RSS and round time.
-//! * `clients`: the client process the other two spawn.
+//! * `fleet`: one Flower app bundle and N stock `flower-supernode` processes
+//!   against the stock `flower-superlink` 1.42 (its ServerApp running the
+//!   stock FedAvg) and against `flower-server`'s Fleet API; per server the
+//!   whole process tree's CPU and peak RSS, round times, wire bytes.
+//! * `clients`: the client process `compare` and `scale` spawn.
 //! * `aes`: only the AES-GCM baseline.
 //!
 //! See `crates/flower-bench/README.md` for the commands.
@@ -20,8 +24,10 @@
 mod aes;
 mod clients;
 mod compare;
+mod fleet;
 mod process;
 mod procstat;
+mod proctree;
 mod relay;
 mod report;
 mod run;
@@ -53,6 +59,10 @@ enum Cmd {
     /// Many concurrently connected clients (tiny model) against
     /// flower-server: peak RSS and round time.
     Scale(scale::ScaleArgs),
+    /// One FAB and N stock SuperNodes against the stock flower-superlink
+    /// (Python ServerApp, FedAvg) and against flower-server's Fleet API:
+    /// round times, server-tree CPU, peak RSS, wire bytes, ratios.
+    Fleet(fleet::FleetArgs),
     /// Runs K Rust clients in this process (spawned by compare/scale).
     Clients(clients::ClientsArgs),
     /// Single-core AES-GCM sealing throughput only.
@@ -220,6 +230,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Compare(a) => compare::run(a),
         Cmd::Scale(a) => scale::run(a),
+        Cmd::Fleet(a) => fleet::run(a),
         Cmd::Clients(a) => clients::run(a),
         Cmd::Aes { secs } => {
             for aes256 in [true, false] {

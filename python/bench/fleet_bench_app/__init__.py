@@ -1,0 +1,1 @@
+"""flower-bench fleet app: cheap ClientApp, stock FedAvg ServerApp (see ../README.md)."""
