@@ -426,20 +426,23 @@ fn fleet_refuses_an_unauthorized_key() {
     report("b (unauthorized key)", started);
 }
 
-/// (c) A key revoked mid-run (authorized-keys rewritten, SIGUSR1): the
-/// node's pending round-1 work fails at once, the round aggregates the
-/// other node's update, the run ends cleanly, and the revoked SuperNode
-/// gets 401 when it comes back. The node is frozen between receiving its
-/// instruction and revocation, so its reply cannot win the race.
+/// (c) A key revoked mid-run: the authorized-keys file is rewritten
+/// without B's key (and with a new key C), then SIGUSR1. B's pending
+/// round-1 work fails at once (B is frozen between receiving its
+/// instruction and the revocation, so its reply cannot win the race),
+/// round 1 aggregates A's update alone, C joins and the run goes on with
+/// A and C; the revoked B, thawed, gets 401 and shuts down.
+/// D = 1, then (10·1 + 10·5)/20 = 3.
 #[test]
 fn fleet_key_revoked_mid_run_fails_its_pending_work() {
     let started = Instant::now();
     let Some(fabs) = fabs() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = DevCertificates::generate();
-    let (Some(ka), Some(kb)) = (
+    let (Some(ka), Some(kb), Some(kc)) = (
         generate_node_key(dir.path(), Curve::P256),
         generate_node_key(dir.path(), Curve::P384),
+        generate_node_key(dir.path(), Curve::P521),
     ) else {
         return;
     };
@@ -447,7 +450,8 @@ fn fleet_key_revoked_mid_run_fails_its_pending_work() {
     write_authorized(&keys, &[&ka, &kb]);
     let init = write_init(dir.path());
     let out = dir.path().join("out");
-    let mut args = base_args(&fabs.modern, &init, &out, 1, 2, false);
+    // Every phase waits for min-available clients, evaluation included.
+    let mut args = base_args(&fabs.modern, &init, &out, 2, 2, false);
     args.extend(tls_args(&certs));
     args.extend([
         "--enable-supernode-auth".into(),
@@ -468,16 +472,12 @@ fn fleet_key_revoked_mid_run_fails_its_pending_work() {
         node_logs(&[&a, &b])
     );
     freeze(&b, true);
-    write_authorized(&keys, &[&ka]);
+    write_authorized(&keys, &[&ka, &kc]);
     signal("-USR1", &server.child.0.id().to_string());
     server.wait_for_log("node key revoked", 1, &[&a, &b]);
-    server.wait_success(&[&a, &b]);
+    // Thawed while the server runs, b finds its node gone: its reply gets
+    // 401 and it shuts itself down.
     freeze(&b, false);
-    assert_close(&final_model(&out), &shifted(1.0), 0.0);
-    assert_eq!(fit_counts(&out), [(1, 1)]);
-    let log = server.log_text();
-    assert!(log.contains("no longer authorized"), "{log}");
-    // Thawed, b finds its node gone: 401, and it shuts itself down.
     let code = b.wait_exit(Duration::from_secs(60));
     assert!(
         !b.is_running(),
@@ -485,6 +485,14 @@ fn fleet_key_revoked_mid_run_fails_its_pending_work() {
         b.log()
     );
     assert!(!b.log().contains("Sent successfully"), "{}", b.log());
+    let Some(c) = supernode(&server, Some(&certs), Some(&kc), "factor=5 examples=10") else {
+        return;
+    };
+    server.wait_success(&[&a, &b, &c]);
+    assert_eq!(fit_counts(&out), [(1, 1), (2, 0)]);
+    assert_close(&final_model(&out), &shifted(4.0), 0.0);
+    let log = server.log_text();
+    assert!(log.contains("no longer authorized"), "{log}");
     eprintln!("revoked SuperNode exit code: {code:?}");
     report("c (key revoked mid-run)", started);
 }
