@@ -34,20 +34,38 @@ struct Fabs {
 }
 
 /// Builds both FABs once per test binary run (`flwr build` takes seconds);
-/// `None` (the test skips) without the venv.
+/// `None` (the test skips, saying so) without the venv.
 fn fabs() -> Option<&'static Fabs> {
     static FABS: OnceLock<Option<Fabs>> = OnceLock::new();
-    FABS.get_or_init(|| {
-        // In the target directory, one directory per process: tests of
-        // this binary share it, and nothing is left in /tmp.
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("fleet-e2e-fabs")
-            .join(std::process::id().to_string());
-        let modern = build_fab(&flower_testkit::flwr::app_dir("modern"), &out)?;
-        let legacy = build_fab(&flower_testkit::flwr::app_dir("legacy"), &out)?;
-        Some(Fabs { modern, legacy })
+    let mut built_here = false;
+    let fabs = FABS.get_or_init(|| {
+        built_here = true;
+        build_fabs()
+    });
+    if fabs.is_none() && !built_here {
+        eprintln!("SKIPPED: no FABs (the pinned venv is missing)");
+    }
+    fabs.as_ref()
+}
+
+/// `flwr build` into a private directory, then an atomic rename into the
+/// shared `fleet-e2e-fabs` of the target directory: FAB names carry their
+/// content hash, so a concurrent test binary sees either no file or the
+/// whole one, and nothing piles up in /tmp.
+fn build_fabs() -> Option<Fabs> {
+    let shared = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fleet-e2e-fabs");
+    std::fs::create_dir_all(&shared).expect("FAB dir");
+    let staging = tempfile::tempdir_in(&shared).expect("staging dir");
+    let place = |name: &str| -> Option<PathBuf> {
+        let built = build_fab(&flower_testkit::flwr::app_dir(name), staging.path())?;
+        let target = shared.join(built.file_name().expect("FAB name"));
+        std::fs::rename(&built, &target).expect("move FAB");
+        Some(target)
+    };
+    Some(Fabs {
+        modern: place("modern")?,
+        legacy: place("legacy")?,
     })
-    .as_ref()
 }
 
 /// A running `flower-server` serving the Fleet API (and grpc-bidi when
