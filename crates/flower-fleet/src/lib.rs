@@ -18,8 +18,12 @@
 //! (`superlink/servicer/fleet/fleet_handlers.py`,
 //! `server/superlink/linkstate/in_memory_linkstate.py`), except that on the
 //! Fleet paths only the statuses a SuperNode survives are used (200, 401,
-//! 403, 503; see the `http` module) and that a restarted SuperNode with a
-//! known key is taken back at once.
+//! 403, 503; see the `http` module), that a restarted SuperNode with a
+//! known key is taken back at once, and that node ids are derived from the
+//! node's public key ([`state::node_id_for_key`]), so after a restart of
+//! this server a SuperNode that keeps its id is re-admitted on its next
+//! signed request instead of being refused with 401 (flwr keeps random ids
+//! in its database; this server keeps no node database).
 #![forbid(unsafe_code)]
 
 mod api;

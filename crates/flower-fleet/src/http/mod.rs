@@ -29,7 +29,7 @@ use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::node::{unix_now, Shared};
 use crate::state::{Lookup, PushOutcome, StateError};
@@ -142,8 +142,35 @@ impl Service {
         self.dispatch(rpc, &key, &body).await
     }
 
-    /// The node bound to `key` must be `node_id`.
+    /// The node bound to `key` must be `node_id`, or `key` unknown and
+    /// `node_id` the id it derives: then the node is taken back (this
+    /// server restarted; see [`LinkState::readmit`](crate::state::LinkState::readmit)).
     fn bound(&self, key: &NodePublicKey, node_id: u64) -> Result<(), ApiError> {
+        let found = self.shared.read_state(|s| s.node_for_key(key.sec1_bytes()));
+        match found {
+            Some(id) if id == node_id => Ok(()),
+            Some(_) => Err(ApiError::Unauthenticated),
+            None => {
+                let authorized = self.authorized(key);
+                self.shared
+                    .with_state(|s| s.readmit(key.sec1_bytes(), node_id, authorized, unix_now()))
+                    .map_err(|e| {
+                        debug!(node_id, error = %e, "unknown node not re-admitted");
+                        ApiError::Unauthenticated
+                    })?;
+                info!(
+                    node_id,
+                    key = key.fingerprint(),
+                    "SuperNode re-admitted (known by its key-derived id)"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// The node bound to `key` must be `node_id`, without re-admission: a
+    /// node unknown here need not be deactivated or unregistered.
+    fn bound_strict(&self, key: &NodePublicKey, node_id: u64) -> Result<(), ApiError> {
         let found = self.shared.read_state(|s| s.node_for_key(key.sec1_bytes()));
         if found == Some(node_id) {
             Ok(())
@@ -208,7 +235,7 @@ impl Service {
             }
             Rpc::DeactivateNode => {
                 let req: pb::DeactivateNodeRequest = decode(body)?;
-                self.bound(key, req.node_id)?;
+                self.bound_strict(key, req.node_id)?;
                 shared
                     .with_state(|s| s.deactivate(req.node_id, now))
                     .map_err(|_| ApiError::Forbidden(ApiErrorCode::NodeDeactivationFailed))?;
@@ -216,7 +243,7 @@ impl Service {
             }
             Rpc::UnregisterNode => {
                 let req: pb::UnregisterNodeFleetRequest = decode(body)?;
-                self.bound(key, req.node_id)?;
+                self.bound_strict(key, req.node_id)?;
                 shared
                     .with_state(|s| s.unregister(req.node_id))
                     .map_err(|e| match e {

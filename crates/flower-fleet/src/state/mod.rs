@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use bytes::Bytes;
 use flower_message::{Limits, ObjectId, ObjectTree};
 use flower_proto as pb;
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::oneshot;
 
@@ -37,6 +37,29 @@ pub const HEARTBEAT_PATIENCE: f64 = 2.0;
 pub const PUSH_SESSION_TTL: f64 = 180.0;
 /// flwr's `SUPERLINK_NODE_ID`: the source of every instruction.
 pub const SUPERLINK_NODE_ID: u64 = 1;
+/// flwr's `HEARTBEAT_DEFAULT_INTERVAL`, seconds: what a stock SuperNode
+/// sends, and what a re-admitted node (see [`LinkState::readmit`]) is
+/// assumed to use until its next heartbeat.
+pub const HEARTBEAT_DEFAULT_INTERVAL: f64 = 30.0;
+
+/// The node id of a public key (the canonical SEC1 bytes): the first eight
+/// bytes of its SHA-256, big-endian, shifted below 2^63 (the same number in
+/// every language's integers), never 0 or [`SUPERLINK_NODE_ID`].
+///
+/// Deterministic, so a server that restarts recognises the ids its
+/// SuperNodes keep using (flwr draws them at random and keeps them in its
+/// database; this server keeps no node database).
+pub fn node_id_for_key(key: &[u8]) -> u64 {
+    let digest = ObjectId::of(key);
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&digest.as_bytes()[..8]);
+    let id = u64::from_be_bytes(head) >> 1;
+    if id <= SUPERLINK_NODE_ID {
+        id + 2
+    } else {
+        id
+    }
+}
 
 /// A node's status (flwr's `NodeStatus` without `UNREGISTERED`: an
 /// unregistered node is forgotten).
@@ -156,6 +179,10 @@ pub enum StateError {
     /// The node already has an instruction in flight.
     #[error("node {0} already has an instruction in flight")]
     Busy(u64),
+    /// Another key already has the node id this key derives (a SHA-256
+    /// prefix collision: in practice never).
+    #[error("node id {0} is taken by another key")]
+    IdCollision(u64),
 }
 
 /// Settings of the link state.
@@ -260,7 +287,8 @@ fn check_interval(interval: f64) -> Result<(), StateError> {
 }
 
 impl LinkState {
-    /// An empty state for one running run; `seed` seeds node and session ids.
+    /// An empty state for one running run; `seed` seeds session ids (node
+    /// ids come from the keys: [`node_id_for_key`]).
     pub fn new(config: StateConfig, seed: u64) -> Self {
         LinkState {
             config,
@@ -322,20 +350,11 @@ impl LinkState {
         self.exchanges.len()
     }
 
-    fn new_node_id(&mut self) -> u64 {
-        loop {
-            let id = self.rng.next_u64();
-            // flwr excludes 0 and its own id; ids stay below 2^63 so they
-            // are the same number in every language's int.
-            let id = id >> 1;
-            if id > SUPERLINK_NODE_ID && !self.nodes.contains_key(&id) {
-                return id;
-            }
+    fn insert_node(&mut self, key: Vec<u8>) -> Result<u64, StateError> {
+        let id = node_id_for_key(&key);
+        if self.nodes.contains_key(&id) {
+            return Err(StateError::IdCollision(id));
         }
-    }
-
-    fn insert_node(&mut self, key: Vec<u8>) -> u64 {
-        let id = self.new_node_id();
         self.by_key.insert(key.clone(), id);
         self.nodes.insert(
             id,
@@ -346,7 +365,7 @@ impl LinkState {
                 exchange: None,
             },
         );
-        id
+        Ok(id)
     }
 
     /// `RegisterNode`: a new node bound to `key` (self-registration).
@@ -357,7 +376,44 @@ impl LinkState {
         if self.by_key.contains_key(key) {
             return Err(StateError::KeyInUse);
         }
-        Ok(self.insert_node(key.to_vec()))
+        self.insert_node(key.to_vec())
+    }
+
+    /// Takes back a node this state never saw (this process restarted, the
+    /// SuperNode did not): a request signed with `key` names `node_id`, the
+    /// id [`node_id_for_key`] derives from that key. The node is admitted as
+    /// if it had registered and activated with
+    /// [`HEARTBEAT_DEFAULT_INTERVAL`]; with supernode auth only if
+    /// `authorized`. A stock SuperNode never activates again after a
+    /// connection error, so without this it would get 401 and shut down.
+    ///
+    /// A no-op for a key already bound to `node_id`; refused for any other
+    /// id, an unauthorized key, or a key bound to another node.
+    pub fn readmit(
+        &mut self,
+        key: &[u8],
+        node_id: u64,
+        authorized: bool,
+        now: f64,
+    ) -> Result<(), StateError> {
+        match self.by_key.get(key) {
+            Some(id) if *id == node_id => return Ok(()),
+            Some(_) => return Err(StateError::KeyInUse),
+            None => {}
+        }
+        if node_id != node_id_for_key(key) {
+            return Err(StateError::UnknownNode(node_id));
+        }
+        if self.config.enable_supernode_auth && !authorized {
+            return Err(StateError::UnknownKey);
+        }
+        let id = self.insert_node(key.to_vec())?;
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.status = NodeStatus::Online;
+            node.online_until = now + HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL;
+        }
+        self.events.push_back(NodeEvent::Online(id));
+        Ok(())
     }
 
     /// `ActivateNode`. With supernode auth on, `authorized` says whether
@@ -373,7 +429,7 @@ impl LinkState {
         let node_id = match self.by_key.get(key) {
             Some(id) => *id,
             None if self.config.enable_supernode_auth && authorized => {
-                self.insert_node(key.to_vec())
+                self.insert_node(key.to_vec())?
             }
             None => return Err(StateError::UnknownKey),
         };

@@ -363,3 +363,93 @@ fn a_cancelled_exchange_releases_its_objects() {
     assert!(s.store().is_empty());
     assert!(s.pull_messages(a, T0).is_none());
 }
+
+#[test]
+fn node_ids_are_derived_from_keys() {
+    // The first 8 bytes of SHA-256(key), big-endian, then >> 1.
+    let digest = ObjectId::of(b"k1");
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&digest.as_bytes()[..8]);
+    assert_eq!(node_id_for_key(b"k1"), u64::from_be_bytes(head) >> 1);
+    assert_ne!(node_id_for_key(b"k1"), node_id_for_key(b"k2"));
+    // Every id is a valid SuperNode id: not 0, not the SuperLink's, < 2^63.
+    for i in 0u32..2000 {
+        let id = node_id_for_key(&i.to_be_bytes());
+        assert!(id > SUPERLINK_NODE_ID && id < 1 << 63, "{id}");
+    }
+    // The same key gets the same id in two states (two server processes),
+    // both through self-registration and through pre-registration.
+    let mut a = state();
+    let mut b = state();
+    assert_eq!(online(&mut a, b"k1"), node_id_for_key(b"k1"));
+    assert_eq!(online(&mut b, b"k1"), node_id_for_key(b"k1"));
+    let mut config = StateConfig::new(42);
+    config.enable_supernode_auth = true;
+    let mut c = LinkState::new(config, 99);
+    assert_eq!(
+        c.activate(b"k1", 30.0, true, T0),
+        Ok(node_id_for_key(b"k1"))
+    );
+}
+
+/// A server restart: a fresh state takes back a node by its key-derived id
+/// as registered and activated with the default heartbeat interval.
+#[test]
+fn a_node_unknown_after_a_restart_is_readmitted_by_its_derived_id() {
+    let mut before = state();
+    let id = online(&mut before, b"k");
+    let mut s = state();
+    assert_eq!(s.node_status(id), None);
+    // Another id than the key's, or another key's id: refused.
+    assert_eq!(
+        s.readmit(b"k", id + 1, false, T0),
+        Err(StateError::UnknownNode(id + 1))
+    );
+    assert_eq!(
+        s.readmit(b"other", id, false, T0),
+        Err(StateError::UnknownNode(id))
+    );
+    assert!(s.take_events().is_empty());
+    s.readmit(b"k", id, false, T0).expect("readmitted");
+    assert_eq!(s.node_status(id), Some(NodeStatus::Online));
+    assert_eq!(s.node_for_key(b"k"), Some(id));
+    assert_eq!(s.take_events(), [NodeEvent::Online(id)]);
+    // Idempotent: a second request changes nothing.
+    s.readmit(b"k", id, false, T0 + 1.0).expect("still bound");
+    assert!(s.take_events().is_empty());
+    // It takes work at once, and its patience is 2 × 30 s unless it
+    // heartbeats.
+    let c = content(16);
+    let (tx, mut rx) = oneshot::channel();
+    s.enqueue(id, c.instruction(42, id, 3600.0, T0), tx, T0)
+        .expect("enqueue");
+    assert!(s.pull_messages(id, T0 + 1.0).is_some());
+    s.tick(T0 + 59.9);
+    assert!(rx.try_recv().is_err(), "within the default patience");
+    assert_eq!(s.heartbeat(id, 30.0, T0 + 59.9), Ok(true));
+    s.tick(T0 + 119.8);
+    assert!(rx.try_recv().is_err(), "the heartbeat extended it");
+    s.tick(T0 + 119.9);
+    assert!(matches!(rx.try_recv(), Ok(Err(ExchangeFailure::NodeSilent(n))) if n == id));
+    // The key is now bound: registering it again is refused, as for a node
+    // that registered itself.
+    assert_eq!(s.register(b"k"), Err(StateError::KeyInUse));
+}
+
+#[test]
+fn with_supernode_auth_only_authorized_keys_are_readmitted() {
+    let mut config = StateConfig::new(42);
+    config.enable_supernode_auth = true;
+    let mut s = LinkState::new(config, 3);
+    let id = node_id_for_key(b"k");
+    assert_eq!(s.readmit(b"k", id, false, T0), Err(StateError::UnknownKey));
+    assert_eq!(s.node_status(id), None);
+    assert!(s.take_events().is_empty());
+    s.readmit(b"k", id, true, T0).expect("authorized");
+    assert_eq!(s.node_status(id), Some(NodeStatus::Online));
+    assert_eq!(s.take_events(), [NodeEvent::Online(id)]);
+    // Revoked, it is forgotten, and not taken back any more.
+    assert_eq!(s.revoke_key(b"k"), Some(id));
+    assert_eq!(s.readmit(b"k", id, false, T0), Err(StateError::UnknownKey));
+    assert_eq!(s.node_status(id), None);
+}

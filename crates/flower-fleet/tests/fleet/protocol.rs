@@ -590,3 +590,85 @@ async fn supernode_auth_admits_only_authorized_keys_and_revocation_removes_the_n
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     fleet.stop().await;
 }
+
+fn heartbeat(node_id: u64) -> Vec<u8> {
+    pb::SendNodeHeartbeatRequest {
+        node: node(node_id),
+        heartbeat_interval: 30.0,
+    }
+    .encode_to_vec()
+}
+
+/// A server restart (a second Fleet API that never saw the node): a node
+/// signing with its key and naming the id derived from it is taken back at
+/// once; any other id is refused with 401.
+#[tokio::test]
+async fn after_a_restart_a_node_is_readmitted_by_its_key_derived_id() {
+    let key = NodeSigningKey::generate(NodeKeyCurve::P384);
+    let derived = flower_fleet::state::node_id_for_key(key.public_key().sec1_bytes());
+    let first = Fleet::start(FleetOptions::new(fab_app()).insecure()).await;
+    let node_id = register_and_activate(first.addr, &key).await;
+    assert_eq!(node_id, derived);
+    first.stop().await;
+
+    let second = Fleet::start(FleetOptions::new(fab_app()).insecure()).await;
+    let addr = second.addr;
+    assert_eq!(second.clients.len(), 0);
+    let (status, _) = call(addr, &key, "send-node-heartbeat", heartbeat(node_id + 1)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Deactivating an unknown node does not admit it.
+    let (status, _) = call(
+        addr,
+        &key,
+        "deactivate-node",
+        pb::DeactivateNodeRequest { node_id }.encode_to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(second.clients.len(), 0);
+    let (status, body) = call(addr, &key, "send-node-heartbeat", heartbeat(node_id)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        pb::SendNodeHeartbeatResponse::decode(body)
+            .expect("decodes")
+            .success
+    );
+    assert_eq!(second.clients.len(), 1, "the node is a client again");
+    let (status, _) = call(
+        addr,
+        &key,
+        "pull-messages",
+        pb::PullMessagesRequest {
+            node: node(node_id),
+            message_ids: vec![],
+        }
+        .encode_to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // Another key naming this node's id is still refused.
+    let other = NodeSigningKey::generate(NodeKeyCurve::P384);
+    let (status, _) = call(addr, &other, "send-node-heartbeat", heartbeat(node_id)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    second.stop().await;
+}
+
+/// With supernode auth, only an authorized key is re-admitted after a
+/// restart.
+#[tokio::test]
+async fn after_a_restart_supernode_auth_readmits_only_authorized_keys() {
+    let good = NodeSigningKey::generate(NodeKeyCurve::P256);
+    let wrong = NodeSigningKey::generate(NodeKeyCurve::P521);
+    let keys = AuthorizedNodeKeys::new([good.public_key().clone()]);
+    let fleet = Fleet::start(FleetOptions::new(fab_app()).insecure().supernode_auth(keys)).await;
+    let addr = fleet.addr;
+    let wrong_id = flower_fleet::state::node_id_for_key(wrong.public_key().sec1_bytes());
+    let (status, _) = call(addr, &wrong, "send-node-heartbeat", heartbeat(wrong_id)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(fleet.clients.len(), 0);
+    let good_id = flower_fleet::state::node_id_for_key(good.public_key().sec1_bytes());
+    let (status, _) = call(addr, &good, "send-node-heartbeat", heartbeat(good_id)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fleet.clients.len(), 1);
+    fleet.stop().await;
+}

@@ -5,8 +5,8 @@ use std::time::Duration;
 use flower_fleet::{FleetOptions, MessageFormat};
 
 use crate::support::{
-    app, arrays, big_model, build_fab, fedavg, fedavg_server, model, run, values, venv_bin,
-    AppKind, SuperNode,
+    app, arrays, big_model, fab, fedavg, fedavg_server, kill, model, run, supernode, values,
+    AppKind,
 };
 
 /// Two self-registered SuperNodes (`--insecure`), the message-API app, two
@@ -14,13 +14,20 @@ use crate::support::{
 /// every element by (10·1 + 30·3)/40 = 2.5.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fedavg_over_two_insecure_supernodes_matches_the_expectation() {
-    let Some(bin) = venv_bin() else { return };
-    let fab = build_fab(&bin, AppKind::Modern);
+    let Some(fab) = fab(AppKind::Modern) else {
+        return;
+    };
     let (keys, initial) = model();
-    let options = FleetOptions::new(app(fab)).insecure().array_keys(keys);
+    let options = FleetOptions::new(app(AppKind::Modern, fab))
+        .insecure()
+        .array_keys(keys);
     let (server, addr) = fedavg_server(options, fedavg(2, initial), 2).await;
-    let a = SuperNode::start(&bin, addr, "factor=1 examples=10", &["--insecure"]);
-    let b = SuperNode::start(&bin, addr, "factor=3 examples=30", &["--insecure"]);
+    let Some(a) = supernode(addr, "factor=1 examples=10", None) else {
+        return;
+    };
+    let Some(b) = supernode(addr, "factor=3 examples=30", None) else {
+        return;
+    };
     let outcome = run(server, Duration::from_secs(240), &[&a, &b]).await;
     assert_eq!(outcome.completed_rounds, 2);
     let got = arrays(&outcome.parameters);
@@ -43,13 +50,14 @@ async fn fedavg_over_two_insecure_supernodes_matches_the_expectation() {
 /// chunks each way), with the legacy NumPyClient app.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_legacy_app_with_a_multi_chunk_model() {
-    let Some(bin) = venv_bin() else { return };
+    let Some(fab) = fab(AppKind::Legacy) else {
+        return;
+    };
     let certs = flower_testkit::DevCertificates::generate();
-    let fab = build_fab(&bin, AppKind::Legacy);
     // 1.6 M float32 = 6.4 MB: two 5 MiB chunks.
     let n = 1_600_000;
     let (_, initial) = big_model(n);
-    let options = FleetOptions::new(app(fab))
+    let options = FleetOptions::new(app(AppKind::Legacy, fab))
         .tls(flower_server::TlsFiles::new(
             certs.ca(),
             certs.cert(),
@@ -57,10 +65,13 @@ async fn tls_legacy_app_with_a_multi_chunk_model() {
         ))
         .message_format(MessageFormat::Legacy);
     let (server, addr) = fedavg_server(options, fedavg(2, initial), 1).await;
-    let ca = certs.ca().to_string_lossy().into_owned();
-    let flags = ["--root-certificates", ca.as_str()];
-    let a = SuperNode::start(&bin, addr, "factor=1 examples=10", &flags);
-    let b = SuperNode::start(&bin, addr, "factor=3 examples=30", &flags);
+    let ca = certs.ca();
+    let Some(a) = supernode(addr, "factor=1 examples=10", Some(&ca)) else {
+        return;
+    };
+    let Some(b) = supernode(addr, "factor=3 examples=30", Some(&ca)) else {
+        return;
+    };
     let outcome = run(server, Duration::from_secs(300), &[&a, &b]).await;
     assert_eq!(outcome.completed_rounds, 1);
     let got = values(&arrays(&outcome.parameters)[0]);
@@ -75,17 +86,24 @@ async fn tls_legacy_app_with_a_multi_chunk_model() {
 /// (2 × 30 s) runs out, FedAvg aggregates the other reply, the run ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_supernode_killed_mid_round_counts_as_a_failure() {
-    let Some(bin) = venv_bin() else { return };
-    let fab = build_fab(&bin, AppKind::Modern);
+    let Some(fab) = fab(AppKind::Modern) else {
+        return;
+    };
     let (keys, initial) = model();
-    let options = FleetOptions::new(app(fab)).insecure().array_keys(keys);
+    let options = FleetOptions::new(app(AppKind::Modern, fab))
+        .insecure()
+        .array_keys(keys);
     // Evaluation then goes on with the survivor.
     let strategy = fedavg(2, initial)
         .min_evaluate_clients(1)
         .min_available_clients(1);
     let (server, addr) = fedavg_server(options, strategy, 1).await;
-    let a = SuperNode::start(&bin, addr, "factor=1 examples=10", &["--insecure"]);
-    let mut b = SuperNode::start(&bin, addr, "factor=3 examples=30", &["--insecure"]);
+    let Some(a) = supernode(addr, "factor=1 examples=10", None) else {
+        return;
+    };
+    let Some(b) = supernode(addr, "factor=3 examples=30", None) else {
+        return;
+    };
     let killer = std::thread::spawn(move || {
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while !b.log().contains("Received successfully") {
@@ -96,7 +114,7 @@ async fn a_supernode_killed_mid_round_counts_as_a_failure() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        b.child.kill();
+        kill(&b);
     });
     // Both must be in the round: start it only once both are online.
     assert!(

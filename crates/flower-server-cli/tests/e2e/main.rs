@@ -9,6 +9,7 @@ mod auth;
 mod common;
 mod config_file;
 mod failures;
+mod fleet;
 mod python_clients;
 mod raw_grpc;
 mod resume;
