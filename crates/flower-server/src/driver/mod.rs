@@ -175,6 +175,28 @@ impl Drop for FoldTurns {
     }
 }
 
+/// A sampler that notes whether the strategy asked it for clients.
+struct ProbeSampler {
+    inner: crate::SnapshotSampler,
+    asked: std::cell::Cell<bool>,
+}
+
+impl flower_strategy::ClientSampler for ProbeSampler {
+    fn num_available(&self) -> usize {
+        self.inner.num_available()
+    }
+
+    fn all(&self) -> Vec<ClientId> {
+        self.asked.set(true);
+        self.inner.all()
+    }
+
+    fn sample(&mut self, num_clients: usize, min_num_clients: usize) -> Vec<ClientId> {
+        self.asked.set(true);
+        self.inner.sample(num_clients, min_num_clients)
+    }
+}
+
 type Exchanges = FuturesUnordered<
     futures::future::BoxFuture<'static, (ClientId, Result<ClientMessage, ExchangeError>)>,
 >;
@@ -519,8 +541,17 @@ impl RoundDriver {
         parameters: &Parameters,
         record: &mut RoundRecord,
     ) -> Result<(), ServerError> {
-        self.wait_for_clients(self.strategy.min_available_clients(), "evaluate")
-            .await?;
+        let min_available = self.strategy.min_available_clients();
+        if self.manager.len() < min_available && !self.evaluate_wants_clients(round, parameters)? {
+            // As Flower: a strategy that evaluates nobody (fraction_evaluate
+            // = 0) never waits for clients in this phase.
+            info!(
+                round,
+                "configure_evaluate: no clients selected, skipping evaluate"
+            );
+            return Ok(());
+        }
+        self.wait_for_clients(min_available, "evaluate").await?;
         let started = Instant::now();
         let mut sampler = self
             .manager
@@ -563,6 +594,27 @@ impl RoundDriver {
         }
         self.history.add_metrics_distributed(round, &metrics);
         Ok(())
+    }
+
+    /// Whether the strategy's `configure_evaluate` asks for clients at all
+    /// (Flower waits for clients only inside `sample`, which FedAvg skips
+    /// when `fraction_evaluate == 0`). A probe over the clients connected
+    /// now; what it configures is discarded.
+    fn evaluate_wants_clients(
+        &mut self,
+        round: u64,
+        parameters: &Parameters,
+    ) -> Result<bool, ServerError> {
+        let mut probe = ProbeSampler {
+            inner: self
+                .manager
+                .sampler(ChaCha8Rng::seed_from_u64(self.sampler_seed(round, 1))),
+            asked: std::cell::Cell::new(false),
+        };
+        let instructions = self
+            .strategy
+            .configure_evaluate(round, parameters, &mut probe)?;
+        Ok(probe.asked.get() || !instructions.is_empty())
     }
 
     /// Sends `ReconnectIns` to every connected client and waits (bounded)

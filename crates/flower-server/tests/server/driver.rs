@@ -317,3 +317,46 @@ async fn a_nan_loss_is_saved_and_the_run_resumes_from_it() {
         .iter()
         .all(|(_, l)| l.is_nan()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_evaluation_means_no_wait_for_clients_in_the_evaluate_phase() {
+    // One of two clients leaves during fit. With fraction_evaluate = 0 the
+    // strategy evaluates nobody, so (as in Flower) the evaluate phase must
+    // not wait for min_available_clients: the round completes at once.
+    let manager = ClientManager::default();
+    manager.register(Arc::new(client(1.0))).unwrap();
+    let leaving: Arc<std::sync::OnceLock<flower_server::ClientId>> = Arc::default();
+    let (m, me) = (manager.clone(), leaving.clone());
+    let id = manager
+        .register(Arc::new(FnClient::new(move |_| {
+            if let Some(id) = me.get() {
+                m.unregister(*id);
+            }
+            Err(ExchangeError::Closed("left".into()))
+        })))
+        .unwrap();
+    leaving.set(id).unwrap();
+    let strategy = FedAvg::new(
+        FedAvgOptions::with_min_clients(2)
+            .fraction_evaluate(0.0)
+            .initial_parameters(ndarrays_to_parameters(&initial())),
+    )
+    .unwrap();
+    let config = DriverConfig {
+        num_rounds: 1,
+        rejoin_wait_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_millis(10),
+        ..DriverConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let outcome = RoundDriver::new(manager, Box::new(strategy), config)
+        .run(no_shutdown())
+        .await
+        .unwrap();
+    assert_eq!(outcome.completed_rounds, 1);
+    assert_eq!(outcome.history.rounds[0].fit_failures, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited for clients"
+    );
+}
