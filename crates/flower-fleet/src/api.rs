@@ -224,7 +224,7 @@ impl FleetOptions {
 /// let app = FleetApp::new(fab, "flwrlabs/my-app", "1.0.0");
 /// let fleet = FleetApi::new(FleetOptions::new(app).insecure());
 /// let server = Server::builder()
-///     .strategy(strategy)
+///     .boxed_strategy(strategy)
 ///     .insecure()
 ///     .grpc_bidi(false)
 ///     .transport(fleet)
