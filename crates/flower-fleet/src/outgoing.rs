@@ -5,13 +5,17 @@
 //! model's chunks, arrays, records) is deflated once, and the same `Bytes`
 //! are what every node pulls; only the small `Message` object differs per
 //! node (its metadata names the destination), so a broadcast costs one
-//! model in memory, not one per node.
+//! model in memory, not one per node. Not even one: each array chunk object
+//! is its small head followed by a slice of the model's own `.npy` bytes
+//! (which the round driver holds anyway), so the deflated copy made while
+//! hashing is dropped as soon as the ids are known.
 
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use flower_message::{
-    deflate, encode_object, Message, Metadata, ObjectClass, ObjectId, ObjectTree,
+    deflate, encode_object, Message, Metadata, ObjectClass, ObjectId, ObjectTree, Record,
+    RecordDict, DEFAULT_CHUNK_SIZE,
 };
 use flower_proto as pb;
 use flower_server::OutgoingMessage;
@@ -19,7 +23,7 @@ use prost::Message as _;
 use tokio::sync::OnceCell;
 
 use crate::convert::{instruction_content, ContentOptions};
-use crate::state::{Instruction, SUPERLINK_NODE_ID};
+use crate::state::{Content, Instruction, SUPERLINK_NODE_ID};
 use crate::FleetError;
 
 /// An instruction's content, deflated once.
@@ -30,7 +34,62 @@ pub(crate) struct SharedContent {
     /// The `RecordDict` subtree.
     subtree: ObjectTree,
     /// Every object of the subtree (no `Message` root).
-    objects: Vec<(ObjectId, Bytes)>,
+    objects: Vec<(ObjectId, Content)>,
+}
+
+/// The array data of `content` cut as [`deflate`] cuts it, in the order it
+/// first stores the chunks (records, then arrays, then chunks, in order).
+fn chunk_slices(content: &RecordDict) -> impl Iterator<Item = Bytes> + '_ {
+    let size = DEFAULT_CHUNK_SIZE.get();
+    content
+        .values()
+        .filter_map(|record| match record {
+            Record::Array(arrays) => Some(arrays.values()),
+            _ => None,
+        })
+        .flatten()
+        .flat_map(move |array| {
+            let data = &array.data;
+            (0..data.len())
+                .step_by(size)
+                .map(move |start| data.slice(start..data.len().min(start + size)))
+        })
+}
+
+/// `content` as its head and `tail`, if it ends with exactly `tail`'s bytes.
+fn split_off_tail(content: &Bytes, tail: &Bytes) -> Option<Content> {
+    let split = content.len().checked_sub(tail.len())?;
+    (content[split..] == tail[..])
+        .then(|| Content::chained(Bytes::copy_from_slice(&content[..split]), tail.clone()))
+}
+
+/// The deflated objects with every array chunk's body replaced by the slice
+/// of `content`'s array data it copies (checked byte for byte, so the
+/// content is the same whatever happens; a chunk that matches nothing keeps
+/// its copy).
+fn share_chunks(
+    content: &RecordDict,
+    objects: impl IntoIterator<Item = (ObjectId, Bytes)>,
+) -> Vec<(ObjectId, Content)> {
+    let chunk_prefix = format!("{} ", ObjectClass::ArrayChunk.name());
+    let mut slices = chunk_slices(content);
+    let mut next = slices.next();
+    objects
+        .into_iter()
+        .map(|(id, bytes)| {
+            if bytes.starts_with(chunk_prefix.as_bytes()) {
+                // The deflater stores a repeated chunk once: slices that do
+                // not match the next chunk object are such repeats.
+                while let Some(slice) = next.take() {
+                    next = slices.next();
+                    if let Some(shared) = split_off_tail(&bytes, &slice) {
+                        return (id, shared);
+                    }
+                }
+            }
+            (id, Content::from(bytes))
+        })
+        .collect()
 }
 
 impl SharedContent {
@@ -41,7 +100,8 @@ impl SharedContent {
     ) -> Result<Self, FleetError> {
         let (message_type, content) =
             instruction_content(message.message(), message.round(), options)?;
-        let deflated = deflate(&Message::new(Metadata::default(), content));
+        let message_with_content = Message::new(Metadata::default(), content);
+        let deflated = deflate(&message_with_content);
         let root = deflated.root;
         let subtree = deflated
             .tree
@@ -49,11 +109,11 @@ impl SharedContent {
             .into_iter()
             .next()
             .ok_or_else(|| FleetError::Unsupported("deflated message has no content".into()))?;
-        let objects = deflated
-            .objects
-            .into_iter()
-            .filter(|(id, _)| *id != root)
-            .collect();
+        let objects = deflated.objects.into_iter().filter(|(id, _)| *id != root);
+        let objects = match message_with_content.content() {
+            Some(content) => share_chunks(content, objects),
+            None => objects.map(|(id, b)| (id, Content::from(b))).collect(),
+        };
         Ok(SharedContent {
             message_type,
             group_id: message.round().map(|r| r.to_string()).unwrap_or_default(),
@@ -96,7 +156,7 @@ impl SharedContent {
         metadata.message_id = root.to_string();
         let mut objects = Vec::with_capacity(self.objects.len() + 1);
         objects.extend(self.objects.iter().cloned());
-        objects.push((root, content));
+        objects.push((root, Content::from(content)));
         Instruction {
             wire: pb::Message {
                 metadata: Some(metadata),
@@ -188,7 +248,7 @@ mod tests {
         let (id1, c1) = &one.objects[0];
         let (id2, c2) = &two.objects[0];
         assert_eq!(id1, id2);
-        assert_eq!(c1.as_ptr(), c2.as_ptr());
+        assert_eq!(c1, c2);
         let md = one.wire.metadata.expect("metadata");
         assert_eq!(md.message_id, one.tree.id.to_string());
         assert_eq!(
@@ -196,7 +256,11 @@ mod tests {
             ("2", "train")
         );
         // The node's objects inflate back to the instruction.
-        let objects: std::collections::HashMap<_, _> = one.objects.iter().cloned().collect();
+        let objects: std::collections::HashMap<_, _> = one
+            .objects
+            .iter()
+            .map(|(id, c)| (*id, c.to_bytes()))
+            .collect();
         let m = flower_message::inflate(&one.tree, &objects, &Default::default()).expect("inflate");
         assert_eq!(m.metadata.dst_node_id, 100);
         assert!(m.content().and_then(|c| c.array_record("arrays")).is_some());
@@ -205,5 +269,68 @@ mod tests {
         let other = OutgoingMessage::new(ServerMessage::Fit(FitIns::default()));
         let _ = cache.get(&other, &options).await;
         assert_eq!(cache.entries.lock().map(|e| e.len()).unwrap_or(0), 1);
+    }
+
+    /// Chunk objects are the model's own bytes behind a head, and every
+    /// object is byte for byte what `deflate` makes, repeated chunks and
+    /// partial last chunks included.
+    #[test]
+    fn chunk_objects_share_the_model_bytes() {
+        let chunk = DEFAULT_CHUNK_SIZE.get();
+        let mut big = vec![1u8; 2 * chunk + 100];
+        big[2 * chunk..].fill(9);
+        // Two equal chunks (stored once), then a short one; then an array
+        // equal to the first chunk, an empty one and a distinct one.
+        let tensors = vec![
+            Bytes::from(big),
+            Bytes::from(vec![1u8; chunk]),
+            Bytes::new(),
+            Bytes::from(vec![5u8; 10]),
+        ];
+        let message = OutgoingMessage::for_round(
+            ServerMessage::Fit(FitIns {
+                parameters: Parameters {
+                    tensors: tensors.clone(),
+                    tensor_type: "raw".into(),
+                },
+                config: Default::default(),
+            }),
+            1,
+        );
+        let shared = SharedContent::build(&message, &ContentOptions::default()).expect("build");
+        let (_, content) =
+            instruction_content(message.message(), Some(1), &ContentOptions::default())
+                .expect("content");
+        let expected = deflate(&Message::new(Metadata::default(), content));
+        let ours: Vec<(ObjectId, Bytes)> = shared
+            .objects
+            .iter()
+            .map(|(id, c)| (*id, c.to_bytes()))
+            .collect();
+        let theirs: Vec<(ObjectId, Bytes)> = expected
+            .objects
+            .into_iter()
+            .filter(|(id, _)| *id != expected.root)
+            .collect();
+        assert_eq!(ours, theirs);
+        let within = |part: &Bytes| {
+            tensors.iter().any(|t| {
+                let range = t.as_ptr() as usize..t.as_ptr() as usize + t.len();
+                !t.is_empty() && range.contains(&(part.as_ptr() as usize))
+            })
+        };
+        let chunks: Vec<&Content> = shared
+            .objects
+            .iter()
+            .map(|(_, c)| c)
+            .filter(|c| c.to_bytes().starts_with(b"ArrayChunk "))
+            .collect();
+        // 1-filled chunk, the 9-filled tail, the 5-filled array.
+        assert_eq!(chunks.len(), 3);
+        for c in chunks {
+            let parts: Vec<&Bytes> = c.parts().collect();
+            assert_eq!(parts.len(), 2);
+            assert!(parts[0].len() < 40 && within(parts[1]), "not shared");
+        }
     }
 }

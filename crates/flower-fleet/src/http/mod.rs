@@ -16,12 +16,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use flower_auth::node::{verify_node_request, AuthorizedNodeKeys, NodePublicKey};
 use flower_message::{validate_object, ObjectId};
 use flower_proto as pb;
 use futures::future::BoxFuture;
 use http::{header, Method, Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -32,7 +33,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::node::{unix_now, Shared};
-use crate::state::{Lookup, PushOutcome, StateError};
+use crate::state::{Content, Lookup, PushOutcome, StateError};
 use reply::{ApiError, ApiErrorCode, Body};
 
 /// The Fleet RPCs and their HTTP paths.
@@ -122,7 +123,11 @@ impl Service {
         }
     }
 
-    async fn handle_rpc(&self, rpc: Rpc, request: Request<Incoming>) -> Result<Vec<u8>, ApiError> {
+    async fn handle_rpc(
+        &self,
+        rpc: Rpc,
+        request: Request<Incoming>,
+    ) -> Result<Vec<Bytes>, ApiError> {
         if request.method() != Method::POST {
             return Err(ApiError::Forbidden(ApiErrorCode::InvalidProtobufPayload));
         }
@@ -134,12 +139,27 @@ impl Service {
         if !reply::is_protobuf(request.headers().get(header::CONTENT_TYPE)) {
             return Err(ApiError::Forbidden(ApiErrorCode::UnsupportedContentType));
         }
-        let body = Limited::new(request.into_body(), self.max_request_bytes)
-            .collect()
+        let body = read_body(request, self.max_request_bytes)
             .await
-            .map_err(|_| ApiError::Forbidden(ApiErrorCode::InvalidProtobufPayload))?
-            .to_bytes();
-        self.dispatch(rpc, &key, &body).await
+            .ok_or(ApiError::Forbidden(ApiErrorCode::InvalidProtobufPayload))?;
+        if rpc == Rpc::PullObject {
+            return self.pull_object(&key, &body);
+        }
+        self.dispatch(rpc, &key, &body)
+            .await
+            .map(|b| vec![Bytes::from(b)])
+    }
+
+    /// `PullObject`: the response is built around the object's content
+    /// parts (see [`pull_object_response`]).
+    fn pull_object(&self, key: &NodePublicKey, body: &Bytes) -> Result<Vec<Bytes>, ApiError> {
+        let req: pb::PullObjectRequest = decode(body)?;
+        self.bound(key, req.node.unwrap_or_default().node_id)?;
+        let found = self
+            .shared
+            .read_state(|s| s.pull_object(req.run_id, &req.object_id))
+            .map_err(run_refusal)?;
+        Ok(pull_object_response(found))
     }
 
     /// The node bound to `key` must be `node_id`, or `key` unknown and
@@ -330,24 +350,8 @@ impl Service {
                 let stored = self.push_object(node_id, req).await?;
                 pb::PushObjectResponse { stored }.encode_to_vec()
             }
-            Rpc::PullObject => {
-                let req: pb::PullObjectRequest = decode(body)?;
-                self.bound(key, req.node.unwrap_or_default().node_id)?;
-                let found = shared
-                    .read_state(|s| s.pull_object(req.run_id, &req.object_id))
-                    .map_err(run_refusal)?;
-                let (object_found, object_available, object_content) = match found {
-                    Lookup::NotFound => (false, false, Bytes::new()),
-                    Lookup::Pending => (true, false, Bytes::new()),
-                    Lookup::Found(c) => (true, true, c),
-                };
-                pb::PullObjectResponse {
-                    object_found,
-                    object_available,
-                    object_content,
-                }
-                .encode_to_vec()
-            }
+            // Answered by `pull_object` without a copy of the content.
+            Rpc::PullObject => return Err(ApiError::Unavailable),
             Rpc::ConfirmMessageReceived => {
                 let req: pb::ConfirmMessageReceivedRequest = decode(body)?;
                 let node_id = req.node.unwrap_or_default().node_id;
@@ -399,6 +403,82 @@ impl Service {
             .map_err(run_refusal)?;
         Ok(outcome != PushOutcome::Refused)
     }
+}
+
+/// The request body in one buffer, read at most `limit` bytes: the frames
+/// are appended to one buffer of the announced length (a single frame is
+/// kept as it is), so a pushed object is never held twice. `None` when the
+/// body is too long or the connection fails.
+async fn read_body(request: Request<Incoming>, limit: usize) -> Option<Bytes> {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return None;
+    }
+    let mut body = request.into_body();
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.ok()?.into_data() else {
+            // Trailers carry nothing for us.
+            continue;
+        };
+        let total = buf.len() + first.as_ref().map_or(0, Bytes::len) + data.len();
+        if total > limit {
+            return None;
+        }
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            held => {
+                if buf.is_empty() {
+                    buf.reserve(announced.unwrap_or(total).max(total));
+                }
+                if let Some(held) = held {
+                    buf.extend_from_slice(&held);
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    Some(first.unwrap_or_else(|| buf.freeze()))
+}
+
+/// A `PullObjectResponse` as its encoded parts: the fields up to the
+/// content's length prefix and the object's head in one small buffer, then
+/// the content's remaining parts as they are stored (for a broadcast chunk,
+/// a slice of the model's bytes).
+fn pull_object_response(found: Lookup) -> Vec<Bytes> {
+    let (object_found, object_available, content) = match found {
+        Lookup::NotFound => (false, false, Content::default()),
+        Lookup::Pending => (true, false, Content::default()),
+        Lookup::Found(c) => (true, true, c),
+    };
+    let mut prefix = pb::PullObjectResponse {
+        object_found,
+        object_available,
+        object_content: Bytes::new(),
+    }
+    .encode_to_vec();
+    if content.is_empty() {
+        return vec![Bytes::from(prefix)];
+    }
+    // Field 3, length-delimited: what prost writes for `object_content`.
+    prost::encoding::encode_key(3, prost::encoding::WireType::LengthDelimited, &mut prefix);
+    prost::encoding::encode_varint(content.len() as u64, &mut prefix);
+    let mut parts = content.parts();
+    let mut out = Vec::with_capacity(2);
+    match parts.next() {
+        // A small head joins the prefix; a big first part is sent as is.
+        Some(head) if head.len() <= 4096 => prefix.extend_from_slice(head),
+        Some(big) => out.push(big.clone()),
+        None => {}
+    }
+    out.insert(0, Bytes::from(prefix));
+    out.extend(parts.cloned());
+    out
 }
 
 /// How long a TLS handshake may take.

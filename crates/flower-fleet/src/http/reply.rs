@@ -11,12 +11,57 @@
 //! self-registration disabled) become 401, which ends the SuperNode as
 //! Flower's 412 would, with the same message in the log.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::Full;
+use hyper::body::{Frame, SizeHint};
 
-/// The response body type.
-pub(crate) type Body = Full<Bytes>;
+/// The response body: buffers sent one after the other, so a pulled chunk
+/// object goes out as its protobuf prefix and a slice of the model's bytes,
+/// never copied into one message.
+#[derive(Debug, Default)]
+pub(crate) struct Body {
+    parts: VecDeque<Bytes>,
+    len: u64,
+}
+
+impl Body {
+    /// A body of `parts`, in order.
+    pub(crate) fn new(parts: impl IntoIterator<Item = Bytes>) -> Self {
+        let parts: VecDeque<Bytes> = parts.into_iter().filter(|p| !p.is_empty()).collect();
+        let len = parts.iter().map(|p| p.len() as u64).sum();
+        Body { parts, len }
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let part = self.parts.pop_front();
+        if let Some(p) = &part {
+            self.len -= p.len() as u64;
+        }
+        Poll::Ready(part.map(|p| Ok(Frame::data(p))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Exact, so hyper sends a Content-Length as it does for one buffer.
+        SizeHint::with_exact(self.len)
+    }
+}
 
 const PROTOBUF: &str = "application/protobuf";
 
@@ -79,7 +124,7 @@ pub(crate) enum ApiError {
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut response = Response::new(Body::new([Bytes::from(body.to_string())]));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -112,9 +157,9 @@ impl ApiError {
     }
 }
 
-/// 200 with a protobuf body.
-pub(crate) fn protobuf(body: Vec<u8>) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+/// 200 with a protobuf body, given in parts.
+pub(crate) fn protobuf(body: Vec<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Body::new(body));
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROTOBUF));

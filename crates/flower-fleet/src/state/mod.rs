@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::oneshot;
 
-pub use store::{Lookup, ObjectStore};
+pub use store::{Content, Lookup, ObjectStore};
 
 /// flwr's `HEARTBEAT_MIN_INTERVAL`, seconds.
 pub const HEARTBEAT_MIN_INTERVAL: f64 = 10.0;
@@ -139,8 +139,9 @@ pub struct Instruction {
     /// The object tree (root = the node's `Message` object).
     pub tree: ObjectTree,
     /// Content of every distinct object in the tree; the shared subtree's
-    /// `Bytes` are the same buffers for every node.
-    pub objects: Vec<(ObjectId, Bytes)>,
+    /// contents are the same buffers for every node (array chunks: slices
+    /// of the model's own bytes behind a small head).
+    pub objects: Vec<(ObjectId, Content)>,
     /// Unix time after which the instruction is void (`created_at + ttl`).
     pub expires_at: f64,
 }
@@ -855,7 +856,7 @@ impl LinkState {
             return Ok(PushOutcome::Refused);
         }
         let done = reply.pending.is_empty();
-        self.store.fill(object_id, content);
+        self.store.fill(object_id, content.into());
         if done {
             self.complete(ex_id);
             return Ok(PushOutcome::Completed);
@@ -877,8 +878,9 @@ impl LinkState {
         };
         let mut objects = HashMap::with_capacity(reply.ids.len());
         for id in &reply.ids {
+            // Pushed objects are one part each: no copy.
             if let Some(c) = self.store.content(id) {
-                objects.insert(*id, c);
+                objects.insert(*id, c.to_bytes());
             }
         }
         let tree = reply.tree.clone();

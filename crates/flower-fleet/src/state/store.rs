@@ -10,13 +10,69 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use flower_message::ObjectId;
+
+/// An object's content, kept in at most two parts: a broadcast's chunk
+/// object is its small head followed by a slice of the model's own `.npy`
+/// bytes, so serving the model to any number of nodes never copies it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Content {
+    head: Bytes,
+    tail: Bytes,
+}
+
+impl Content {
+    /// Content in two parts, `head` then `tail`.
+    pub fn chained(head: Bytes, tail: Bytes) -> Self {
+        Content { head, tail }
+    }
+
+    /// The non-empty parts, in order.
+    pub fn parts(&self) -> impl Iterator<Item = &Bytes> {
+        [&self.head, &self.tail]
+            .into_iter()
+            .filter(|b| !b.is_empty())
+    }
+
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// True when there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One contiguous buffer: free for one-part content, a copy otherwise.
+    pub fn to_bytes(&self) -> Bytes {
+        if self.tail.is_empty() {
+            return self.head.clone();
+        }
+        if self.head.is_empty() {
+            return self.tail.clone();
+        }
+        let mut buf = BytesMut::with_capacity(self.len());
+        buf.extend_from_slice(&self.head);
+        buf.extend_from_slice(&self.tail);
+        buf.freeze()
+    }
+}
+
+impl From<Bytes> for Content {
+    fn from(head: Bytes) -> Self {
+        Content {
+            head,
+            tail: Bytes::new(),
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Entry {
     /// `None` while preregistered and not yet pushed.
-    content: Option<Bytes>,
+    content: Option<Content>,
     refs: usize,
 }
 
@@ -28,7 +84,7 @@ pub enum Lookup {
     /// Preregistered, its content not pushed yet.
     Pending,
     /// The content.
-    Found(Bytes),
+    Found(Content),
 }
 
 /// Reference-counted objects by id.
@@ -42,7 +98,7 @@ impl ObjectStore {
     /// Takes a reference to `id`, storing `content` if the object has none
     /// yet (`None` preregisters it). Returns whether the content is now
     /// present.
-    pub fn hold(&mut self, id: ObjectId, content: Option<Bytes>) -> bool {
+    pub fn hold(&mut self, id: ObjectId, content: Option<Content>) -> bool {
         let entry = self.objects.entry(id).or_insert(Entry {
             content: None,
             refs: 0,
@@ -72,7 +128,7 @@ impl ObjectStore {
 
     /// Stores the content of a held object (checked by the caller).
     /// Returns `false` when nobody holds `id`.
-    pub fn fill(&mut self, id: &ObjectId, content: Bytes) -> bool {
+    pub fn fill(&mut self, id: &ObjectId, content: Content) -> bool {
         match self.objects.get_mut(id) {
             Some(entry) => {
                 if entry.content.is_none() {
@@ -97,7 +153,7 @@ impl ObjectStore {
     }
 
     /// The content, if present.
-    pub fn content(&self, id: &ObjectId) -> Option<Bytes> {
+    pub fn content(&self, id: &ObjectId) -> Option<Content> {
         self.objects.get(id).and_then(|e| e.content.clone())
     }
 
@@ -125,11 +181,14 @@ mod tests {
     fn objects_live_while_held() {
         let mut store = ObjectStore::default();
         let id = ObjectId::of(b"x");
-        assert!(store.hold(id, Some(Bytes::from_static(b"x"))));
+        assert!(store.hold(id, Some(Bytes::from_static(b"x").into())));
         assert!(store.hold(id, None));
         assert_eq!(store.content_bytes(), 1);
         store.release(&id);
-        assert_eq!(store.get(&id), Lookup::Found(Bytes::from_static(b"x")));
+        assert_eq!(
+            store.get(&id),
+            Lookup::Found(Bytes::from_static(b"x").into())
+        );
         store.release(&id);
         assert_eq!(store.get(&id), Lookup::NotFound);
         assert_eq!(store.content_bytes(), 0);
@@ -144,9 +203,21 @@ mod tests {
         let id = ObjectId::of(b"y");
         assert!(!store.hold(id, None));
         assert_eq!(store.get(&id), Lookup::Pending);
-        assert!(store.fill(&id, Bytes::from_static(b"y")));
-        assert_eq!(store.content(&id), Some(Bytes::from_static(b"y")));
-        assert!(!store.fill(&ObjectId::of(b"z"), Bytes::new()));
+        assert!(store.fill(&id, Bytes::from_static(b"y").into()));
+        assert_eq!(store.content(&id), Some(Bytes::from_static(b"y").into()));
+        assert!(!store.fill(&ObjectId::of(b"z"), Content::default()));
         assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn chained_content_reads_as_one() {
+        let c = Content::chained(Bytes::from_static(b"head\0"), Bytes::from_static(b"tail"));
+        assert_eq!((c.len(), c.is_empty()), (9, false));
+        assert_eq!(c.to_bytes(), Bytes::from_static(b"head\0tail"));
+        assert_eq!(c.parts().count(), 2);
+        let one = Content::from(Bytes::from_static(b"x"));
+        assert_eq!(one.parts().count(), 1);
+        assert!(Content::default().is_empty());
+        assert_eq!(Content::default().parts().count(), 0);
     }
 }
