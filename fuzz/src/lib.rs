@@ -20,7 +20,7 @@ mod xgb;
 
 pub use auth::auth_header;
 pub use core::{client_message, npy, npz};
-pub use fleet::{fleet_objects, fleet_proto};
+pub use fleet::{fleet_objects, fleet_proto, objects_of, OBJECT_SEPARATOR};
 pub use xgb::fedxgb_json;
 
 /// Every target, by the name of its `fuzz_targets/` binary and corpus
