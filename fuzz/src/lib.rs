@@ -23,9 +23,12 @@ pub use core::{client_message, npy, npz};
 pub use fleet::{fleet_objects, fleet_proto, objects_of, OBJECT_SEPARATOR};
 pub use xgb::fedxgb_json;
 
+/// A fuzz target: takes any bytes, panics only on a bug.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its `fuzz_targets/` binary and corpus
 /// directory.
-pub const TARGETS: [(&str, fn(&[u8])); 7] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("npy", npy),
     ("npz", npz),
     ("client_message", client_message),

@@ -90,7 +90,7 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, other: &[u8]) {
 
 /// Runs `target` on `input`; on a panic, saves the input under
 /// `artifacts/smoke/` of the fuzz crate and says where.
-fn run_one(name: &str, target: fn(&[u8]), input: &[u8], what: &str) -> Result<(), String> {
+fn run_one(name: &str, target: crate::Target, input: &[u8], what: &str) -> Result<(), String> {
     if catch_unwind(AssertUnwindSafe(|| target(input))).is_ok() {
         return Ok(());
     }
@@ -135,7 +135,12 @@ pub fn corpus_files(name: &str) -> Vec<PathBuf> {
 /// Replays the corpus of `name` through `target`, then runs `mutations`
 /// inputs mutated from it with a generator seeded by `seed`. Fails on an
 /// empty corpus, an unreadable file or the first panic.
-pub fn run(name: &str, target: fn(&[u8]), mutations: usize, seed: u64) -> Result<Stats, String> {
+pub fn run(
+    name: &str,
+    target: crate::Target,
+    mutations: usize,
+    seed: u64,
+) -> Result<Stats, String> {
     let files = corpus_files(name);
     if files.is_empty() {
         return Err(format!("{name}: corpus/{name}/ is empty or missing"));
