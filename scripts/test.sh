@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: creates the pinned Python venv
 # when missing, then runs every test with the interop/Vault tests required
-# (they fail, not skip, if Python is missing), then the documentation build
+# (they fail, not skip, if Python is missing), the fuzz smoke run, then the
+# documentation build
 # with warnings as errors and the dependency licence/advisory check
 # (cargo-deny, installed when missing).
 set -euo pipefail
@@ -14,6 +15,8 @@ export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
 status=0
 cargo test --workspace --no-fail-fast "$@" || status=$?
+# Every fuzz target over its committed corpus plus a short mutation run.
+bash scripts/fuzz-smoke.sh || status=$?
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet || status=$?
 bash scripts/deny.sh || status=$?
 exit "$status"
