@@ -73,7 +73,11 @@ pub fn read_npz_named(
         let number = stem
             .strip_prefix("arr_")
             .and_then(|n| n.parse::<u64>().ok());
-        let mut data = Vec::new();
+        // Sized from the entry's header so a 40 MB array takes 40 MB, not the
+        // 64 MB a doubling buffer ends at; capped so a lying header cannot
+        // reserve more than it delivers (read_to_end grows past it if needed).
+        let declared = usize::try_from(entry.size()).unwrap_or(usize::MAX);
+        let mut data = Vec::with_capacity(declared.min(1 << 30));
         entry.read_to_end(&mut data).map_err(|e| bad(e.into()))?;
         let view = parse_npy(&data).map_err(|source| {
             bad(ModelFileError::Npy {
