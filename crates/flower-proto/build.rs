@@ -20,7 +20,19 @@ const FILES: &[&str] = &[
     "recorddict.proto",
     "message.proto",
     "fleet.proto",
+    "task.proto",
+    "runseries.proto",
+    "federation_config.proto",
+    "federation.proto",
+    "log.proto",
+    "runtime.proto",
+    "control.proto",
 ];
+
+/// Files whose services are served over protobuf-over-HTTP only (the Control
+/// and Runtime APIs of 1.42): their messages are generated, their tonic
+/// stubs are not (dozens of unused RPCs would only cost compile time).
+const HTTP_ONLY: &[&str] = &["runtime.proto", "control.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
@@ -37,12 +49,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("flwr_descriptor_set.bin"),
         descriptors.encode_to_vec(),
     )?;
+    let mut codegen = descriptors.clone();
+    for file in &mut codegen.file {
+        if HTTP_ONLY.iter().any(|f| file.name().ends_with(f)) {
+            file.service.clear();
+        }
+    }
     tonic_prost_build::configure()
         // Tensors and object contents are large: keep them as
         // reference-counted `Bytes` so that decoding does not copy them again.
         .bytes(".")
         // Sorted maps make our encoding deterministic.
         .btree_map(".")
-        .compile_fds(descriptors)?;
+        .compile_fds(codegen)?;
     Ok(())
 }

@@ -179,6 +179,13 @@ fn descriptors_equal_flwr_pb2() {
         "recorddict",
         "message",
         "fleet",
+        "task",
+        "runseries",
+        "federation_config",
+        "federation",
+        "log",
+        "runtime",
+        "control",
     ] {
         let want = format!("flwr/proto/{name}.proto");
         assert!(files.contains(&want.as_str()), "{want} was not compared");
