@@ -246,13 +246,25 @@ impl FleetApi {
         FleetApi { options }
     }
 
-    fn prepare(
-        options: &FleetOptions,
-    ) -> Result<(FleetApp, Option<tokio_rustls::TlsAcceptor>), FleetError> {
-        let app = options
-            .app
-            .clone()
-            .ok_or_else(|| FleetError::Config("no app (FAB) to serve".into()))?;
+    /// Serves the Fleet API with no round driver and no initial run: runs
+    /// are registered on the returned [`FleetLink`] (`LinkState::add_run`)
+    /// and instructions queued on it, as the Control and Runtime APIs of a
+    /// SuperLink do. `options.app` is ignored. The accept loop ends when
+    /// `stop` completes.
+    pub async fn serve_runs(
+        options: FleetOptions,
+        stop: BoxFuture<'static, ()>,
+    ) -> Result<FleetServer, FleetError> {
+        let tls = Self::tls(&options)?;
+        let (shared, local_addr, serve) = start(&options, tls, None, None, stop).await?;
+        Ok(FleetServer {
+            link: FleetLink { shared },
+            local_addr,
+            serve: serve.boxed(),
+        })
+    }
+
+    fn tls(options: &FleetOptions) -> Result<Option<tokio_rustls::TlsAcceptor>, FleetError> {
         let tls = match (&options.tls, options.insecure) {
             (Some(files), _) => Some(http::tls::acceptor(files)?),
             (None, true) => None,
@@ -267,8 +279,130 @@ impl FleetApi {
                 "supernode authentication needs authorized keys".into(),
             ));
         }
-        Ok((app, tls))
+        Ok(tls)
     }
+
+    fn prepare(
+        options: &FleetOptions,
+    ) -> Result<(FleetApp, Option<tokio_rustls::TlsAcceptor>), FleetError> {
+        let app = options
+            .app
+            .clone()
+            .ok_or_else(|| FleetError::Config("no app (FAB) to serve".into()))?;
+        Ok((app, Self::tls(options)?))
+    }
+}
+
+/// The link state behind a running Fleet API, shared with the services
+/// that create runs and queue instructions (see [`FleetApi::serve_runs`]).
+#[derive(Debug, Clone)]
+pub struct FleetLink {
+    shared: Arc<Shared>,
+}
+
+impl FleetLink {
+    /// Runs `f` on the link state (under its lock: keep `f` short).
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut LinkState) -> R) -> R {
+        self.shared.with_state(f)
+    }
+
+    /// The bounds on object trees the Fleet API enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+}
+
+/// A Fleet API started by [`FleetApi::serve_runs`].
+#[must_use]
+pub struct FleetServer {
+    /// Its link state.
+    pub link: FleetLink,
+    /// The bound address.
+    pub local_addr: SocketAddr,
+    /// Serves until the stop future completes (then every run is finished).
+    pub serve: BoxFuture<'static, ()>,
+}
+
+impl std::fmt::Debug for FleetServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetServer")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Binds the Fleet API over a new link state: with `clients`, active nodes
+/// become round-driver clients; with `run`, that run is registered as
+/// running. Returns the state, the bound address and the serving future.
+async fn start(
+    options: &FleetOptions,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    clients: Option<ClientManager>,
+    run: Option<RunInfo>,
+    stop: BoxFuture<'static, ()>,
+) -> Result<
+    (
+        Arc<Shared>,
+        SocketAddr,
+        impl std::future::Future<Output = ()>,
+    ),
+    FleetError,
+> {
+    let seed = rand::thread_rng().next_u64();
+    let mut config = StateConfig::new(run.as_ref().map_or(0, |r| r.run.run_id));
+    config.enable_supernode_auth = options.enable_supernode_auth;
+    config.limits = options.limits.clone();
+    let mut state = LinkState::new(config, seed);
+    if let Some(run) = run {
+        state.add_run(run.run, run.fab);
+    }
+    let shared = Shared::new(
+        state,
+        clients,
+        options.content.clone(),
+        options.limits.clone(),
+    );
+    let service = Arc::new(Service {
+        shared: shared.clone(),
+        auth: NodeAuth {
+            authorized: options.authorized_keys.clone(),
+        },
+        max_request_bytes: options.max_request_bytes,
+    });
+    let bind_error = |source| FleetError::Bind {
+        address: options.address,
+        source,
+    };
+    let listener = TcpListener::bind(options.address)
+        .await
+        .map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    info!(
+        address = %local_addr,
+        tls = tls.is_some(),
+        "fleet api listening on {local_addr}"
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let housekeeping = housekeeping(shared.clone(), options.tick, stop_rx.clone());
+    let revocations = options
+        .authorized_keys
+        .clone()
+        .map(|keys| revocations(shared.clone(), keys, stop_rx));
+    let accept = http::accept_loop(listener, tls, service, stop);
+    let state = shared.clone();
+    let serve = async move {
+        let housekeeping = tokio::spawn(housekeeping);
+        let revocations = revocations.map(tokio::spawn);
+        accept.await;
+        let _ = stop_tx.send(true);
+        // Fail what is still waiting: the driver must not hang.
+        state.with_state(LinkState::finish_run);
+        let _ = housekeeping.await;
+        if let Some(r) = revocations {
+            let _ = r.await;
+        }
+    };
+    Ok((shared, local_addr, serve))
 }
 
 fn run_info(app: &FleetApp, run_id: u64) -> RunInfo {
@@ -317,72 +451,27 @@ impl Transport for FleetApi {
     ) -> BoxFuture<'static, Result<BoundTransport, ServerError>> {
         async move {
             let options = self.options;
-            let (app, tls) = Self::prepare(&options).map_err(|e| match e {
+            let config_error = |e| match e {
                 FleetError::Config(m) => ServerError::Config(m),
+                FleetError::Bind { address, source } => ServerError::Bind { address, source },
                 other => ServerError::Tls(Box::new(other)),
-            })?;
-            let (random_run_id, seed) = {
-                let mut rng = rand::thread_rng();
-                (rng.next_u64(), rng.next_u64())
             };
+            let (app, tls) = Self::prepare(&options).map_err(config_error)?;
+            let random_run_id = rand::thread_rng().next_u64();
             // Below 2^63: the same number in every language's integers.
             let run_id = options.run_id.unwrap_or(random_run_id >> 1);
-            let mut config = StateConfig::new(run_id);
-            config.enable_supernode_auth = options.enable_supernode_auth;
-            config.limits = options.limits.clone();
-            let state = LinkState::new(config, seed);
-            let shared = Shared::new(
-                state,
-                clients,
-                options.content.clone(),
-                options.limits.clone(),
-                run_info(&app, run_id),
-            );
-            let service = Arc::new(Service {
-                shared: shared.clone(),
-                auth: NodeAuth {
-                    authorized: options.authorized_keys.clone(),
-                },
-                max_request_bytes: options.max_request_bytes,
-            });
-            let bind_error = |source| ServerError::Bind {
-                address: options.address,
-                source,
-            };
-            let listener = TcpListener::bind(options.address)
+            let run = run_info(&app, run_id);
+            let (_, local_addr, serve) = start(&options, tls, Some(clients), Some(run), stop)
                 .await
-                .map_err(bind_error)?;
-            let local_addr = listener.local_addr().map_err(bind_error)?;
-            info!(
-                address = %local_addr,
-                tls = tls.is_some(),
-                run_id,
-                fab_id = %app.fab_id,
-                "fleet api listening on {local_addr}"
-            );
-            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let housekeeping = housekeeping(shared.clone(), options.tick, stop_rx.clone());
-            let revocations = options
-                .authorized_keys
-                .clone()
-                .map(|keys| revocations(shared.clone(), keys, stop_rx));
-            let accept = http::accept_loop(listener, tls, service, stop);
-            let serve = async move {
-                let housekeeping = tokio::spawn(housekeeping);
-                let revocations = revocations.map(tokio::spawn);
-                accept.await;
-                let _ = stop_tx.send(true);
-                // Fail what is still waiting: the driver must not hang.
-                shared.with_state(LinkState::finish_run);
-                let _ = housekeeping.await;
-                if let Some(r) = revocations {
-                    let _ = r.await;
-                }
-                Ok(())
-            };
+                .map_err(config_error)?;
+            info!(run_id, fab_id = %app.fab_id, "fleet api serving one run");
             Ok(BoundTransport {
                 local_addr,
-                serve: serve.boxed(),
+                serve: async move {
+                    serve.await;
+                    Ok(())
+                }
+                .boxed(),
             })
         }
         .boxed()

@@ -22,6 +22,15 @@ pub enum FleetError {
     /// rustls refused the certificate/key pair.
     #[error("tls set-up")]
     Rustls(#[source] rustls::Error),
+    /// The Fleet API's address could not be bound.
+    #[error("binding the fleet api to {address}")]
+    Bind {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The options are inconsistent (a human-readable explanation).
     #[error("fleet api configuration: {0}")]
     Config(String),

@@ -34,7 +34,15 @@ mod node;
 mod outgoing;
 pub mod state;
 
-pub use api::{FleetApi, FleetApp, FleetOptions};
+pub use api::{FleetApi, FleetApp, FleetLink, FleetOptions, FleetServer};
 pub use convert::{ContentOptions, MessageFormat};
 pub use error::FleetError;
 pub use node::FleetNode;
+
+/// A rustls acceptor for the PEM certificate and key in `files`, as the
+/// Fleet API uses (for services that share its TLS set-up).
+pub fn tls_acceptor(
+    files: &flower_server::TlsFiles,
+) -> Result<tokio_rustls::TlsAcceptor, FleetError> {
+    http::tls::acceptor(files)
+}

@@ -41,21 +41,21 @@ pub(crate) struct RunInfo {
 #[derive(Debug)]
 pub(crate) struct Shared {
     state: Mutex<LinkState>,
-    clients: ClientManager,
+    /// The round driver's clients; `None` when runs come from elsewhere
+    /// (the Control API), so nodes are not handed to a driver.
+    clients: Option<ClientManager>,
     registry: Mutex<HashMap<u64, ClientId>>,
     pub(crate) cache: ContentCache,
     pub(crate) content: Arc<ContentOptions>,
     pub(crate) limits: Limits,
-    pub(crate) run: RunInfo,
 }
 
 impl Shared {
     pub(crate) fn new(
         state: LinkState,
-        clients: ClientManager,
+        clients: Option<ClientManager>,
         content: ContentOptions,
         limits: Limits,
-        run: RunInfo,
     ) -> Arc<Self> {
         Arc::new(Shared {
             state: Mutex::new(state),
@@ -64,7 +64,6 @@ impl Shared {
             cache: ContentCache::default(),
             content: Arc::new(content),
             limits,
-            run,
         })
     }
 
@@ -91,6 +90,9 @@ impl Shared {
     }
 
     fn apply(self: &Arc<Self>, event: NodeEvent) {
+        let Some(clients) = &self.clients else {
+            return;
+        };
         let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         match event {
             NodeEvent::Online(node_id) => {
@@ -101,7 +103,7 @@ impl Shared {
                     node_id,
                     shared: Arc::downgrade(self),
                 });
-                match self.clients.register(handle) {
+                match clients.register(handle) {
                     Some(client) => {
                         info!(node_id, %client, "SuperNode online");
                         registry.insert(node_id, client);
@@ -112,7 +114,7 @@ impl Shared {
             NodeEvent::Offline(node_id) => {
                 if let Some(client) = registry.remove(&node_id) {
                     info!(node_id, %client, "SuperNode offline");
-                    self.clients.unregister(client);
+                    clients.unregister(client);
                 }
             }
         }
@@ -126,8 +128,8 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&node_id);
-        if let Some(client) = client {
-            self.clients.unregister(client);
+        if let (Some(client), Some(clients)) = (client, &self.clients) {
+            clients.unregister(client);
         }
     }
 }
@@ -183,7 +185,7 @@ async fn run_exchange(
         .map_err(ExchangeError::Protocol)?;
     let now = unix_now();
     let ttl = timeout.unwrap_or(DEFAULT_TTL).as_secs_f64();
-    let run_id = shared.run.run.run_id;
+    let run_id = shared.read_state(LinkState::run_id);
     let instruction = content.instruction(run_id, node_id, ttl, now);
     let (tx, rx) = oneshot::channel();
     let exchange = shared

@@ -61,6 +61,11 @@ fn init_logging(json: bool) {
 }
 
 async fn run(settings: Settings) -> Result<(), String> {
+    if settings.control_api_address.is_some()
+        || (settings.fleet_api_address.is_some() && settings.fab.is_none())
+    {
+        return run_superlink(settings).await;
+    }
     let chain = |e: ServerError| error_chain(&e);
     let (serve_options, insecure) = settings.serve_options()?;
     let driver_config = settings.driver_config()?;
@@ -240,6 +245,82 @@ async fn fleet_options(
         }
     };
     Ok((fleet, manager))
+}
+
+/// The drop-in SuperLink: the Fleet API for SuperNodes, and the Control and
+/// Runtime APIs for `flwr run` and the ServerApps it starts, until a signal.
+async fn run_superlink(settings: Settings) -> Result<(), String> {
+    use flower_superlink::{SuperExecOptions, SuperLink, SuperLinkOptions};
+    if settings.fab.is_some() || !settings.run_config.is_empty() {
+        return Err(
+            "--control-api-address serves runs submitted with `flwr run`; \
+             it cannot be combined with --fab/--run-config"
+                .into(),
+        );
+    }
+    if settings.strategy.is_some() {
+        return Err(
+            "--strategy runs the Rust round driver over --fab; runs submitted with \
+             `flwr run` use the FAB's ServerApp"
+                .into(),
+        );
+    }
+    let fleet_address = settings
+        .fleet_api_address
+        .ok_or("the Control API needs --fleet-api-address (where SuperNodes connect)")?;
+    let (serve_options, insecure) = settings.serve_options()?;
+    let mut options = SuperLinkOptions::default()
+        .allow_remote_control(settings.allow_remote_control.unwrap_or(false));
+    if let Some(address) = settings.control_api_address {
+        options = options.address(address);
+    }
+    if let Some(tls) = &serve_options.tls {
+        options = options.tls(tls.clone());
+    }
+    options = options.superexec(match settings.isolation.as_deref() {
+        Some("process") => None,
+        _ => {
+            let mut superexec = SuperExecOptions::default();
+            if let Some(program) = &settings.superexec_program {
+                superexec.program = program.clone();
+            }
+            superexec.root_certificates = settings.ssl_ca_certfile.clone();
+            Some(superexec)
+        }
+    });
+    // Refuse a reachable Control API before anything binds.
+    options.check_access().map_err(|e| error_chain(&e))?;
+    let mut fleet = FleetOptions::default().address(fleet_address);
+    fleet = match (&serve_options.tls, insecure) {
+        (Some(tls), _) => fleet.tls(tls.clone()),
+        (None, _) => fleet.insecure(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopper = |mut rx: tokio::sync::watch::Receiver<bool>| {
+        use futures::FutureExt;
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+        .boxed()
+    };
+    let fleet = FleetApi::serve_runs(fleet, stopper(stop_rx.clone()))
+        .await
+        .map_err(|e| error_chain(&e))?;
+    let superlink = SuperLink::start(options, fleet.link.clone(), stopper(stop_rx))
+        .await
+        .map_err(|e| error_chain(&e))?;
+    println!("flower-server fleet-api listening on {}", fleet.local_addr);
+    println!(
+        "flower-server control-api listening on {}",
+        superlink.local_addr
+    );
+    let serve_fleet = tokio::spawn(fleet.serve);
+    let serve_control = tokio::spawn(superlink.serve);
+    wait_for_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = serve_control.await;
+    let _ = serve_fleet.await;
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM (never, when the handlers cannot be set).

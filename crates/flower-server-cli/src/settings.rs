@@ -191,6 +191,28 @@ pub(crate) struct Settings {
     #[arg(long, value_name = "PATH")]
     pub(crate) vault_node_keys_path: Option<String>,
 
+    // --- Drop-in SuperLink: Control and Runtime APIs (flower-superlink) ---
+    /// Serve Flower's Control API (`flwr run`, `flwr ls`, `flwr log`,
+    /// `flwr stop`) and the Runtime API of ServerApp processes on this
+    /// address. Implied when --fleet-api-address is given without --fab:
+    /// the server then waits for runs submitted with `flwr run`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) control_api_address: Option<SocketAddr>,
+    /// Allow a non-loopback --control-api-address (TLS required). The
+    /// Control API has no account authentication: anyone who reaches it can
+    /// start runs.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub(crate) allow_remote_control: Option<bool>,
+    /// How ServerApps run: `subprocess` (this server starts
+    /// `flower-superexec`, which starts `flwr-serverapp` per run) or
+    /// `process` (the operator runs `flower-superexec --runtime-api-address
+    /// <control address>`).
+    #[arg(long, value_parser = ["subprocess", "process"])]
+    pub(crate) isolation: Option<String>,
+    /// The SuperExec program started in `subprocess` isolation.
+    #[arg(long, value_name = "PROGRAM")]
+    pub(crate) superexec_program: Option<PathBuf>,
+    // --- end of drop-in SuperLink flags ---
     /// FOR TESTS ONLY: seed the DP wrappers' noise so runs repeat. Anyone
     /// who knows the seed can subtract the noise; it is logged loudly and
     /// never written to disk.
@@ -235,6 +257,14 @@ fn defaults() -> Vec<(&'static str, String)> {
                 .map_or_else(|| "no limit".into(), |n| n.to_string()),
         ),
         ("rounds", driver.num_rounds.to_string()),
+        (
+            "control_api_address",
+            flower_superlink::SuperLinkOptions::default()
+                .address
+                .to_string(),
+        ),
+        ("isolation", "subprocess".into()),
+        ("superexec_program", "flower-superexec".into()),
         (
             "round_timeout",
             driver.round_timeout.map_or_else(|| "none".into(), secs),

@@ -322,23 +322,21 @@ impl Service {
             Rpc::GetRun => {
                 let req: pb::GetRunRequest = decode(body)?;
                 self.bound(key, req.node.unwrap_or_default().node_id)?;
-                self.check_run(req.run_id, ApiErrorCode::GetRunFailed)?;
-                pb::GetRunResponse {
-                    run: Some(shared.run.run.clone()),
-                }
-                .encode_to_vec()
+                let run = shared
+                    .read_state(|s| s.run_info(req.run_id).cloned())
+                    .ok_or_else(|| self.run_missing(req.run_id, ApiErrorCode::GetRunFailed))?;
+                pb::GetRunResponse { run: Some(run) }.encode_to_vec()
             }
             Rpc::GetFab => {
                 let req: pb::GetFabRequest = decode(body)?;
                 self.bound(key, req.node.unwrap_or_default().node_id)?;
-                self.check_run(req.run_id, ApiErrorCode::GetFabFailed)?;
-                if req.hash_str != shared.run.fab.hash_str {
+                let fab = shared
+                    .read_state(|s| s.run_fab(req.run_id).cloned())
+                    .ok_or_else(|| self.run_missing(req.run_id, ApiErrorCode::GetFabFailed))?;
+                if fab.hash_str != req.hash_str {
                     return Err(ApiError::Forbidden(ApiErrorCode::GetFabFailed));
                 }
-                pb::GetFabResponse {
-                    fab: Some(shared.run.fab.clone()),
-                }
-                .encode_to_vec()
+                pb::GetFabResponse { fab: Some(fab) }.encode_to_vec()
             }
             Rpc::PushObject => {
                 let req: pb::PushObjectRequest = decode(body)?;
@@ -364,13 +362,14 @@ impl Service {
         })
     }
 
-    fn check_run(&self, run_id: u64, unknown: ApiErrorCode) -> Result<(), ApiError> {
-        if run_id != self.shared.run.run.run_id {
-            return Err(ApiError::Forbidden(unknown));
+    /// Why a run has nothing to serve: a known run that is not running
+    /// gets "run status not allowed", any other id `unknown`.
+    fn run_missing(&self, run_id: u64, unknown: ApiErrorCode) -> ApiError {
+        if self.shared.read_state(|s| s.knows_run(run_id)) {
+            ApiError::Forbidden(ApiErrorCode::RunStatusNotAllowed)
+        } else {
+            ApiError::Forbidden(unknown)
         }
-        self.shared
-            .read_state(|s| s.check_running(run_id))
-            .map_err(run_refusal)
     }
 
     /// Stores one pushed object if its session awaits it and it is valid

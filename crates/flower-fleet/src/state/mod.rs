@@ -1,4 +1,4 @@
-//! The link state: nodes, the run, one instruction queue per node, push
+//! The link state: nodes, the runs, one instruction queue per node, push
 //! sessions and the object store. No I/O and no clock: every call is handed
 //! the current time (Unix seconds, as flwr's `created_at`/`online_until`),
 //! so tests drive it deterministically.
@@ -171,15 +171,15 @@ pub enum StateError {
     /// The node cannot be (de)activated in its current status.
     #[error("node {0} cannot change to the requested status")]
     BadTransition(u64),
-    /// The run is not running, or not this server's run.
+    /// The run is not running, or unknown.
     #[error("run {0} is not running")]
     RunNotRunning(u64),
     /// The node has no pending work (the target of an instruction must be online).
     #[error("node {0} is not online")]
     NodeNotOnline(u64),
-    /// The node already has an instruction in flight.
-    #[error("node {0} already has an instruction in flight")]
-    Busy(u64),
+    /// An instruction with this message id is already in flight.
+    #[error("message {0} is already in flight")]
+    DuplicateMessage(String),
     /// Another key already has the node id this key derives (a SHA-256
     /// prefix collision: in practice never).
     #[error("node id {0} is taken by another key")]
@@ -189,7 +189,9 @@ pub enum StateError {
 /// Settings of the link state.
 #[derive(Debug, Clone)]
 pub struct StateConfig {
-    /// The run's id.
+    /// The run registered as running when the state is created (the run
+    /// of the Rust round driver); 0 for none (flwr never uses run id 0),
+    /// as when runs come from the Control API ([`LinkState::add_run`]).
     pub run_id: u64,
     /// Refuse `RegisterNode` (and `UnregisterNode`); only keys in the
     /// authorized set may activate (flwr's `--enable-supernode-auth`).
@@ -217,12 +219,37 @@ struct Node {
     key: Vec<u8>,
     status: NodeStatus,
     online_until: f64,
-    exchange: Option<u64>,
+    heartbeat_interval: f64,
+    /// Exchanges in flight, oldest first (several runs may share a node).
+    exchanges: Vec<u64>,
+}
+
+/// A node as the Runtime API's `GetNodes` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSummary {
+    /// The node's id.
+    pub node_id: u64,
+    /// Its status.
+    pub status: NodeStatus,
+    /// Unix time until which it counts as online.
+    pub online_until: f64,
+    /// Its last announced heartbeat interval, seconds.
+    pub heartbeat_interval: f64,
+}
+
+/// A run as the Fleet API serves it: `GetRun` answers `run`, `GetFab`
+/// answers `fab`.
+#[derive(Debug, Clone)]
+struct RunEntry {
+    status: RunStatus,
+    run: Option<pb::Run>,
+    fab: Option<pb::Fab>,
 }
 
 #[derive(Debug)]
 struct Exchange {
     node_id: u64,
+    run_id: u64,
     instruction: Instruction,
     root: ObjectId,
     delivered: bool,
@@ -263,11 +290,11 @@ pub enum PushOutcome {
     Completed,
 }
 
-/// The link state of one run. See the module docs.
+/// The link state of the runs. See the module docs.
 #[derive(Debug)]
 pub struct LinkState {
     config: StateConfig,
-    status: RunStatus,
+    runs: HashMap<u64, RunEntry>,
     nodes: HashMap<u64, Node>,
     by_key: HashMap<Vec<u8>, u64>,
     exchanges: HashMap<u64, Exchange>,
@@ -288,12 +315,24 @@ fn check_interval(interval: f64) -> Result<(), StateError> {
 }
 
 impl LinkState {
-    /// An empty state for one running run; `seed` seeds session ids (node
-    /// ids come from the keys: [`node_id_for_key`]).
+    /// An empty state with the running run `config.run_id` (none if 0);
+    /// `seed` seeds session ids (node ids come from the keys:
+    /// [`node_id_for_key`]).
     pub fn new(config: StateConfig, seed: u64) -> Self {
+        let mut runs = HashMap::new();
+        if config.run_id != 0 {
+            runs.insert(
+                config.run_id,
+                RunEntry {
+                    status: RunStatus::Running,
+                    run: None,
+                    fab: None,
+                },
+            );
+        }
         LinkState {
             config,
-            status: RunStatus::Running,
+            runs,
             nodes: HashMap::new(),
             by_key: HashMap::new(),
             exchanges: HashMap::new(),
@@ -306,14 +345,90 @@ impl LinkState {
         }
     }
 
-    /// The run's id.
+    /// The id of the run the state was created with (0: none).
     pub fn run_id(&self) -> u64 {
         self.config.run_id
     }
 
-    /// The run's status.
+    /// The status of the run the state was created with.
     pub fn run_status(&self) -> RunStatus {
-        self.status
+        self.status_of(self.config.run_id)
+    }
+
+    /// Whether the run was ever registered (running or finished).
+    pub fn knows_run(&self, run_id: u64) -> bool {
+        self.runs.contains_key(&run_id)
+    }
+
+    /// A run's status ([`RunStatus::Finished`] for unknown runs).
+    pub fn status_of(&self, run_id: u64) -> RunStatus {
+        self.runs
+            .get(&run_id)
+            .map_or(RunStatus::Finished, |r| r.status)
+    }
+
+    /// Registers (or replaces) a running run with what `GetRun` and
+    /// `GetFab` serve for it.
+    pub fn add_run(&mut self, run: pb::Run, fab: pb::Fab) {
+        self.runs.insert(
+            run.run_id,
+            RunEntry {
+                status: RunStatus::Running,
+                run: Some(run),
+                fab: Some(fab),
+            },
+        );
+    }
+
+    /// What `GetRun` serves for a running run (`None` when unknown, not
+    /// running, or registered without a description).
+    pub fn run_info(&self, run_id: u64) -> Option<&pb::Run> {
+        let entry = self.runs.get(&run_id)?;
+        (entry.status == RunStatus::Running)
+            .then_some(entry.run.as_ref())
+            .flatten()
+    }
+
+    /// What `GetFab` serves for a running run.
+    pub fn run_fab(&self, run_id: u64) -> Option<&pb::Fab> {
+        let entry = self.runs.get(&run_id)?;
+        (entry.status == RunStatus::Running)
+            .then_some(entry.fab.as_ref())
+            .flatten()
+    }
+
+    /// Ends one run: its exchanges fail, later Fleet calls about it get 403.
+    pub fn finish(&mut self, run_id: u64) {
+        if let Some(entry) = self.runs.get_mut(&run_id) {
+            entry.status = RunStatus::Finished;
+            // The FAB is not needed once no node may fetch it.
+            entry.fab = None;
+        }
+        let ids: Vec<u64> = self
+            .exchanges
+            .iter()
+            .filter(|(_, ex)| ex.run_id == run_id)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.end_exchange(id, Err(ExchangeFailure::RunFinished));
+        }
+    }
+
+    /// Every known node, ordered by id.
+    pub fn nodes(&self) -> Vec<NodeSummary> {
+        let mut out: Vec<NodeSummary> = self
+            .nodes
+            .iter()
+            .map(|(id, n)| NodeSummary {
+                node_id: *id,
+                status: n.status,
+                online_until: n.online_until,
+                heartbeat_interval: n.heartbeat_interval,
+            })
+            .collect();
+        out.sort_by_key(|n| n.node_id);
+        out
     }
 
     /// Whether self-registration is off.
@@ -363,7 +478,8 @@ impl LinkState {
                 key,
                 status: NodeStatus::Registered,
                 online_until: 0.0,
-                exchange: None,
+                heartbeat_interval: HEARTBEAT_DEFAULT_INTERVAL,
+                exchanges: Vec::new(),
             },
         );
         Ok(id)
@@ -443,6 +559,7 @@ impl LinkState {
             .nodes
             .get_mut(&node_id)
             .ok_or(StateError::UnknownNode(node_id))?;
+        node.heartbeat_interval = interval;
         match node.status {
             NodeStatus::Registered | NodeStatus::Offline => {
                 node.status = NodeStatus::Online;
@@ -520,6 +637,7 @@ impl LinkState {
             node.status = NodeStatus::Online;
             self.events.push_back(NodeEvent::Online(node_id));
         }
+        node.heartbeat_interval = interval;
         node.online_until = now + HEARTBEAT_PATIENCE * interval;
         Ok(true)
     }
@@ -564,28 +682,28 @@ impl LinkState {
         }
     }
 
-    /// Ends the run: every exchange fails, later calls get 403.
+    /// Ends every run: every exchange fails, later calls get 403.
     pub fn finish_run(&mut self) {
-        self.status = RunStatus::Finished;
-        let ids: Vec<u64> = self.exchanges.keys().copied().collect();
-        for id in ids {
-            self.end_exchange(id, Err(ExchangeFailure::RunFinished));
+        let runs: Vec<u64> = self.runs.keys().copied().collect();
+        for run_id in runs {
+            self.finish(run_id);
         }
     }
 
     fn check_run(&self, run_id: u64) -> Result<(), StateError> {
-        if run_id != self.config.run_id || self.status != RunStatus::Running {
+        if self.status_of(run_id) != RunStatus::Running {
             return Err(StateError::RunNotRunning(run_id));
         }
         Ok(())
     }
 
-    /// Whether `run_id` is this server's running run (`GetRun`/`GetFab`).
+    /// Whether `run_id` is a running run (`GetRun`/`GetFab`).
     pub fn check_running(&self, run_id: u64) -> Result<(), StateError> {
         self.check_run(run_id)
     }
 
-    /// Queues `instruction` for `node_id`; `done` receives the outcome.
+    /// Queues `instruction` (for the run its metadata names) for `node_id`,
+    /// behind the node's earlier instructions; `done` receives the outcome.
     /// Returns the exchange id (for [`LinkState::cancel`]).
     pub fn enqueue(
         &mut self,
@@ -594,7 +712,12 @@ impl LinkState {
         done: oneshot::Sender<ExchangeOutcome>,
         now: f64,
     ) -> Result<u64, StateError> {
-        self.check_run(self.config.run_id)?;
+        let run_id = instruction.wire.metadata.as_ref().map_or(0, |m| m.run_id);
+        self.check_run(run_id)?;
+        let root = instruction.tree.id;
+        if self.by_message.contains_key(&root) {
+            return Err(StateError::DuplicateMessage(root.to_string()));
+        }
         self.refresh_node(node_id, now);
         let node = self
             .nodes
@@ -603,21 +726,18 @@ impl LinkState {
         if node.status != NodeStatus::Online {
             return Err(StateError::NodeNotOnline(node_id));
         }
-        if node.exchange.is_some() {
-            return Err(StateError::Busy(node_id));
-        }
         let id = self.next_exchange;
         self.next_exchange += 1;
-        node.exchange = Some(id);
+        node.exchanges.push(id);
         for (oid, content) in &instruction.objects {
             self.store.hold(*oid, Some(content.clone()));
         }
-        let root = instruction.tree.id;
         self.by_message.insert(root, id);
         self.exchanges.insert(
             id,
             Exchange {
                 node_id,
+                run_id,
                 root,
                 instruction,
                 delivered: false,
@@ -638,8 +758,13 @@ impl LinkState {
     }
 
     fn fail_node_exchange(&mut self, node_id: u64, why: ExchangeFailure) {
-        if let Some(id) = self.nodes.get(&node_id).and_then(|n| n.exchange) {
-            self.end_exchange(id, Err(why));
+        let ids = self
+            .nodes
+            .get(&node_id)
+            .map(|n| n.exchanges.clone())
+            .unwrap_or_default();
+        for id in ids {
+            self.end_exchange(id, Err(why.clone()));
         }
     }
 
@@ -666,9 +791,7 @@ impl LinkState {
         }
         self.by_message.remove(&ex.root);
         if let Some(node) = self.nodes.get_mut(&ex.node_id) {
-            if node.exchange == Some(id) {
-                node.exchange = None;
-            }
+            node.exchanges.retain(|e| *e != id);
         }
         if let Some(done) = ex.done.take() {
             // The waiter may be gone (timed out); nothing to tell then.
@@ -676,27 +799,30 @@ impl LinkState {
         }
     }
 
-    /// `PullMessages`: at most one undelivered, unexpired instruction.
+    /// `PullMessages`: at most one undelivered, unexpired instruction, the
+    /// oldest of the node's queue.
     pub fn pull_messages(
         &mut self,
         node_id: u64,
         now: f64,
     ) -> Option<(pb::Message, pb::ObjectTree)> {
-        if self.status != RunStatus::Running {
-            return None;
-        }
         self.refresh_node(node_id, now);
-        let id = self.nodes.get(&node_id)?.exchange?;
-        let ex = self.exchanges.get_mut(&id)?;
-        if ex.delivered {
-            return None;
+        let queue = self.nodes.get(&node_id)?.exchanges.clone();
+        for id in queue {
+            let Some(ex) = self.exchanges.get_mut(&id) else {
+                continue;
+            };
+            if ex.delivered {
+                continue;
+            }
+            if ex.instruction.expires_at <= now {
+                self.end_exchange(id, Err(ExchangeFailure::Expired));
+                continue;
+            }
+            ex.delivered = true;
+            return Some((ex.instruction.wire.clone(), ex.instruction.tree.to_proto()));
         }
-        if ex.instruction.expires_at <= now {
-            self.end_exchange(id, Err(ExchangeFailure::Expired));
-            return None;
-        }
-        ex.delivered = true;
-        Some((ex.instruction.wire.clone(), ex.instruction.tree.to_proto()))
+        None
     }
 
     /// `ConfirmMessageReceived`: the node has every object of the
@@ -822,8 +948,14 @@ impl LinkState {
 
     fn session_exchange(&self, node_id: u64, session_id: &str) -> Option<u64> {
         let id = if session_id.is_empty() {
-            // flwr < 1.35 sent no session id; the node has one exchange.
-            self.nodes.get(&node_id)?.exchange?
+            // flwr < 1.35 sent no session id: the node's (latest) exchange
+            // with a reply in progress.
+            let node = self.nodes.get(&node_id)?;
+            *node
+                .exchanges
+                .iter()
+                .rev()
+                .find(|id| self.exchanges.get(id).is_some_and(|ex| ex.reply.is_some()))?
         } else {
             *self.sessions.get(session_id)?
         };

@@ -143,7 +143,7 @@ fn pull_hands_out_one_undelivered_unexpired_instruction() {
     let (tx2, _rx2) = oneshot::channel();
     assert_eq!(
         s.enqueue(id, c.instruction(42, id, 10.0, T0), tx2, T0),
-        Err(StateError::Busy(id))
+        Err(StateError::DuplicateMessage(root.to_string()))
     );
     let (wire, tree) = s.pull_messages(id, T0 + 1.0).expect("one message");
     assert_eq!(tree.object_id, root.to_string());
