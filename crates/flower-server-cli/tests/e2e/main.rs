@@ -8,6 +8,7 @@
 mod auth;
 mod common;
 mod config_file;
+mod control;
 mod failures;
 mod fleet;
 mod python_clients;

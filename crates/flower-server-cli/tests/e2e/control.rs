@@ -1,0 +1,390 @@
+//! `flower-server` as a drop-in `flower-superlink` 1.42 for `flwr run`:
+//! the stock CLI (`flwr run`, `flwr log`, `flwr ls`, `flwr stop`) against
+//! the Control API, the stock `flower-superexec`/`flwr-serverapp` that the
+//! server starts running the modern app's message-API FedAvg ServerApp
+//! against the Runtime API, and two stock `flower-supernode` 1.42 on the
+//! Fleet API. The final arrays must equal the app README's arithmetic (the
+//! same numbers a stock `flower-superlink` prints for this app: `final w:
+//! [[5.0, 6.0, 7.0], [8.0, 9.0, 10.0]]`, `final b: [5.5, 4.5]`).
+//!
+//! Also: a non-loopback Control address without TLS and
+//! `--allow-remote-control` is refused at start-up (no Python needed).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use flower_testkit::flwr::{app_dir, flwr_env, SuperNode};
+
+use crate::common::{ChildGuard, DevCertificates};
+
+/// Bound on one run from `flwr run` to `finished`.
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+/// Bound on one CLI call.
+const CLI_LIMIT: Duration = Duration::from_secs(60);
+
+/// A `flower-server` in SuperLink mode, stopped with SIGTERM (so it stops
+/// its SuperExec) when dropped.
+struct SuperLinkServer {
+    child: ChildGuard,
+    fleet: String,
+    control: String,
+    log: PathBuf,
+}
+
+impl SuperLinkServer {
+    fn start(dir: &Path, venv_bin: &Path) -> SuperLinkServer {
+        let log = dir.join("server.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flower-server"));
+        cmd.args([
+            "--insecure",
+            "--fleet-api-address",
+            "127.0.0.1:0",
+            "--control-api-address",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("server log"));
+        // flower-superexec (started by the server) and flwr-serverapp come
+        // from the venv, offline.
+        flwr_env(&mut cmd, venv_bin, &dir.join("server-flwr-home"));
+        cmd.env("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1");
+        let mut child = cmd.spawn().expect("start flower-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("flower-server fleet-api listening on ") {
+                    let _ = tx.send((true, addr.to_owned()));
+                } else if let Some(addr) =
+                    line.strip_prefix("flower-server control-api listening on ")
+                {
+                    let _ = tx.send((false, addr.to_owned()));
+                }
+            }
+        });
+        let mut child = ChildGuard(child);
+        let (mut fleet, mut control) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while fleet.is_none() || control.is_none() {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok((true, a)) => fleet = Some(a),
+                Ok((false, a)) => control = Some(a),
+                Err(_) => {
+                    child.kill();
+                    panic!(
+                        "server did not listen; log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        SuperLinkServer {
+            child,
+            fleet: fleet.unwrap_or_default(),
+            control: control.unwrap_or_default(),
+            log,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for SuperLinkServer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.0.id().to_string()])
+            .status();
+        if self.child.wait_timeout(Duration::from_secs(10)).is_none() {
+            self.child.kill();
+        }
+    }
+}
+
+/// The stock `flwr` CLI with `FLWR_HOME` holding a `[superlink.local]`
+/// entry for the server's Control API, run in a copy of the modern app.
+struct Cli {
+    flwr: PathBuf,
+    bin: PathBuf,
+    home: PathBuf,
+    app: PathBuf,
+}
+
+impl Cli {
+    fn new(dir: &Path, bin: &Path, control: &str) -> Cli {
+        let home = dir.join("cli-flwr-home");
+        std::fs::create_dir_all(&home).expect("FLWR_HOME");
+        std::fs::write(
+            home.join("config.toml"),
+            format!(
+                "[superlink]\ndefault = \"local\"\n\n[superlink.local]\naddress = \"{control}\"\ninsecure = true\n"
+            ),
+        )
+        .expect("config.toml");
+        // `flwr run` builds the FAB from the app directory.
+        let app = dir.join("modern");
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(app_dir("modern"))
+            .arg(&app)
+            .status()
+            .expect("cp");
+        assert!(status.success(), "copying the app failed");
+        let _ = std::fs::remove_dir_all(app.join("modern_app/__pycache__"));
+        Cli {
+            flwr: bin.join("flwr"),
+            bin: bin.to_path_buf(),
+            home,
+            app,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.flwr);
+        cmd.args(args)
+            .current_dir(&self.app)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        flwr_env(&mut cmd, &self.bin, &self.home);
+        cmd
+    }
+
+    /// Runs `flwr args...` to completion within [`CLI_LIMIT`].
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_within(args, CLI_LIMIT)
+    }
+
+    fn run_within(&self, args: &[&str], limit: Duration) -> Output {
+        let child = self.command(args).spawn().expect("spawn flwr");
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(limit) {
+            Ok(out) => out.expect("flwr output"),
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                panic!("flwr {args:?} did not finish within {limit:?}");
+            }
+        }
+    }
+
+    /// `flwr run . local [extra...]`: the new run's id.
+    fn submit(&self, extra: &[&str]) -> u64 {
+        let mut args = vec!["run", ".", "local"];
+        args.extend_from_slice(extra);
+        let out = self.run(&args);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "flwr run failed:\n{text}");
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("Successfully started run "))
+            .and_then(|id| id.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no run id in:\n{text}"))
+    }
+
+    /// `flwr ls --format json` (one run, or all): the `runs` array.
+    fn ls(&self, run_id: Option<u64>) -> Vec<serde_json::Value> {
+        let id = run_id.map(|r| r.to_string());
+        let mut args = vec!["ls", "--format", "json"];
+        if let Some(id) = &id {
+            args.extend(["--run-id", id]);
+        }
+        let out = self.run(&args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let json: serde_json::Value = serde_json::from_str(text.trim())
+            .unwrap_or_else(|e| panic!("flwr ls output is not JSON ({e}):\n{text}"));
+        assert_eq!(json["success"], true, "flwr ls failed: {json}");
+        json["runs"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn status(&self, run_id: u64) -> String {
+        self.ls(Some(run_id))
+            .first()
+            .and_then(|r| r["status"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// Polls `flwr ls` until the run's status starts with `prefix`.
+    fn wait_status(
+        &self,
+        run_id: u64,
+        prefix: &str,
+        server: &SuperLinkServer,
+        nodes: &[&SuperNode],
+    ) -> String {
+        let deadline = Instant::now() + RUN_LIMIT;
+        loop {
+            let status = self.status(run_id);
+            if status.starts_with(prefix) {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "run {run_id} is {status:?}, not {prefix}*, after {RUN_LIMIT:?}\nserver:\n{}\nnodes:\n{}",
+                    server.log_text(),
+                    nodes.iter().map(|n| n.log()).collect::<Vec<_>>().join("\n---\n")
+                );
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+}
+
+/// The venv's `bin/` (with `flwr`, `flower-superexec`, ...), or `None`
+/// (the test skips, saying so) without the venv.
+fn venv() -> Option<PathBuf> {
+    flower_testkit::python::venv_tool("flower-superexec")?;
+    flower_testkit::venv_bin()
+}
+
+#[test]
+fn flwr_run_ls_log_stop_against_flower_server() {
+    let Some(bin) = venv() else {
+        return;
+    };
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = SuperLinkServer::start(dir.path(), &bin);
+    let node_a = SuperNode::builder(server.fleet.clone())
+        .insecure()
+        .node_config("factor=1 examples=10")
+        .start()
+        .expect("SuperNode");
+    let node_b = SuperNode::builder(server.fleet.clone())
+        .insecure()
+        .node_config("factor=3 examples=30")
+        .start()
+        .expect("SuperNode");
+    let nodes = [&node_a, &node_b];
+    let cli = Cli::new(dir.path(), &bin, &server.control);
+
+    // flwr run, then flwr log (streaming, the default) follows it to the end.
+    let run_id = cli.submit(&[]);
+    let out = cli.run_within(&["log", &run_id.to_string()], RUN_LIMIT);
+    let log = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "flwr log failed:\n{log}");
+    // D = (10*1 + 30*3) / 40 = 2.5 per round, two rounds.
+    assert!(
+        log.contains("final w: [[5.0, 6.0, 7.0], [8.0, 9.0, 10.0]]"),
+        "streamed log lacks the final arrays:\n{log}\nserver:\n{}",
+        server.log_text()
+    );
+    assert!(log.contains("final b: [5.5, 4.5]"), "{log}");
+    // The evaluate loss of round 2: 1.875 + 2 * 2.5.
+    assert!(log.contains("'loss': 6.875"), "{log}");
+    let status = cli.wait_status(run_id, "finished", &server, &nodes);
+    assert_eq!(status, "finished:completed");
+    // flwr log --show prints the whole log of a finished run.
+    let out = cli.run(&["log", &run_id.to_string(), "--show"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("final b: [5.5, 4.5]"));
+
+    // flwr ls lists it, with the app and the federation of a SuperLink
+    // without accounts.
+    let all = cli.ls(None);
+    let listed = all
+        .iter()
+        .find(|r| r["run-id"] == run_id.to_string())
+        .unwrap_or_else(|| panic!("run {run_id} not listed: {all:?}"));
+    assert_eq!(listed["federation-id"], "@none/default", "{listed}");
+    assert_eq!(listed["fab-id"], "flower-rs/modern-app", "{listed}");
+    assert_eq!(listed["status"], "finished:completed", "{listed}");
+
+    // A long run is stopped with flwr stop once it runs.
+    let long = cli.submit(&["--run-config", "num-server-rounds=1000"]);
+    cli.wait_status(long, "running", &server, &nodes);
+    let out = cli.run(&["stop", &long.to_string()]);
+    assert!(
+        out.status.success(),
+        "flwr stop failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cli.status(long), "finished:stopped");
+    // Stopping it again is refused (flwr's RUN_ALREADY_FINISHED).
+    assert!(!cli.run(&["stop", &long.to_string()]).status.success());
+    // An override key the FAB does not define is refused at submission.
+    let out = cli.run(&["run", ".", "local", "--run-config", "no-such-key=1"]);
+    assert!(
+        !out.status.success()
+            || !String::from_utf8_lossy(&out.stdout).contains("Successfully started")
+    );
+    eprintln!("flwr run/log/ls/stop e2e: {:.1?}", started.elapsed());
+}
+
+/// Starts the server with `args` and expects it to exit with an error
+/// mentioning `needle` (bounded).
+fn refused(args: &[&str], needle: &str) {
+    let mut child = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_flower-server"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start flower-server"),
+    );
+    let status = child
+        .wait_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("flower-server {args:?} kept running"));
+    let mut err = String::new();
+    if let Some(mut stderr) = child.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+    }
+    assert!(!status.success(), "{args:?} started");
+    assert!(err.contains(needle), "{args:?}: {err}");
+}
+
+#[test]
+fn a_reachable_control_api_needs_tls_and_consent() {
+    refused(
+        &[
+            "--insecure",
+            "--fleet-api-address",
+            "127.0.0.1:0",
+            "--control-api-address",
+            "0.0.0.0:0",
+        ],
+        "refusing to serve the Control API on 0.0.0.0:0",
+    );
+    let certs = DevCertificates::generate();
+    let (ca, cert, key) = (
+        certs.ca().display().to_string(),
+        certs.cert().display().to_string(),
+        certs.key().display().to_string(),
+    );
+    let tls = [
+        "--ssl-ca-certfile",
+        ca.as_str(),
+        "--ssl-certfile",
+        cert.as_str(),
+        "--ssl-keyfile",
+        key.as_str(),
+        "--fleet-api-address",
+        "127.0.0.1:0",
+        "--control-api-address",
+        "0.0.0.0:0",
+    ];
+    // TLS alone is not consent.
+    refused(&tls, "--allow-remote-control");
+    // --allow-remote-control without TLS is not enough either.
+    refused(
+        &[
+            "--insecure",
+            "--allow-remote-control",
+            "--fleet-api-address",
+            "127.0.0.1:0",
+            "--control-api-address",
+            "0.0.0.0:0",
+        ],
+        "refusing to serve the Control API",
+    );
+}
