@@ -560,7 +560,7 @@ mod tests {
         let mut relay = Relay::new(Limits::default(), 2);
         let (m, t, _) = instruction(10, "x");
         assert!(relay
-            .push_messages(RUN + 1, vec![m.clone()], &[t.clone()], T0)
+            .push_messages(RUN + 1, vec![m.clone()], std::slice::from_ref(&t), T0)
             .is_err());
         assert!(relay.push_messages(RUN, vec![], &[], T0).is_err());
         let mut other = m.clone();
@@ -568,7 +568,7 @@ mod tests {
             md.message_id = "0".repeat(64);
         }
         assert!(relay
-            .push_messages(RUN, vec![other], &[t.clone()], T0)
+            .push_messages(RUN, vec![other], std::slice::from_ref(&t), T0)
             .is_err());
         let accepted = relay.push_messages(RUN, vec![m], &[t], T0).expect("ok");
         relay.tick(T0 + PUSH_SESSION_TTL + 1.0);

@@ -293,7 +293,7 @@ fn flwr_run_ls_log_stop_against_flower_server() {
     let all = cli.ls(None);
     let listed = all
         .iter()
-        .find(|r| r["run-id"] == run_id.to_string())
+        .find(|r| r["run-id"].as_str() == Some(run_id.to_string().as_str()))
         .unwrap_or_else(|| panic!("run {run_id} not listed: {all:?}"));
     assert_eq!(listed["federation-id"], "@none/default", "{listed}");
     assert_eq!(listed["fab-id"], "flower-rs/modern-app", "{listed}");
