@@ -288,6 +288,11 @@ async fn run_superlink(settings: Settings) -> Result<(), String> {
             Some(superexec)
         }
     });
+    if let Some(path) = &settings.database {
+        let store = flower_superlink::SqliteStore::open(path)
+            .map_err(|e| format!("--database {}: {}", path.display(), error_chain(&e)))?;
+        options = options.store(std::sync::Arc::new(store));
+    }
     // Refuse a reachable Control API before anything binds.
     options.check_access().map_err(|e| error_chain(&e))?;
     let mut fleet = FleetOptions::default().address(fleet_address);

@@ -212,6 +212,10 @@ pub(crate) struct Settings {
     /// The SuperExec program started in `subprocess` isolation.
     #[arg(long, value_name = "PROGRAM")]
     pub(crate) superexec_program: Option<PathBuf>,
+    /// Keep runs (descriptions, statuses, logs) in this SQLite file, so a
+    /// restart still lists finished runs (`:memory:` or none: in memory).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) database: Option<PathBuf>,
     // --- end of drop-in SuperLink flags ---
     /// FOR TESTS ONLY: seed the DP wrappers' noise so runs repeat. Anyone
     /// who knows the seed can subtract the noise; it is logged loudly and

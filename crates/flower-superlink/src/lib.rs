@@ -10,7 +10,7 @@
 //!   serves until the stop future completes.
 //! * [`runs`]: the run registry (status, task token, logs), sans I/O.
 //! * [`relay`]: the ServerApp's message exchange with the nodes, sans I/O.
-//! * [`RunStore`]: where runs are kept across restarts.
+//! * [`RunStore`]: where runs are kept across restarts ([`SqliteStore`]).
 //!
 //! Endpoints: Control `start-run`, `list-runs`, `stop-run`, `stream-logs`
 //! (account endpoints answer flwr's "no account authentication"); Runtime
@@ -27,6 +27,7 @@ mod error;
 pub mod relay;
 pub mod runs;
 mod server;
+mod sqlite;
 mod superexec;
 mod time;
 
@@ -44,10 +45,11 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 pub use error::SuperLinkError;
+pub use sqlite::SqliteStore;
 
 use crate::runs::RunRecord;
 
-/// Where runs outlive the process. Calls are short
+/// Where runs outlive the process (see [`SqliteStore`]). Calls are short
 /// and synchronous; they happen on state changes, not per message.
 pub trait RunStore: Send + Sync + std::fmt::Debug {
     /// Every stored run.

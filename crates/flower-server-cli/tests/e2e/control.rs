@@ -35,8 +35,10 @@ struct SuperLinkServer {
 }
 
 impl SuperLinkServer {
-    fn start(dir: &Path, venv_bin: &Path) -> SuperLinkServer {
-        let log = dir.join("server.log");
+    /// Starts the server (its log named after `tag`) with its runs in
+    /// `database`.
+    fn start(dir: &Path, venv_bin: &Path, database: &Path, tag: &str) -> SuperLinkServer {
+        let log = dir.join(format!("server-{tag}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flower-server"));
         cmd.args([
             "--insecure",
@@ -45,6 +47,8 @@ impl SuperLinkServer {
             "--control-api-address",
             "127.0.0.1:0",
         ])
+        .arg("--database")
+        .arg(database)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("server log"));
@@ -119,13 +123,6 @@ impl Cli {
     fn new(dir: &Path, bin: &Path, control: &str) -> Cli {
         let home = dir.join("cli-flwr-home");
         std::fs::create_dir_all(&home).expect("FLWR_HOME");
-        std::fs::write(
-            home.join("config.toml"),
-            format!(
-                "[superlink]\ndefault = \"local\"\n\n[superlink.local]\naddress = \"{control}\"\ninsecure = true\n"
-            ),
-        )
-        .expect("config.toml");
         // `flwr run` builds the FAB from the app directory.
         let app = dir.join("modern");
         let status = Command::new("cp")
@@ -136,12 +133,25 @@ impl Cli {
             .expect("cp");
         assert!(status.success(), "copying the app failed");
         let _ = std::fs::remove_dir_all(app.join("modern_app/__pycache__"));
-        Cli {
+        let cli = Cli {
             flwr: bin.join("flwr"),
             bin: bin.to_path_buf(),
             home,
             app,
-        }
+        };
+        cli.point_at(control);
+        cli
+    }
+
+    /// The `[superlink.local]` entry: the Control API at `control`.
+    fn point_at(&self, control: &str) {
+        std::fs::write(
+            self.home.join("config.toml"),
+            format!(
+                "[superlink]\ndefault = \"local\"\n\n[superlink.local]\naddress = \"{control}\"\ninsecure = true\n"
+            ),
+        )
+        .expect("config.toml");
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -254,7 +264,8 @@ fn flwr_run_ls_log_stop_against_flower_server() {
     };
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = SuperLinkServer::start(dir.path(), &bin);
+    let database = dir.path().join("state.db");
+    let server = SuperLinkServer::start(dir.path(), &bin, &database, "first");
     let node_a = SuperNode::builder(server.fleet.clone())
         .insecure()
         .node_config("factor=1 examples=10")
@@ -317,6 +328,18 @@ fn flwr_run_ls_log_stop_against_flower_server() {
     assert!(
         !out.status.success()
             || !String::from_utf8_lossy(&out.stdout).contains("Successfully started")
+    );
+
+    // A restart with the same --database still lists both runs.
+    drop(server);
+    let server = SuperLinkServer::start(dir.path(), &bin, &database, "second");
+    cli.point_at(&server.control);
+    assert_eq!(cli.status(run_id), "finished:completed");
+    assert_eq!(cli.status(long), "finished:stopped");
+    let out = cli.run(&["log", &run_id.to_string(), "--show"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("final b: [5.5, 4.5]"),
+        "the log survives the restart"
     );
     eprintln!("flwr run/log/ls/stop e2e: {:.1?}", started.elapsed());
 }
