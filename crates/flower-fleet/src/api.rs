@@ -115,6 +115,10 @@ pub struct FleetOptions {
     /// Housekeeping period: silent nodes, expired instructions and push
     /// sessions (default 1 s).
     pub tick: Duration,
+    /// Also serve the Fleet API over gRPC (`flwr.proto.Fleet`, for
+    /// SuperNodes of flwr 1.13 to 1.39) on this address, with the same TLS
+    /// and link state (default: none).
+    pub grpc_address: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for FleetOptions {
@@ -132,6 +136,7 @@ impl std::fmt::Debug for FleetOptions {
                 &self.authorized_keys.as_ref().map(AuthorizedNodeKeys::len),
             )
             .field("max_request_bytes", &self.max_request_bytes)
+            .field("grpc_address", &self.grpc_address)
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +155,7 @@ impl Default for FleetOptions {
             max_request_bytes: 8 << 20,
             limits: Limits::default(),
             tick: Duration::from_secs(1),
+            grpc_address: None,
         }
     }
 }
@@ -206,6 +212,12 @@ impl FleetOptions {
         self
     }
 
+    /// Also serves gRPC Fleet (flwr ≤ 1.39 SuperNodes) on `address`.
+    pub fn grpc_address(mut self, address: SocketAddr) -> Self {
+        self.grpc_address = Some(address);
+        self
+    }
+
     /// The largest request body.
     pub fn max_request_bytes(mut self, bytes: usize) -> Self {
         self.max_request_bytes = bytes;
@@ -256,10 +268,11 @@ impl FleetApi {
         stop: BoxFuture<'static, ()>,
     ) -> Result<FleetServer, FleetError> {
         let tls = Self::tls(&options)?;
-        let (shared, local_addr, serve) = start(&options, tls, None, None, stop).await?;
+        let (shared, local_addr, grpc_addr, serve) = start(&options, tls, None, None, stop).await?;
         Ok(FleetServer {
             link: FleetLink { shared },
             local_addr,
+            grpc_addr,
             serve: serve.boxed(),
         })
     }
@@ -319,6 +332,8 @@ pub struct FleetServer {
     pub link: FleetLink,
     /// The bound address.
     pub local_addr: SocketAddr,
+    /// The bound gRPC Fleet address, if asked for.
+    pub grpc_addr: Option<SocketAddr>,
     /// Serves until the stop future completes (then every run is finished).
     pub serve: BoxFuture<'static, ()>,
 }
@@ -327,13 +342,15 @@ impl std::fmt::Debug for FleetServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetServer")
             .field("local_addr", &self.local_addr)
+            .field("grpc_addr", &self.grpc_addr)
             .finish_non_exhaustive()
     }
 }
 
 /// Binds the Fleet API over a new link state: with `clients`, active nodes
 /// become round-driver clients; with `run`, that run is registered as
-/// running. Returns the state, the bound address and the serving future.
+/// running. Returns the state, the bound address (and gRPC address) and the
+/// serving future.
 async fn start(
     options: &FleetOptions,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -344,6 +361,7 @@ async fn start(
     (
         Arc<Shared>,
         SocketAddr,
+        Option<SocketAddr>,
         impl std::future::Future<Output = ()>,
     ),
     FleetError,
@@ -387,14 +405,28 @@ async fn start(
     let revocations = options
         .authorized_keys
         .clone()
-        .map(|keys| revocations(shared.clone(), keys, stop_rx));
+        .map(|keys| revocations(shared.clone(), keys, stop_rx.clone()));
+    let grpc = match options.grpc_address {
+        Some(address) => {
+            let (addr, serve) =
+                grpc_server(options, address, service.clone(), stop_rx.clone()).await?;
+            info!(address = %addr, "fleet api (grpc, flwr <= 1.39) listening on {addr}");
+            Some((addr, serve))
+        }
+        None => None,
+    };
+    let grpc_addr = grpc.as_ref().map(|(a, _)| *a);
     let accept = http::accept_loop(listener, tls, service, stop);
     let state = shared.clone();
     let serve = async move {
         let housekeeping = tokio::spawn(housekeeping);
         let revocations = revocations.map(tokio::spawn);
+        let grpc = grpc.map(|(_, serve)| tokio::spawn(serve));
         accept.await;
         let _ = stop_tx.send(true);
+        if let Some(g) = grpc {
+            let _ = g.await;
+        }
         // Fail what is still waiting: the driver must not hang.
         state.with_state(LinkState::finish_run);
         let _ = housekeeping.await;
@@ -402,7 +434,51 @@ async fn start(
             let _ = r.await;
         }
     };
-    Ok((shared, local_addr, serve))
+    Ok((shared, local_addr, grpc_addr, serve))
+}
+
+/// Binds the gRPC Fleet service over the HTTP service's handlers; it
+/// serves until `stop` turns true.
+async fn grpc_server(
+    options: &FleetOptions,
+    address: SocketAddr,
+    service: Arc<Service>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(SocketAddr, BoxFuture<'static, ()>), FleetError> {
+    let bind_error = |source| FleetError::Bind { address, source };
+    let listener = TcpListener::bind(address).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    let fleet = pb::fleet_server::FleetServer::new(crate::grpc::GrpcFleet { service })
+        .max_decoding_message_size(options.max_request_bytes)
+        .max_encoding_message_size(pb::GRPC_MAX_MESSAGE_LENGTH);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(files) = &options.tls {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| FleetError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let identity =
+            tonic::transport::Identity::from_pem(read(&files.certfile)?, read(&files.keyfile)?);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| FleetError::Tls(e.to_string()))?;
+    }
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let router = builder.add_service(fleet);
+    let serve = async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+        {
+            warn!(error = %e, "grpc fleet api ended");
+        }
+    };
+    Ok((local, serve.boxed()))
 }
 
 fn run_info(app: &FleetApp, run_id: u64) -> RunInfo {
@@ -461,7 +537,7 @@ impl Transport for FleetApi {
             // Below 2^63: the same number in every language's integers.
             let run_id = options.run_id.unwrap_or(random_run_id >> 1);
             let run = run_info(&app, run_id);
-            let (_, local_addr, serve) = start(&options, tls, Some(clients), Some(run), stop)
+            let (_, local_addr, _, serve) = start(&options, tls, Some(clients), Some(run), stop)
                 .await
                 .map_err(config_error)?;
             info!(run_id, fab_id = %app.fab_id, "fleet api serving one run");

@@ -29,6 +29,7 @@
 mod api;
 mod convert;
 mod error;
+mod grpc;
 mod http;
 mod node;
 mod outgoing;

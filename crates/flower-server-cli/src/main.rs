@@ -213,6 +213,9 @@ async fn fleet_options(
     if let Some(names) = array_names {
         fleet = fleet.array_keys(names);
     }
+    if let Some(address) = settings.fleet_grpc_address {
+        fleet = fleet.grpc_address(address);
+    }
     let keys_config = flower_auth::node::NodeKeysConfig::from_flags(
         &settings.auth_flags()?,
         settings.authorized_keys.clone(),
@@ -300,6 +303,9 @@ async fn run_superlink(settings: Settings) -> Result<(), String> {
         (Some(tls), _) => fleet.tls(tls.clone()),
         (None, _) => fleet.insecure(),
     };
+    if let Some(address) = settings.fleet_grpc_address {
+        fleet = fleet.grpc_address(address);
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopper = |mut rx: tokio::sync::watch::Receiver<bool>| {
         use futures::FutureExt;
@@ -315,6 +321,9 @@ async fn run_superlink(settings: Settings) -> Result<(), String> {
         .await
         .map_err(|e| error_chain(&e))?;
     println!("flower-server fleet-api listening on {}", fleet.local_addr);
+    if let Some(addr) = fleet.grpc_addr {
+        println!("flower-server fleet-grpc listening on {addr}");
+    }
     println!(
         "flower-server control-api listening on {}",
         superlink.local_addr

@@ -212,6 +212,11 @@ pub(crate) struct Settings {
     /// The SuperExec program started in `subprocess` isolation.
     #[arg(long, value_name = "PROGRAM")]
     pub(crate) superexec_program: Option<PathBuf>,
+    /// Also serve the Fleet API over gRPC (`flwr.proto.Fleet`) on this
+    /// address, for `flower-supernode` 1.13 to 1.39 (same TLS, same link
+    /// state; 1.40+ SuperNodes use --fleet-api-address).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) fleet_grpc_address: Option<SocketAddr>,
     /// Keep runs (descriptions, statuses, logs) in this SQLite file, so a
     /// restart still lists finished runs (`:memory:` or none: in memory).
     #[arg(long, value_name = "FILE")]

@@ -7,7 +7,7 @@
 //! and its protobuf decoding (403, see [`reply`]), then the node-id binding
 //! (401) and the RPC itself.
 
-mod reply;
+pub(crate) mod reply;
 pub(crate) mod tls;
 
 use std::convert::Infallible;
@@ -152,7 +152,11 @@ impl Service {
 
     /// `PullObject`: the response is built around the object's content
     /// parts (see [`pull_object_response`]).
-    fn pull_object(&self, key: &NodePublicKey, body: &Bytes) -> Result<Vec<Bytes>, ApiError> {
+    pub(crate) fn pull_object(
+        &self,
+        key: &NodePublicKey,
+        body: &Bytes,
+    ) -> Result<Vec<Bytes>, ApiError> {
         let req: pb::PullObjectRequest = decode(body)?;
         self.bound(key, req.node.unwrap_or_default().node_id)?;
         let found = self
@@ -214,7 +218,7 @@ impl Service {
             .is_some_and(|keys| keys.contains(key))
     }
 
-    async fn dispatch(
+    pub(crate) async fn dispatch(
         &self,
         rpc: Rpc,
         key: &NodePublicKey,

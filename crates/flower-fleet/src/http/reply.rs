@@ -85,7 +85,7 @@ pub(crate) enum ApiErrorCode {
 
 impl ApiErrorCode {
     /// flwr's public message (`supercore/error/catalog.py`).
-    fn message(self) -> &'static str {
+    pub(crate) fn message(self) -> &'static str {
         match self {
             ApiErrorCode::PublicKeyAlreadyInUse => "Public key already in use.",
             ApiErrorCode::UnsupportedContentType => "Unsupported Content-Type.",
