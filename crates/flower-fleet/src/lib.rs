@@ -6,7 +6,13 @@
 //! * [`FleetApi`] with [`FleetOptions`] (address, TLS or insecure, the
 //!   [`FleetApp`] FAB, [`MessageFormat`], array keys, node auth, limits):
 //!   `Server::builder().transport(FleetApi::new(options))`.
-//! * [`state`]: the sans-I/O link state (nodes and heartbeats, the run,
+//! * [`FleetApi::serve_runs`]: the same service without a round driver;
+//!   runs and instructions come through the returned [`FleetLink`] (the
+//!   Control and Runtime APIs of `flower-superlink`).
+//! * [`FleetOptions::grpc_address`]: the same handlers over gRPC
+//!   (`flwr.proto.Fleet`, tonic, `-bin` auth metadata) for SuperNodes of
+//!   flwr 1.13 to 1.39.
+//! * [`state`]: the sans-I/O link state (nodes and heartbeats, the runs,
 //!   per-node instruction queues, push sessions, the reference-counted
 //!   object store), driven with injected time.
 //! * [`FleetNode`]: each active SuperNode as a

@@ -7,7 +7,12 @@
 //! same numbers a stock `flower-superlink` prints for this app: `final w:
 //! [[5.0, 6.0, 7.0], [8.0, 9.0, 10.0]]`, `final b: [5.5, 4.5]`).
 //!
-//! Also: a non-loopback Control address without TLS and
+//! Also: a restart with the same `--database` still lists the finished
+//! runs; a SuperNode of flwr 1.39 (the last with a gRPC Fleet client) joins
+//! through `--fleet-grpc-address` beside a 1.42 one (only when
+//! `FLOWER_FLWR139_BIN` names the `bin/` of a venv with flwr 1.39: `python
+//! -m venv v && v/bin/pip install flwr==1.39.0`; the test says SKIPPED
+//! otherwise); a non-loopback Control address without TLS and
 //! `--allow-remote-control` is refused at start-up (no Python needed).
 
 use std::io::{BufRead, BufReader};
@@ -38,6 +43,16 @@ impl SuperLinkServer {
     /// Starts the server (its log named after `tag`) with its runs in
     /// `database`.
     fn start(dir: &Path, venv_bin: &Path, database: &Path, tag: &str) -> SuperLinkServer {
+        Self::start_with(dir, venv_bin, database, tag, &[])
+    }
+
+    fn start_with(
+        dir: &Path,
+        venv_bin: &Path,
+        database: &Path,
+        tag: &str,
+        extra: &[&str],
+    ) -> SuperLinkServer {
         let log = dir.join(format!("server-{tag}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flower-server"));
         cmd.args([
@@ -49,6 +64,7 @@ impl SuperLinkServer {
         ])
         .arg("--database")
         .arg(database)
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("server log"));
@@ -342,6 +358,79 @@ fn flwr_run_ls_log_stop_against_flower_server() {
         "the log survives the restart"
     );
     eprintln!("flwr run/log/ls/stop e2e: {:.1?}", started.elapsed());
+}
+
+#[test]
+fn a_flwr_1_39_supernode_joins_over_grpc() {
+    let Some(bin) = venv() else {
+        return;
+    };
+    let Some(old_bin) = std::env::var_os("FLOWER_FLWR139_BIN").map(PathBuf::from) else {
+        eprintln!("SKIPPED: FLOWER_FLWR139_BIN (bin/ of a venv with flwr 1.39) is not set");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = SuperLinkServer::start_with(
+        dir.path(),
+        &bin,
+        &dir.path().join("state.db"),
+        "grpc",
+        &["--fleet-grpc-address", "127.0.0.1:0"],
+    );
+    let grpc = server
+        .log_text()
+        .lines()
+        .find_map(|l| {
+            l.split("fleet api (grpc, flwr <= 1.39) listening on ")
+                .nth(1)
+        })
+        .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned())
+        .expect("grpc address in the server log");
+    let new_node = SuperNode::builder(server.fleet.clone())
+        .insecure()
+        .node_config("factor=1 examples=10")
+        .start()
+        .expect("SuperNode");
+    // The old SuperNode with its own venv first on PATH (its SuperExec and
+    // ClientApp processes are 1.39 too), in its own process group.
+    let old_home = dir.path().join("old-flwr-home");
+    std::fs::create_dir_all(&old_home).expect("old FLWR_HOME");
+    let old_log = dir.path().join("old-supernode.log");
+    let mut cmd = Command::new(old_bin.join("flower-supernode"));
+    cmd.args([
+        "--insecure",
+        "--superlink",
+        &grpc,
+        "--node-config",
+        "factor=3 examples=30",
+    ])
+    .arg("--port")
+    .arg(flower_testkit::free_port().to_string())
+    .stdin(Stdio::null())
+    .stdout(std::fs::File::create(&old_log).expect("log"))
+    .stderr(std::fs::File::create(dir.path().join("old-supernode.err")).expect("log"));
+    flwr_env(&mut cmd, &old_bin, &old_home);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let old = ChildGuard(cmd.spawn().expect("start flwr 1.39 flower-supernode"));
+    let cli = Cli::new(dir.path(), &bin, &server.control);
+    let run_id = cli.submit(&["--run-config", "num-server-rounds=1"]);
+    let out = cli.run_within(&["log", &run_id.to_string()], RUN_LIMIT);
+    let log = String::from_utf8_lossy(&out.stdout).to_string();
+    let old_text = std::fs::read_to_string(&old_log).unwrap_or_default()
+        + &std::fs::read_to_string(dir.path().join("old-supernode.err")).unwrap_or_default();
+    // One round: D = (10*1 + 30*3) / 40 = 2.5.
+    assert!(
+        log.contains("final w: [[2.5, 3.5, 4.5], [5.5, 6.5, 7.5]]"),
+        "log:\n{log}\nold SuperNode:\n{old_text}\nserver:\n{}",
+        server.log_text()
+    );
+    assert_eq!(cli.status(run_id), "finished:completed");
+    drop(new_node);
+    // The group: the SuperNode and its SuperExec/ClientApp children.
+    let _ = Command::new("kill")
+        .args(["-TERM", &format!("-{}", old.0.id())])
+        .status();
+    drop(old);
 }
 
 /// Starts the server with `args` and expects it to exit with an error
