@@ -8,11 +8,11 @@
 //! [[5.0, 6.0, 7.0], [8.0, 9.0, 10.0]]`, `final b: [5.5, 4.5]`).
 //!
 //! Also: a restart with the same `--database` still lists the finished
-//! runs; a SuperNode of flwr 1.39 (the last with a gRPC Fleet client) joins
-//! through `--fleet-grpc-address` beside a 1.42 one (only when
-//! `FLOWER_FLWR139_BIN` names the `bin/` of a venv with flwr 1.39: `python
-//! -m venv v && v/bin/pip install flwr==1.39.0`; the test says SKIPPED
-//! otherwise); a non-loopback Control address without TLS and
+//! runs; SuperNodes of older flwr (gRPC Fleet clients, up to 1.39) join
+//! through `--fleet-grpc-address` beside a 1.42 one, one run per version
+//! (only when `FLOWER_OLD_FLWR_BINS` lists, `:`-separated, the `bin/` of
+//! venvs such as `python -m venv v && v/bin/pip install flwr==1.39.0`;
+//! 1.32.1 and 1.39.0 pass; the test says SKIPPED otherwise); a non-loopback Control address without TLS and
 //! `--allow-remote-control` is refused at start-up (no Python needed).
 
 use std::io::{BufRead, BufReader};
@@ -361,14 +361,24 @@ fn flwr_run_ls_log_stop_against_flower_server() {
 }
 
 #[test]
-fn a_flwr_1_39_supernode_joins_over_grpc() {
+fn older_supernodes_join_over_grpc() {
     let Some(bin) = venv() else {
         return;
     };
-    let Some(old_bin) = std::env::var_os("FLOWER_FLWR139_BIN").map(PathBuf::from) else {
-        eprintln!("SKIPPED: FLOWER_FLWR139_BIN (bin/ of a venv with flwr 1.39) is not set");
+    let Some(bins) = std::env::var_os("FLOWER_OLD_FLWR_BINS") else {
+        eprintln!("SKIPPED: FLOWER_OLD_FLWR_BINS (bin/ of venvs with flwr <= 1.39) is not set");
         return;
     };
+    for old_bin in std::env::split_paths(&bins) {
+        old_supernode_run(&bin, &old_bin);
+    }
+}
+
+/// One run with a 1.42 SuperNode on HTTP and the SuperNode of `old_bin`
+/// on gRPC.
+fn old_supernode_run(bin: &Path, old_bin: &Path) {
+    let started = Instant::now();
+    let bin = bin.to_path_buf();
     let dir = tempfile::tempdir().expect("temp dir");
     let server = SuperLinkServer::start_with(
         dir.path(),
@@ -396,7 +406,23 @@ fn a_flwr_1_39_supernode_joins_over_grpc() {
     let old_home = dir.path().join("old-flwr-home");
     std::fs::create_dir_all(&old_home).expect("old FLWR_HOME");
     let old_log = dir.path().join("old-supernode.log");
-    let mut cmd = Command::new(old_bin.join("flower-supernode"));
+    let program = old_bin.join("flower-supernode");
+    // The local API flag was renamed (1.32: --clientappio-api-address
+    // HOST:PORT, 1.39: --port PORT).
+    let help = Command::new(&program)
+        .arg("--help")
+        .output()
+        .expect("--help");
+    let port = flower_testkit::free_port();
+    let local_api = if String::from_utf8_lossy(&help.stdout).contains("--clientappio-api-address") {
+        vec![
+            "--clientappio-api-address".to_owned(),
+            format!("127.0.0.1:{port}"),
+        ]
+    } else {
+        vec!["--port".to_owned(), port.to_string()]
+    };
+    let mut cmd = Command::new(&program);
     cmd.args([
         "--insecure",
         "--superlink",
@@ -404,12 +430,11 @@ fn a_flwr_1_39_supernode_joins_over_grpc() {
         "--node-config",
         "factor=3 examples=30",
     ])
-    .arg("--port")
-    .arg(flower_testkit::free_port().to_string())
+    .args(&local_api)
     .stdin(Stdio::null())
     .stdout(std::fs::File::create(&old_log).expect("log"))
     .stderr(std::fs::File::create(dir.path().join("old-supernode.err")).expect("log"));
-    flwr_env(&mut cmd, &old_bin, &old_home);
+    flwr_env(&mut cmd, old_bin, &old_home);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let old = ChildGuard(cmd.spawn().expect("start flwr 1.39 flower-supernode"));
     let cli = Cli::new(dir.path(), &bin, &server.control);
@@ -431,6 +456,11 @@ fn a_flwr_1_39_supernode_joins_over_grpc() {
         .args(["-TERM", &format!("-{}", old.0.id())])
         .status();
     drop(old);
+    eprintln!(
+        "SuperNode of {}: run over gRPC in {:.1?}",
+        old_bin.display(),
+        started.elapsed()
+    );
 }
 
 /// Starts the server with `args` and expects it to exit with an error
