@@ -453,3 +453,65 @@ fn with_supernode_auth_only_authorized_keys_are_readmitted() {
     assert_eq!(s.readmit(b"k", id, false, T0), Err(StateError::UnknownKey));
     assert_eq!(s.node_status(id), None);
 }
+
+fn run(run_id: u64) -> (pb::Run, pb::Fab) {
+    (
+        pb::Run {
+            run_id,
+            fab_hash: "ab".repeat(32),
+            ..pb::Run::default()
+        },
+        pb::Fab {
+            hash_str: "ab".repeat(32),
+            content: Bytes::from_static(b"fab"),
+            verifications: Default::default(),
+        },
+    )
+}
+
+#[test]
+fn runs_are_registered_served_and_finished_one_by_one() {
+    let mut s = LinkState::new(StateConfig::new(0), 1);
+    assert!(!s.knows_run(0), "0 registers no run");
+    let (r1, f1) = run(101);
+    let (r2, f2) = run(102);
+    s.add_run(r1, f1);
+    s.add_run(r2, f2);
+    assert_eq!(s.run_info(101).map(|r| r.run_id), Some(101));
+    assert!(s.run_fab(102).is_some());
+    let id = online(&mut s, b"k");
+    let c = content(16);
+    // A node queues instructions of several runs, delivered oldest first.
+    let (tx1, mut rx1) = oneshot::channel();
+    let first = c.instruction(101, id, 60.0, T0);
+    let first_root = first.tree.id;
+    s.enqueue(id, first, tx1, T0).expect("run 101");
+    let (tx2, mut rx2) = oneshot::channel();
+    let second = c.instruction(102, id, 60.0, T0);
+    let second_root = second.tree.id;
+    s.enqueue(id, second, tx2, T0).expect("run 102");
+    let (_, tree) = s.pull_messages(id, T0).expect("first");
+    assert_eq!(tree.object_id, first_root.to_string());
+    // Finishing run 101 fails only its exchange; 102 is still served.
+    s.finish(101);
+    assert!(matches!(
+        rx1.try_recv(),
+        Ok(Err(ExchangeFailure::RunFinished))
+    ));
+    assert!(rx2.try_recv().is_err(), "run 102 still waits");
+    assert!(s.run_info(101).is_none() && s.run_fab(101).is_none());
+    assert!(s.knows_run(101));
+    assert_eq!(s.check_running(101), Err(StateError::RunNotRunning(101)));
+    let (_, tree) = s.pull_messages(id, T0 + 1.0).expect("second");
+    assert_eq!(tree.object_id, second_root.to_string());
+    // Instructions of a finished or unknown run are refused.
+    let (tx, _rx) = oneshot::channel();
+    assert_eq!(
+        s.enqueue(id, c.instruction(101, id, 60.0, T0 + 2.0), tx, T0 + 2.0),
+        Err(StateError::RunNotRunning(101))
+    );
+    let nodes = s.nodes();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].status, NodeStatus::Online);
+    assert_eq!(nodes[0].heartbeat_interval, 30.0);
+}
