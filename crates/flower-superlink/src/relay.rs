@@ -196,6 +196,16 @@ impl Relay {
         })
     }
 
+    /// Whether the session awaits `object_id` (checked before the caller
+    /// spends time hashing the content).
+    pub fn awaits(&self, run_id: u64, session_id: &str, object_id: &ObjectId) -> bool {
+        self.sessions.get(session_id).is_some_and(|s| {
+            s.run_id == run_id
+                && s.expected.contains(object_id)
+                && !s.objects.contains_key(object_id)
+        })
+    }
+
     /// `PushObject`: stores `content` if the session awaits `object_id`
     /// and it is valid (hash and head). Returns whether it was stored and
     /// the instructions this completed.
@@ -209,16 +219,26 @@ impl Relay {
         let Ok(id) = object_id.parse::<ObjectId>() else {
             return (false, Vec::new());
         };
+        if validate_object(&id, &content).is_err() {
+            return (false, Vec::new());
+        }
+        self.store_valid(run_id, session_id, id, content)
+    }
+
+    /// [`Relay::push_object`] of content the caller validated for `id`.
+    pub fn store_valid(
+        &mut self,
+        run_id: u64,
+        session_id: &str,
+        id: ObjectId,
+        content: Bytes,
+    ) -> (bool, Vec<Outgoing>) {
+        if !self.awaits(run_id, session_id, &id) {
+            return (false, Vec::new());
+        }
         let Some(session) = self.sessions.get_mut(session_id) else {
             return (false, Vec::new());
         };
-        if session.run_id != run_id
-            || !session.expected.contains(&id)
-            || session.objects.contains_key(&id)
-            || validate_object(&id, &content).is_err()
-        {
-            return (false, Vec::new());
-        }
         session.objects.insert(id, content);
         let mut out = Vec::new();
         for message in session.messages.iter_mut().filter(|m| !m.sent) {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use flower_fleet::state::ExchangeFailure;
 use flower_fleet::FleetLink;
+use flower_message::{validate_object, ObjectId};
 use flower_proto as pb;
 use futures::StreamExt;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -213,6 +214,7 @@ impl Core {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
             match self.read(request).await {
+                Ok(body) if rpc == "push-object" => self.push_object(token.as_deref(), body).await,
                 Ok(body) => self.runtime(&rpc, token.as_deref(), body),
                 Err(e) => Err(e),
             }
@@ -449,22 +451,6 @@ impl Core {
                     session_id: accepted.session_id,
                 }))
             }
-            "push-object" => {
-                let req: pb::PushObjectRequest = decode(&body)?;
-                if req.node.unwrap_or_default().node_id != SUPERLINK_NODE_ID {
-                    return Err(ApiError::UNEXPECTED_NODE_ID);
-                }
-                let (stored, outgoing) = self.relay().push_object(
-                    run_id,
-                    &req.session_id,
-                    &req.object_id,
-                    req.object_content,
-                );
-                for out in outgoing {
-                    self.send(out, now);
-                }
-                Ok(protobuf(&pb::PushObjectResponse { stored }))
-            }
             "pull-messages" => {
                 let req: pb::PullAppMessagesRequest = decode(&body)?;
                 let (messages_list, message_object_trees) =
@@ -493,6 +479,45 @@ impl Core {
             }
             _ => Err(ApiError::NOT_FOUND),
         }
+    }
+
+    /// `PushObject`: the content is hashed off the async threads and
+    /// outside the relay's lock (a chunk is up to 5 MiB).
+    async fn push_object(
+        self: &Arc<Self>,
+        token: Option<&str>,
+        body: Bytes,
+    ) -> Result<Response<Body>, ApiError> {
+        let run_id = token
+            .and_then(|t| self.runs().by_token(t))
+            .ok_or(ApiError::RUNTIME_AUTHENTICATION_FAILED)?;
+        let req: pb::PushObjectRequest = decode(&body)?;
+        if req.node.unwrap_or_default().node_id != SUPERLINK_NODE_ID {
+            return Err(ApiError::UNEXPECTED_NODE_ID);
+        }
+        let refused = || Ok(protobuf(&pb::PushObjectResponse { stored: false }));
+        let Ok(id) = req.object_id.parse::<ObjectId>() else {
+            return refused();
+        };
+        if !self.relay().awaits(run_id, &req.session_id, &id) {
+            return refused();
+        }
+        let content = req.object_content;
+        let checked = content.clone();
+        let valid = tokio::task::spawn_blocking(move || validate_object(&id, &checked).is_ok())
+            .await
+            .unwrap_or(false);
+        if !valid {
+            return refused();
+        }
+        let (stored, outgoing) = self
+            .relay()
+            .store_valid(run_id, &req.session_id, id, content);
+        let now = unix_now();
+        for out in outgoing {
+            self.send(out, now);
+        }
+        Ok(protobuf(&pb::PushObjectResponse { stored }))
     }
 
     /// Queues an instruction on its node and relays the outcome back.
