@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flower_core::{ClientMessage, InstructionKind};
-use flower_message::{inflate, Limits};
+use flower_message::{inflate, Limits, VerifiedObjects};
 use flower_proto as pb;
 use flower_server::{ClientHandle, ClientId, ClientManager, ExchangeError, OutgoingMessage};
 use futures::future::BoxFuture;
@@ -47,6 +47,10 @@ pub(crate) struct Shared {
     pub(crate) content: Arc<ContentOptions>,
     pub(crate) limits: Limits,
     pub(crate) run: RunInfo,
+    /// One reply inflates at a time: assembling an array holds its chunks
+    /// and the assembled copy at once, so replies that complete together
+    /// would otherwise double the server's peak memory for a moment.
+    inflate_gate: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -65,6 +69,7 @@ impl Shared {
             content: Arc::new(content),
             limits,
             run,
+            inflate_gate: tokio::sync::Semaphore::new(1),
         })
     }
 
@@ -204,12 +209,20 @@ async fn run_exchange(
         .map_err(|_| ExchangeError::Closed("the Fleet API stopped".into()))?
         .map_err(|failure| ExchangeError::Closed(failure.to_string()))?;
     let limits = shared.limits.clone();
-    // Inflating re-hashes every object: off the async threads.
-    let message =
-        tokio::task::spawn_blocking(move || inflate(&reply.tree, &reply.objects, &limits))
-            .await
-            .map_err(|e| ExchangeError::Protocol(format!("inflating the reply failed: {e}")))?
-            .map_err(|e| ExchangeError::Protocol(format!("invalid reply: {e}")))?;
+    // Every pushed object was hashed against its id on arrival (and the
+    // server's own objects come from its deflate), so inflation only parses
+    // and assembles; still off the async threads, as it copies the arrays.
+    let _inflating = shared
+        .inflate_gate
+        .acquire()
+        .await
+        .map_err(|_| ExchangeError::Closed("the Fleet API stopped".into()))?;
+    let message = tokio::task::spawn_blocking(move || {
+        inflate(&reply.tree, &VerifiedObjects(&reply.objects), &limits)
+    })
+    .await
+    .map_err(|e| ExchangeError::Protocol(format!("inflating the reply failed: {e}")))?
+    .map_err(|e| ExchangeError::Protocol(format!("invalid reply: {e}")))?;
     reply_to_client_message(kind, &message, &shared.content)
         .map_err(|e| ExchangeError::Protocol(flower_server::error_chain(&e)))
 }
