@@ -16,6 +16,11 @@ use flower_server::{error_chain, read_npz_named, DirectoryStore, Server, ServerE
 use settings::Settings;
 use tracing::{error, info};
 
+/// jemalloc returns freed model-sized buffers to the OS; glibc's malloc
+/// keeps them once its dynamic mmap threshold has grown past a chunk.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let settings = match Settings::load() {
         Ok(s) => s,
