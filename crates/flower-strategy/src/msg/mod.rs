@@ -36,6 +36,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 pub use dp::DpWrapper;
+pub(crate) use fedavg::aggregate_metricrecords;
 pub use fedavg::{FedAvg, FedAvgOptions, MetricsAggrFn};
 pub use fedopt::{
     FedAvgM, FedOpt, FedOptKind, FedOptOptions, FedProx, Moments, QFedAvg, QFedAvgOptions,
