@@ -23,6 +23,7 @@ mod error;
 pub mod grpc;
 mod history;
 mod model_file;
+pub mod msg_grid;
 mod node;
 mod store;
 mod transport;
@@ -39,6 +40,7 @@ pub use history::{scalar_to_json, Checkpoint, History, RoundRecord};
 pub use model_file::{
     parameters_from_npz, parameters_to_npz, parameters_to_npz_named, read_npz_named,
 };
-pub use node::{ClientHandle, ExchangeError, OutgoingMessage};
+pub use msg_grid::{MsgSetup, ServerGrid};
+pub use node::{ClientHandle, ContentReply, ExchangeError, OutgoingContent, OutgoingMessage};
 pub use store::{write_atomic, DirectoryStore, RunStore, SavedRun};
 pub use transport::{BoundTransport, Transport};
