@@ -128,6 +128,9 @@ const MSG_COMMON: &[Opt] = &[
     ),
 ];
 
+/// The common options that configure the run, not the strategy.
+const RUN_OPTIONS: [&str; 2] = ["train_config", "evaluate_config"];
+
 const NUM_MALICIOUS: Opt = opt(
     "num_malicious_nodes",
     || NUM_MALICIOUS_NODES.to_string(),
@@ -395,8 +398,8 @@ pub fn msg_strategy_names() -> Vec<&'static str> {
 /// Unknown names or options, values of the wrong type and invalid values
 /// are [`StrategyError::Config`] errors naming the valid choices.
 pub fn build_msg_strategy(spec: &StrategySpec) -> Result<MsgBuild, StrategyError> {
-    let (strategy, options) = build_entry(spec)?;
-    let ctx = ctx_for("run", &options);
+    let strategy = build_entry(spec)?;
+    let ctx = ctx_for("run", &spec.options);
     Ok(MsgBuild {
         strategy,
         train_config: config_option(&ctx, "train_config")?,
@@ -414,11 +417,9 @@ fn ctx_for<'a>(name: &'static str, options: &'a BTreeMap<String, Value>) -> Ctx<
     }
 }
 
-/// The strategy of `spec`, and the options it was built from (a wrapper's
-/// configs are those of its top level).
-fn build_entry(
-    spec: &StrategySpec,
-) -> Result<(Box<dyn MsgStrategy>, BTreeMap<String, Value>), StrategyError> {
+/// The strategy of `spec` (a wrapper's run configs are those of its top
+/// level: [`build_msg_strategy`] reads them).
+fn build_entry(spec: &StrategySpec) -> Result<Box<dyn MsgStrategy>, StrategyError> {
     let name = spec.name.trim().to_ascii_lowercase();
     let Some(entry) = MSG_ENTRIES.iter().find(|e| e.name == name) else {
         return Err(StrategyError::Config(format!(
@@ -444,7 +445,7 @@ fn build_entry(
         )));
     }
     let mut ctx = ctx_for(entry.name, &spec.options);
-    Ok(((entry.build)(&mut ctx)?, spec.options.clone()))
+    (entry.build)(&mut ctx)
 }
 
 /// FedAvg's options from the common ones, over Flower's defaults.
@@ -595,8 +596,16 @@ fn inner(c: &Ctx<'_>) -> Result<Box<dyn MsgStrategy>, StrategyError> {
         Some(v) => serde_json::from_value::<StrategySpec>(v.clone())
             .map_err(|e| c.err(format!("strategy must be {{ name, options }}: {e}")))?,
     };
+    for run_option in RUN_OPTIONS {
+        if spec.options.contains_key(run_option) {
+            return Err(c.err(format!(
+                "{run_option} configures the run: set it at the top level, not in the wrapped \
+                 strategy's options"
+            )));
+        }
+    }
     pass_common_options(c.options, &mut spec.options, MSG_COMMON).map_err(|m| c.err(m))?;
-    Ok(build_entry(&spec)?.0)
+    build_entry(&spec)
 }
 
 fn dp_fixed(c: &mut Ctx<'_>, server_side: bool) -> Result<Box<dyn MsgStrategy>, StrategyError> {
@@ -785,6 +794,28 @@ mod tests {
         })))
         .unwrap_err();
         assert!(e.to_string().contains("min_train_nodes"), "{e}");
+        // Run configs only at the top level (a nested one would be ignored).
+        let e = build_msg_strategy(&spec(json!({
+            "name": "dp-client-fixed",
+            "options": {
+                "noise_multiplier": 0.0, "clipping_norm": 1.0, "num_sampled_clients": 1,
+                "strategy": { "name": "fedavg", "options": { "train_config": { "lr": 1 } } }
+            }
+        })))
+        .unwrap_err();
+        assert!(e.to_string().contains("top level"), "{e}");
+        let b = build_msg_strategy(&spec(json!({
+            "name": "dp-client-fixed",
+            "options": {
+                "noise_multiplier": 0.0, "clipping_norm": 1.0, "num_sampled_clients": 1,
+                "train_config": { "lr": 1 }
+            }
+        })))
+        .unwrap();
+        assert_eq!(
+            b.train_config.unwrap().get("lr"),
+            Some(&ConfigValue::Int(1))
+        );
     }
 
     #[test]
