@@ -10,6 +10,9 @@
 //!   [`ClientHandle`] trait and persists through a [`RunStore`].
 //! * [`ClientManager`]: registry of connected clients, bounded waits, seeded
 //!   sampling, the [`UploadGate`].
+//! * [`msg_grid`]: Flower's message-API strategies over the connected
+//!   nodes ([`ServerBuilder::msg_strategy`]), for transports that carry
+//!   their messages ([`ClientHandle::exchange_content`]).
 //! * [`grpc`]: the grpc-bidi transport (`flwr.proto.FlowerService/Join`),
 //!   with [`StreamError`] mapping every refusal to one gRPC status.
 //!

@@ -10,7 +10,8 @@
 //! replies that came back within the timeout (a node that failed to answer
 //! is left out, as in Flower; an error message is an error reply).
 //!
-//! [`MsgDriver`] runs [`flower_strategy::msg::start`] on a blocking thread
+//! The run ([`ServerBuilder::msg_strategy`](crate::ServerBuilder::msg_strategy))
+//! calls [`flower_strategy::msg::start`] on a blocking thread
 //! and persists like the round driver: after round 0 and every round the
 //! [`RunStore`] gets the model (the last aggregated `ArrayRecord`, arrays in
 //! its key order) and the history (per-round reply counts, the aggregated
