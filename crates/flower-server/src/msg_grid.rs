@@ -272,6 +272,9 @@ struct Recorder {
     completed: u64,
     /// A failed save: it ends the run, and is what the run returns.
     save_error: Option<ServerError>,
+    /// The run's stop signal: once set, no round is aggregated or saved
+    /// (its replies may be partial).
+    stop: watch::Receiver<bool>,
 }
 
 impl Recorder {
@@ -291,6 +294,13 @@ impl Recorder {
             model_sha256: None,
         };
         store.save(&checkpoint, &parameters)
+    }
+
+    fn check_stop(&self) -> Result<(), StrategyError> {
+        if *self.stop.borrow() {
+            return Err(StrategyError::Config("the run was interrupted".into()));
+        }
+        Ok(())
     }
 
     fn elapsed(&self) -> f64 {
@@ -344,6 +354,7 @@ impl MsgStrategy for Recorder {
         server_round: u64,
         replies: Vec<Reply>,
     ) -> Result<(Option<ArrayRecord>, Option<MetricRecord>), StrategyError> {
+        self.check_stop()?;
         let (results, failures) = counts(self.sent, &replies);
         let (arrays, metrics) = self.inner.aggregate_train(server_round, replies)?;
         let seconds = self.elapsed();
@@ -382,6 +393,7 @@ impl MsgStrategy for Recorder {
         server_round: u64,
         replies: Vec<Reply>,
     ) -> Result<Option<MetricRecord>, StrategyError> {
+        self.check_stop()?;
         let (results, failures) = counts(self.sent, &replies);
         let metrics = self.inner.aggregate_evaluate(server_round, replies)?;
         let seconds = self.elapsed();
@@ -470,7 +482,7 @@ impl MsgDriver {
             self.manager.clone(),
             tokio::runtime::Handle::current(),
             self.config.clone(),
-            stop_rx,
+            stop_rx.clone(),
         );
         let mut recorder = Recorder {
             inner: setup.strategy,
@@ -484,6 +496,7 @@ impl MsgDriver {
             started: None,
             completed: 0,
             save_error: None,
+            stop: stop_rx,
         };
         recorder.save()?;
         let run = RunConfig {
@@ -567,6 +580,31 @@ mod tests {
         delta: f64,
         examples: i64,
         fail: bool,
+    }
+
+    /// A node that never answers.
+    #[derive(Debug)]
+    struct Silent;
+
+    impl ClientHandle for Silent {
+        fn exchange(
+            &self,
+            _m: Arc<OutgoingMessage>,
+            _t: Option<Duration>,
+        ) -> BoxFuture<'static, Result<flower_core::ClientMessage, ExchangeError>> {
+            futures::future::pending().boxed()
+        }
+        fn send_only(&self, _m: Arc<OutgoingMessage>) {}
+        fn peer(&self) -> String {
+            "silent".into()
+        }
+        fn exchange_content(
+            &self,
+            _m: Arc<OutgoingContent>,
+            _t: Option<Duration>,
+        ) -> BoxFuture<'static, Result<ContentReply, ExchangeError>> {
+            futures::future::pending().boxed()
+        }
     }
 
     fn npy(v: &[f64]) -> Array {
@@ -738,6 +776,28 @@ mod tests {
             crate::error_chain(&e).contains("resuming is not supported"),
             "{e}"
         );
+    }
+
+    /// An interrupted round is neither aggregated nor saved: the store
+    /// keeps round 0, and the run ends promptly with `Interrupted`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn interruption_mid_round_saves_nothing_more() {
+        let manager = ClientManager::default();
+        manager.register(Arc::new(Node {
+            delta: 1.0,
+            examples: 1,
+            fail: false,
+        }));
+        manager.register(Arc::new(Silent));
+        let store = Arc::new(MemStore::default());
+        let mut driver = MsgDriver::new(manager, setup(2), config(3)).with_store(store.clone());
+        let started = std::time::Instant::now();
+        let shutdown = tokio::time::sleep(Duration::from_millis(300));
+        let e = driver.run(shutdown).await.unwrap_err();
+        assert!(matches!(e, ServerError::Interrupted), "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let saves = store.saves.lock().expect("lock");
+        assert_eq!(saves.iter().map(|s| s.0).collect::<Vec<_>>(), [0]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
