@@ -169,6 +169,7 @@ const FEDYOGI_OPTIONS: &[Opt] = &[
     tau(|| num(hp(FedOptKind::FedYogi).tau)),
 ];
 
+/// QFedAvg's defaults (the required learning rate is never read here).
 fn qfedavg() -> QFedAvgOptions {
     QFedAvgOptions::new(f64::NAN)
 }
