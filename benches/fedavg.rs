@@ -18,7 +18,10 @@
 //!
 //! * `aggregate_train`: reply validation, weight factors, the fold of every
 //!   reply's `.npy` bytes into one f32 accumulator, and the `.npy` encoding
-//!   of the result.
+//!   of the result (Flower's arithmetic; the server's join order).
+//! * `streaming_aggregate_train`: the server's arrival order: each reply
+//!   folded by `StreamingMean` as if it had just arrived, then
+//!   `aggregate_train` of the one mean reply.
 //!
 //! Before the timings it prints the extra peak RSS of one `aggregate_train`
 //! (VmHWM after, minus VmRSS before, with the high-water mark reset through
@@ -194,6 +197,17 @@ fn fedavg_msg(c: &mut Criterion) {
             black_box(
                 strategy
                     .aggregate_train(1, replies.clone())
+                    .expect("aggregate"),
+            )
+        })
+    });
+    group.bench_function("streaming_aggregate_train", |b| {
+        b.iter(|| {
+            let mut fold = msg::StreamingMean::for_strategy(&strategy).expect("mean family");
+            replies.iter().cloned().for_each(|r| fold.add(r));
+            black_box(
+                strategy
+                    .aggregate_train(1, fold.finish())
                     .expect("aggregate"),
             )
         })

@@ -20,13 +20,13 @@
 //! not supported (the strategies keep no restorable state) and is refused.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flower_core::{Parameters, NUMPY_TENSOR_TYPE};
 use flower_strategy::msg::{
     self, ArrayRecord, ConfigRecord, Grid, Message, MetricRecord, MetricValue, MsgStrategy, Reply,
-    RunConfig,
+    RunConfig, StreamingMean,
 };
 use flower_strategy::{ClientId, StrategyError};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -64,6 +64,16 @@ pub struct MsgSetup {
     pub evaluate_config: Option<ConfigRecord>,
 }
 
+/// What the run's strategy wrapper and the grid tell each other about the
+/// current phase.
+#[derive(Debug, Default)]
+struct PhaseShared {
+    /// Fold the next train replies as they arrive, by this weight key.
+    stream_key: Option<String>,
+    /// Replies with content received by the last `send_and_receive`.
+    received: usize,
+}
+
 /// The [`Grid`] of a message-API run over the connected nodes. Its methods
 /// block: it lives on a blocking thread, and drives the exchanges on the
 /// runtime `handle`.
@@ -74,6 +84,7 @@ pub struct ServerGrid {
     rng: ChaCha8Rng,
     config: DriverConfig,
     round: Arc<AtomicU64>,
+    phase: Arc<Mutex<PhaseShared>>,
     stop: watch::Receiver<bool>,
     /// End of the current node wait (set by its first poll).
     wait_deadline: Option<Instant>,
@@ -96,6 +107,7 @@ impl ServerGrid {
             handle,
             config,
             round: Arc::new(AtomicU64::new(0)),
+            phase: Arc::default(),
             stop,
             wait_deadline: None,
             under_way: false,
@@ -110,6 +122,15 @@ impl ServerGrid {
     fn stopped(&self) -> bool {
         *self.stop.borrow()
     }
+
+    fn phase(&self) -> std::sync::MutexGuard<'_, PhaseShared> {
+        lock(&self.phase)
+    }
+}
+
+fn lock(phase: &Mutex<PhaseShared>) -> std::sync::MutexGuard<'_, PhaseShared> {
+    // Plain data: a panic elsewhere cannot leave it inconsistent.
+    phase.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Grid for ServerGrid {
@@ -165,6 +186,8 @@ impl Grid for ServerGrid {
 
     fn send_and_receive(&mut self, messages: Vec<Message>, timeout: f64) -> Vec<Reply> {
         self.wait_deadline = None;
+        let stream_key = self.phase().stream_key.take();
+        self.phase().received = 0;
         if messages.is_empty() {
             return Vec::new();
         }
@@ -195,16 +218,31 @@ impl Grid for ServerGrid {
             }
         }
         let mut stop = self.stop.clone();
-        let mut replies = self.handle.block_on(async move {
+        // Arrival order and a mean-family strategy: each train reply is
+        // folded as it arrives and dropped (memory O(model)).
+        let mut fold = stream_key
+            .filter(|_| self.config.aggregation_order == AggregationOrder::Arrival)
+            .map(StreamingMean::new);
+        let (mut replies, received, fold) = self.handle.block_on(async move {
             let mut replies = Vec::new();
+            let mut received = 0;
             let mut exchanges = exchanges;
             let collect = async {
                 while let Some((node, outcome)) = exchanges.next().await {
                     match outcome {
-                        Ok(content) => replies.push(Reply {
-                            src_node_id: node,
-                            content,
-                        }),
+                        Ok(content) => {
+                            received += usize::from(content.is_ok());
+                            let reply = Reply {
+                                src_node_id: node,
+                                content,
+                            };
+                            // This future runs on the run's blocking
+                            // thread: folding here stalls no async worker.
+                            match fold.as_mut() {
+                                Some(f) => f.add(reply),
+                                None => replies.push(reply),
+                            }
+                        }
                         Err(e) => warn!(round, node, error = %e, "no reply"),
                     }
                 }
@@ -213,8 +251,12 @@ impl Grid for ServerGrid {
                 _ = tokio::time::timeout(timeout, collect) => {}
                 _ = stop.wait_for(|s| *s) => {}
             }
-            replies
+            (replies, received, fold)
         });
+        self.phase().received = received;
+        if let Some(fold) = fold {
+            return fold.finish();
+        }
         if self.config.aggregation_order == AggregationOrder::JoinOrder {
             // Flower folds in arrival order; join order makes the same
             // inputs give the same bits.
@@ -262,6 +304,7 @@ pub fn arrays_to_parameters(record: &ArrayRecord) -> Parameters {
 struct Recorder {
     inner: Box<dyn MsgStrategy>,
     round: Arc<AtomicU64>,
+    phase: Arc<Mutex<PhaseShared>>,
     store: Option<Arc<dyn RunStore>>,
     num_rounds: u64,
     history: History,
@@ -308,10 +351,12 @@ impl Recorder {
     }
 }
 
-/// `(results, failures)` of a phase that sent `sent` messages.
-fn counts(sent: usize, replies: &[Reply]) -> (usize, usize) {
-    let ok = replies.iter().filter(|r| r.content.is_ok()).count();
-    (ok, sent.saturating_sub(ok))
+impl Recorder {
+    /// `(results, failures)` of the phase that just ended.
+    fn counts(&self) -> (usize, usize) {
+        let ok = lock(&self.phase).received;
+        (ok, self.sent.saturating_sub(ok))
+    }
 }
 
 impl MsgStrategy for Recorder {
@@ -339,6 +384,7 @@ impl MsgStrategy for Recorder {
         let messages = self
             .inner
             .configure_train(server_round, arrays, config, grid)?;
+        lock(&self.phase).stream_key = self.inner.streaming_key().map(str::to_owned);
         self.sent = messages.len();
         self.started = Some(Instant::now());
         info!(
@@ -355,7 +401,7 @@ impl MsgStrategy for Recorder {
         replies: Vec<Reply>,
     ) -> Result<(Option<ArrayRecord>, Option<MetricRecord>), StrategyError> {
         self.check_stop()?;
-        let (results, failures) = counts(self.sent, &replies);
+        let (results, failures) = self.counts();
         let (arrays, metrics) = self.inner.aggregate_train(server_round, replies)?;
         let seconds = self.elapsed();
         if let Some(r) = self.record.as_mut() {
@@ -394,7 +440,7 @@ impl MsgStrategy for Recorder {
         replies: Vec<Reply>,
     ) -> Result<Option<MetricRecord>, StrategyError> {
         self.check_stop()?;
-        let (results, failures) = counts(self.sent, &replies);
+        let (results, failures) = self.counts();
         let metrics = self.inner.aggregate_evaluate(server_round, replies)?;
         let seconds = self.elapsed();
         if let Some(m) = &metrics {
@@ -487,6 +533,7 @@ impl MsgDriver {
         let mut recorder = Recorder {
             inner: setup.strategy,
             round: grid.round.clone(),
+            phase: grid.phase.clone(),
             store: self.store.clone(),
             num_rounds: self.config.num_rounds,
             history: History::default(),
@@ -724,31 +771,38 @@ mod tests {
         }
     }
 
+    /// FedAvg over two answering nodes and one failing one, for 2 rounds,
+    /// in join order and (replies folded as they arrive) in arrival order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn fedavg_over_nodes_saves_every_round_and_drops_error_replies() {
-        let manager = ClientManager::default();
-        for (delta, examples, fail) in [(1.0, 10, false), (3.0, 30, false), (0.0, 5, true)] {
-            manager.register(Arc::new(Node {
-                delta,
-                examples,
-                fail,
-            }));
+        for order in [AggregationOrder::JoinOrder, AggregationOrder::Arrival] {
+            let manager = ClientManager::default();
+            for (delta, examples, fail) in [(1.0, 10, false), (3.0, 30, false), (0.0, 5, true)] {
+                manager.register(Arc::new(Node {
+                    delta,
+                    examples,
+                    fail,
+                }));
+            }
+            let store = Arc::new(MemStore::default());
+            let mut c = config(2);
+            c.aggregation_order = order;
+            let mut driver = MsgDriver::new(manager, setup(2), c).with_store(store.clone());
+            let outcome = driver.run(std::future::pending()).await.expect("run");
+            // Each round moves the model by (10·1 + 30·3)/40 = 2.5.
+            assert_eq!(outcome.completed_rounds, 2);
+            let saves = store.saves.lock().expect("lock");
+            assert_eq!(saves.iter().map(|s| s.0).collect::<Vec<_>>(), [0, 1, 2]);
+            let last = ArrayRecord::from_iter([(
+                "w",
+                Array::from_npy(outcome.parameters.tensors[0].clone()).expect("npy"),
+            )]);
+            assert_eq!(values(last.get("w").expect("w")), [6.0, 7.0], "{order:?}");
+            let r = &outcome.history.rounds;
+            assert_eq!((r[1].fit_results, r[1].fit_failures), (2, 1), "{order:?}");
+            assert_eq!((r[1].evaluate_results, r[1].evaluate_failures), (2, 1));
+            assert_eq!(outcome.history.metrics_distributed_fit["round"][1].1, 2.0);
         }
-        let store = Arc::new(MemStore::default());
-        let mut driver = MsgDriver::new(manager, setup(2), config(2)).with_store(store.clone());
-        let outcome = driver.run(std::future::pending()).await.expect("run");
-        // Each round moves the model by (10·1 + 30·3)/40 = 2.5.
-        assert_eq!(outcome.completed_rounds, 2);
-        let saves = store.saves.lock().expect("lock");
-        assert_eq!(saves.iter().map(|s| s.0).collect::<Vec<_>>(), [0, 1, 2]);
-        let last = ArrayRecord::from_iter([(
-            "w",
-            Array::from_npy(outcome.parameters.tensors[0].clone()).expect("npy"),
-        )]);
-        assert_eq!(values(last.get("w").expect("w")), [6.0, 7.0]);
-        let r = &outcome.history.rounds;
-        assert_eq!((r[1].fit_results, r[1].fit_failures), (2, 1));
-        assert_eq!(outcome.history.metrics_distributed_fit["round"][1].1, 2.0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

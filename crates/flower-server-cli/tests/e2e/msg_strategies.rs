@@ -43,7 +43,8 @@ fn counts(out: &Path) -> Vec<(u64, u64, u64)> {
 /// FedAvg with `fraction_train=0.5` and `min_train_nodes=1` over two nodes
 /// (factor 1, 10 examples; factor 3, 30 examples): each round trains one
 /// sampled node, so its shift is that node's delta (1 or 3, as the
-/// aggregated `delta` metric says), and evaluates both.
+/// aggregated `delta` metric says), and evaluates both. In arrival order,
+/// as the server then streams the mean family's train replies.
 #[test]
 fn msg_fedavg_fraction_train_samples_one_node_per_round() {
     let started = Instant::now();
@@ -66,6 +67,9 @@ fn msg_fedavg_fraction_train_samples_one_node_per_round() {
             // After base_args' --min-fit-clients 2: the last one wins.
             "--min-fit-clients",
             "1",
+            // Train replies folded as they arrive (one per round: exact).
+            "--aggregation-order",
+            "arrival",
         ]
         .map(String::from),
     );
