@@ -12,7 +12,9 @@
 //! * [`FleetNode`]: each active SuperNode as a
 //!   [`ClientHandle`](flower_server::ClientHandle) of the round driver; the
 //!   driver's `FitIns`/`EvaluateIns` become `train`/`evaluate` messages
-//!   ([`ContentOptions`] says which records).
+//!   ([`ContentOptions`] says which records); a message-API strategy's
+//!   messages (`ClientHandle::exchange_content`) travel record for record,
+//!   and its replies come back whole (error replies included).
 //!
 //! What a SuperNode sees follows flwr 1.42's SuperLink
 //! (`superlink/servicer/fleet/fleet_handlers.py`,

@@ -6,16 +6,19 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flower_core::{ClientMessage, InstructionKind};
-use flower_message::{inflate, Limits, VerifiedObjects};
+use flower_message::{inflate, Limits, Message, VerifiedObjects};
 use flower_proto as pb;
-use flower_server::{ClientHandle, ClientId, ClientManager, ExchangeError, OutgoingMessage};
+use flower_server::{
+    ClientHandle, ClientId, ClientManager, ContentReply, ExchangeError, OutgoingContent,
+    OutgoingMessage,
+};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::convert::{reply_to_client_message, ContentOptions};
-use crate::outgoing::ContentCache;
+use crate::convert::{reply_content, reply_to_client_message, ContentOptions};
+use crate::outgoing::{ContentCache, SharedContent};
 use crate::state::{LinkState, NodeEvent};
 
 /// flwr's default message TTL (`DEFAULT_TTL`, 12 h), used when the driver
@@ -44,6 +47,7 @@ pub(crate) struct Shared {
     clients: ClientManager,
     registry: Mutex<HashMap<u64, ClientId>>,
     pub(crate) cache: ContentCache,
+    pub(crate) msg_cache: ContentCache<OutgoingContent>,
     pub(crate) content: Arc<ContentOptions>,
     pub(crate) limits: Limits,
     pub(crate) run: RunInfo,
@@ -66,6 +70,7 @@ impl Shared {
             clients,
             registry: Mutex::new(HashMap::new()),
             cache: ContentCache::default(),
+            msg_cache: ContentCache::default(),
             content: Arc::new(content),
             limits,
             run,
@@ -186,6 +191,42 @@ async fn run_exchange(
         .get(&message, &shared.content)
         .await
         .map_err(ExchangeError::Protocol)?;
+    debug!(node_id, kind = %kind, "instruction queued");
+    let message = round_trip(&shared, node_id, &content, timeout).await?;
+    reply_to_client_message(kind, &message, &shared.content)
+        .map_err(|e| ExchangeError::Protocol(flower_server::error_chain(&e)))
+}
+
+/// A message-API instruction, its reply content back as is.
+async fn run_content_exchange(
+    shared: Arc<Shared>,
+    node_id: u64,
+    message: Arc<OutgoingContent>,
+    timeout: Option<Duration>,
+) -> Result<ContentReply, ExchangeError> {
+    let content = shared
+        .msg_cache
+        .get_content(&message)
+        .await
+        .map_err(ExchangeError::Protocol)?;
+    debug!(
+        node_id,
+        round = message.round(),
+        "message-API instruction queued"
+    );
+    let kind = content.message_type();
+    let reply = round_trip(&shared, node_id, &content, timeout).await?;
+    reply_content(kind, &reply).map_err(|e| ExchangeError::Protocol(flower_server::error_chain(&e)))
+}
+
+/// Queues `content` for the node, waits (bounded) for its complete reply
+/// and inflates it.
+async fn round_trip(
+    shared: &Arc<Shared>,
+    node_id: u64,
+    content: &SharedContent,
+    timeout: Option<Duration>,
+) -> Result<Message, ExchangeError> {
     let now = unix_now();
     let ttl = timeout.unwrap_or(DEFAULT_TTL).as_secs_f64();
     let run_id = shared.run.run.run_id;
@@ -198,7 +239,6 @@ async fn run_exchange(
         shared: shared.clone(),
         exchange,
     };
-    debug!(node_id, kind = %kind, "instruction queued");
     let outcome = match timeout {
         Some(t) => tokio::time::timeout(t, rx)
             .await
@@ -217,14 +257,12 @@ async fn run_exchange(
         .acquire()
         .await
         .map_err(|_| ExchangeError::Closed("the Fleet API stopped".into()))?;
-    let message = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         inflate(&reply.tree, &VerifiedObjects(&reply.objects), &limits)
     })
     .await
     .map_err(|e| ExchangeError::Protocol(format!("inflating the reply failed: {e}")))?
-    .map_err(|e| ExchangeError::Protocol(format!("invalid reply: {e}")))?;
-    reply_to_client_message(kind, &message, &shared.content)
-        .map_err(|e| ExchangeError::Protocol(flower_server::error_chain(&e)))
+    .map_err(|e| ExchangeError::Protocol(format!("invalid reply: {e}")))
 }
 
 impl ClientHandle for FleetNode {
@@ -261,5 +299,20 @@ impl ClientHandle for FleetNode {
 
     fn peer(&self) -> String {
         format!("supernode:{}", self.node_id)
+    }
+
+    fn exchange_content(
+        &self,
+        message: Arc<OutgoingContent>,
+        timeout: Option<Duration>,
+    ) -> BoxFuture<'static, Result<ContentReply, ExchangeError>> {
+        let shared = self.shared.upgrade();
+        let node_id = self.node_id;
+        async move {
+            let shared =
+                shared.ok_or_else(|| ExchangeError::Closed("the Fleet API stopped".into()))?;
+            run_content_exchange(shared, node_id, message, timeout).await
+        }
+        .boxed()
     }
 }

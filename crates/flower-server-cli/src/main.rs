@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use flower_fleet::{FleetApi, FleetApp, FleetOptions, MessageFormat};
-use flower_server::{error_chain, read_npz_named, DirectoryStore, Server, ServerError};
+use flower_server::{error_chain, read_npz_named, DirectoryStore, MsgSetup, Server, ServerError};
 use settings::Settings;
 use tracing::{error, info};
 
@@ -77,32 +77,44 @@ async fn run(settings: Settings) -> Result<(), String> {
         }
         None => (None, None),
     };
-    if let Some(seed) = settings.insecure_dp_noise_seed {
-        tracing::warn!(
-            seed,
-            "--insecure-dp-noise-seed: DP noise is predictable from this seed; for tests only"
+    let grpc_bidi = settings.address.is_some() || settings.fleet_api_address.is_none();
+    let mut builder = Server::builder();
+    if settings.message_api() {
+        let setup = msg_setup(&settings, grpc_bidi, initial, array_names.as_deref())?;
+        info!(
+            strategy = setup.strategy.name(),
+            api = "message",
+            rounds = driver_config.num_rounds,
+            "starting"
         );
+        builder = builder.msg_strategy(setup);
+    } else {
+        if let Some(seed) = settings.insecure_dp_noise_seed {
+            tracing::warn!(
+                seed,
+                "--insecure-dp-noise-seed: DP noise is predictable from this seed; for tests only"
+            );
+        }
+        let common = flower_strategy::CommonOptions {
+            // DP noise from the OS unless the explicitly insecure test flag is given.
+            seed: settings.insecure_dp_noise_seed,
+            initial_parameters: initial,
+            ..Default::default()
+        };
+        let strategy = flower_strategy::build_strategy(&settings.strategy_spec(), common)
+            .map_err(|e| e.to_string())?;
+        info!(
+            strategy = strategy.name(),
+            rounds = driver_config.num_rounds,
+            "starting"
+        );
+        builder = builder.boxed_strategy(strategy);
     }
-    let common = flower_strategy::CommonOptions {
-        // DP noise from the OS unless the explicitly insecure test flag is given.
-        seed: settings.insecure_dp_noise_seed,
-        initial_parameters: initial,
-        ..Default::default()
-    };
-    let strategy = flower_strategy::build_strategy(&settings.strategy_spec(), common)
-        .map_err(|e| e.to_string())?;
-    info!(
-        strategy = strategy.name(),
-        rounds = driver_config.num_rounds,
-        "starting"
-    );
 
     // The grpc-bidi port serves unless only the Fleet API was asked for.
-    let grpc_bidi = settings.address.is_some() || settings.fleet_api_address.is_none();
-    let mut builder = Server::builder()
+    builder = builder
         .serve_options(serve_options.clone())
         .grpc_bidi(grpc_bidi)
-        .boxed_strategy(strategy)
         .driver(driver_config)
         .allow_insecure_auth(settings.allow_insecure_auth.unwrap_or(false));
     if insecure {
@@ -245,6 +257,58 @@ async fn fleet_options(
         }
     };
     Ok((fleet, manager))
+}
+
+/// The message-API run of `--strategy-api message`: the strategy, its
+/// configs and the initial model as an ArrayRecord keyed by the `.npz`
+/// names. Refused where message-API messages cannot reach every client.
+fn msg_setup(
+    settings: &Settings,
+    grpc_bidi: bool,
+    initial: Option<flower_core::Parameters>,
+    names: Option<&[String]>,
+) -> Result<MsgSetup, String> {
+    if grpc_bidi {
+        return Err(
+            "--strategy-api message runs SuperNodes only: give --fleet-api-address \
+                    without --address (grpc-bidi clients take legacy strategies)"
+                .into(),
+        );
+    }
+    if settings.fleet_message_format.as_deref() == Some("legacy") {
+        return Err("--strategy-api message needs the modern --fleet-message-format".into());
+    }
+    if settings.insecure_dp_noise_seed.is_some() {
+        return Err(
+            "--insecure-dp-noise-seed applies to legacy strategies only \
+                    (message-API DP noise always comes from the OS)"
+                .into(),
+        );
+    }
+    let (Some(initial), Some(names)) = (initial, names) else {
+        return Err(
+            "--strategy-api message needs --initial-parameters FILE.npz (a \
+                    message-API ClientApp cannot provide the initial model)"
+                .into(),
+        );
+    };
+    let initial_arrays = names
+        .iter()
+        .zip(initial.tensors)
+        .map(|(name, npy)| {
+            flower_strategy::msg::Array::from_npy(npy)
+                .map(|a| (name.clone(), a))
+                .map_err(|e| format!("--initial-parameters array {name:?}: {e}"))
+        })
+        .collect::<Result<flower_strategy::msg::ArrayRecord, String>>()?;
+    let built = flower_strategy::build_msg_strategy(&settings.msg_strategy_spec())
+        .map_err(|e| e.to_string())?;
+    Ok(MsgSetup {
+        strategy: built.strategy,
+        initial_arrays,
+        train_config: built.train_config,
+        evaluate_config: built.evaluate_config,
+    })
 }
 
 /// Completes on SIGINT or SIGTERM (never, when the handlers cannot be set).

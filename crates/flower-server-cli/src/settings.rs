@@ -14,7 +14,7 @@ use flower_server::{AggregationOrder, DriverConfig, ServeOptions, TlsFiles};
 use flower_strategy::StrategySpec;
 use serde::{Deserialize, Serialize};
 
-const AFTER_HELP: &str = "Choosing a strategy: --strategy NAME and --strategy-option KEY=VALUE (repeatable), or in the TOML file `strategy = \"NAME\"` and a [strategy-options] table.";
+const AFTER_HELP: &str = "Choosing a strategy: --strategy NAME and --strategy-option KEY=VALUE (repeatable), or in the TOML file `strategy = \"NAME\"` and a [strategy-options] table. --strategy-api picks the catalog: `legacy` (the default; grpc-bidi clients and legacy-format SuperNodes) or `message` (SuperNodes running message-API ClientApps). A name in both catalogs (fedavg, fedadam, ...) takes the legacy options below under `legacy` and the message-API options further below under `message`.";
 
 /// Flower grpc-bidi server: runs rounds of federated learning with stock
 /// Python Flower clients and flower-rs clients.
@@ -191,6 +191,17 @@ pub(crate) struct Settings {
     #[arg(long, value_name = "PATH")]
     pub(crate) vault_node_keys_path: Option<String>,
 
+    /// Which catalog --strategy names: `legacy` (Flower's
+    /// flwr.server.strategy: grpc-bidi clients, legacy-format SuperNodes) or
+    /// `message` (flwr.serverapp.strategy, for SuperNodes running
+    /// message-API ClientApps: options by their message-API names, e.g.
+    /// fraction_train; needs --fleet-api-address without --address, the
+    /// modern message format and --initial-parameters; no --resume). With
+    /// `message`, --fraction-fit/--fraction-evaluate/--min-*-clients set
+    /// fraction_train/fraction_evaluate/min_*_nodes
+    #[arg(long, value_parser = ["legacy", "message"])]
+    pub(crate) strategy_api: Option<String>,
+
     /// FOR TESTS ONLY: seed the DP wrappers' noise so runs repeat. Anyone
     /// who knows the seed can subtract the noise; it is logged loudly and
     /// never written to disk.
@@ -203,7 +214,11 @@ pub(crate) struct Settings {
 }
 
 fn long_help() -> String {
-    format!("{AFTER_HELP}\n\n{}", flower_strategy::catalog_help())
+    format!(
+        "{AFTER_HELP}\n\n{}\n{}",
+        flower_strategy::catalog_help(),
+        flower_strategy::msg_catalog_help()
+    )
 }
 
 /// Each flag's default, read from the library's `Default` impls (the only
@@ -242,6 +257,7 @@ fn defaults() -> Vec<(&'static str, String)> {
         ("client_wait_timeout", secs(driver.client_wait_timeout)),
         ("rejoin_wait_timeout", secs(driver.rejoin_wait_timeout)),
         ("strategy", DEFAULT_STRATEGY.into()),
+        ("strategy_api", "legacy".into()),
         (
             "aggregation_order",
             aggregation_order_name(driver.aggregation_order).into(),
@@ -404,6 +420,40 @@ impl Settings {
             self.min_available_clients.map(Into::into),
         );
         put("fraction_fit", self.fraction_fit.map(Into::into));
+        put("fraction_evaluate", self.fraction_evaluate.map(Into::into));
+        StrategySpec {
+            name: self
+                .strategy
+                .clone()
+                .unwrap_or_else(|| DEFAULT_STRATEGY.into()),
+            options,
+        }
+    }
+
+    /// True with `--strategy-api message`.
+    pub(crate) fn message_api(&self) -> bool {
+        self.strategy_api.as_deref() == Some("message")
+    }
+
+    /// The message-API strategy spec: `--strategy-option`s, and the
+    /// sampling flags under their message-API names.
+    pub(crate) fn msg_strategy_spec(&self) -> StrategySpec {
+        let mut options = self.strategy_options.clone();
+        let mut put = |k: &str, v: Option<serde_json::Value>| {
+            if let Some(v) = v {
+                options.insert(k.to_string(), v);
+            }
+        };
+        put("min_train_nodes", self.min_fit_clients.map(Into::into));
+        put(
+            "min_evaluate_nodes",
+            self.min_evaluate_clients.map(Into::into),
+        );
+        put(
+            "min_available_nodes",
+            self.min_available_clients.map(Into::into),
+        );
+        put("fraction_train", self.fraction_fit.map(Into::into));
         put("fraction_evaluate", self.fraction_evaluate.map(Into::into));
         StrategySpec {
             name: self

@@ -36,6 +36,7 @@ use tracing::{info, warn};
 
 use crate::grpc::serve::serve;
 use crate::grpc::transport::FlowerTransport;
+use crate::msg_grid::{MsgDriver, MsgSetup};
 use crate::{
     ClientManager, DirectoryStore, DriverConfig, RoundDriver, RunOutcome, RunStore, ServeOptions,
     ServerError, TlsFiles, Transport,
@@ -54,10 +55,18 @@ pub struct ServerBuilder {
     auth: Option<AuthConfig>,
     allow_insecure_auth: bool,
     strategy: Option<Box<dyn Strategy>>,
+    msg: Option<MsgSetup>,
     driver: DriverConfig,
     store: Option<Arc<dyn RunStore>>,
     grpc_bidi: bool,
     transports: Vec<Box<dyn Transport>>,
+}
+
+/// The run a [`Server`] drives: legacy rounds or a message-API strategy.
+#[derive(Debug)]
+enum Driver {
+    Legacy(RoundDriver),
+    Msg(MsgDriver),
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -69,6 +78,10 @@ impl std::fmt::Debug for ServerBuilder {
             .field(
                 "strategy",
                 &self.strategy.as_ref().map(|s| s.name().to_owned()),
+            )
+            .field(
+                "msg_strategy",
+                &self.msg.as_ref().map(|m| m.strategy.name().to_owned()),
             )
             .field("driver", &self.driver)
             .field("store", &self.store)
@@ -89,6 +102,7 @@ impl ServerBuilder {
             auth: None,
             allow_insecure_auth: false,
             strategy: None,
+            msg: None,
             driver: DriverConfig::default(),
             store: None,
             grpc_bidi: true,
@@ -161,6 +175,18 @@ impl ServerBuilder {
         self
     }
 
+    /// Runs a message-API strategy ([`flower_strategy::msg`]) instead of a
+    /// legacy one: for nodes whose transport carries message-API messages
+    /// (the Fleet API's SuperNodes); a grpc-bidi client sampled by it fails
+    /// its exchanges. The driver settings apply (rounds, round timeout as
+    /// the reply timeout, bounded node waits, sampling seed, fold order);
+    /// resuming is refused. Replaces any [`strategy`](Self::strategy).
+    pub fn msg_strategy(mut self, setup: MsgSetup) -> Self {
+        self.msg = Some(setup);
+        self.strategy = None;
+        self
+    }
+
     /// Round settings (rounds, timeouts, waits, seed, resume, fold order).
     pub fn driver(mut self, config: DriverConfig) -> Self {
         self.driver = config;
@@ -182,9 +208,11 @@ impl ServerBuilder {
     /// Loads the tokens, binds the listener and starts serving: clients can
     /// connect from now on; rounds start with [`Server::run`].
     pub async fn bind(self) -> Result<Server, ServerError> {
-        let strategy = self
-            .strategy
-            .ok_or_else(|| ServerError::Config("no strategy given".into()))?;
+        let strategy = match (self.strategy, self.msg) {
+            (Some(s), _) => Ok(s),
+            (None, Some(m)) => Err(m),
+            (None, None) => return Err(ServerError::Config("no strategy given".into())),
+        };
         match (&self.serve.tls, self.insecure) {
             (Some(_), true) => {
                 return Err(ServerError::Config(
@@ -272,15 +300,28 @@ impl ServerBuilder {
             .into_iter()
             .map(|(name, fut)| (name, tokio::spawn(fut)))
             .collect();
-        info!(
-            strategy = strategy.name(),
-            rounds = self.driver.num_rounds,
-            "server ready"
-        );
-        let mut driver = RoundDriver::new(manager.clone(), strategy, self.driver);
-        if let Some(store) = self.store {
-            driver = driver.with_store(store);
-        }
+        let name = match &strategy {
+            Ok(s) => s.name().to_owned(),
+            Err(m) => format!("{} (message API)", m.strategy.name()),
+        };
+        let rounds = self.driver.num_rounds;
+        let driver = match strategy {
+            Ok(strategy) => {
+                let mut d = RoundDriver::new(manager.clone(), strategy, self.driver);
+                if let Some(store) = self.store {
+                    d = d.with_store(store);
+                }
+                Driver::Legacy(d)
+            }
+            Err(setup) => {
+                let mut d = MsgDriver::new(manager.clone(), setup, self.driver);
+                if let Some(store) = self.store {
+                    d = d.with_store(store);
+                }
+                Driver::Msg(d)
+            }
+        };
+        info!(strategy = name, rounds, "server ready");
         Ok(Server {
             local_addr,
             transport_addrs,
@@ -299,7 +340,7 @@ pub struct Server {
     local_addr: SocketAddr,
     transport_addrs: Vec<(&'static str, SocketAddr)>,
     manager: ClientManager,
-    driver: RoundDriver,
+    driver: Driver,
     auth: Option<AuthManager>,
     stop: watch::Sender<bool>,
     serving: Vec<(&'static str, JoinHandle<Result<(), ServerError>>)>,
@@ -351,7 +392,10 @@ impl Server {
         mut self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<RunOutcome, ServerError> {
-        let outcome = self.driver.run(shutdown).await;
+        let outcome = match &mut self.driver {
+            Driver::Legacy(d) => d.run(shutdown).await,
+            Driver::Msg(d) => d.run(shutdown).await,
+        };
         let _ = self.stop.send(true);
         if let Some(auth) = &self.auth {
             auth.shutdown();

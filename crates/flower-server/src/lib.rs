@@ -10,6 +10,9 @@
 //!   [`ClientHandle`] trait and persists through a [`RunStore`].
 //! * [`ClientManager`]: registry of connected clients, bounded waits, seeded
 //!   sampling, the [`UploadGate`].
+//! * [`msg_grid`]: Flower's message-API strategies over the connected
+//!   nodes ([`ServerBuilder::msg_strategy`]), for transports that carry
+//!   their messages ([`ClientHandle::exchange_content`]).
 //! * [`grpc`]: the grpc-bidi transport (`flwr.proto.FlowerService/Join`),
 //!   with [`StreamError`] mapping every refusal to one gRPC status.
 //!
@@ -23,6 +26,7 @@ mod error;
 pub mod grpc;
 mod history;
 mod model_file;
+pub mod msg_grid;
 mod node;
 mod store;
 mod transport;
@@ -39,6 +43,7 @@ pub use history::{scalar_to_json, Checkpoint, History, RoundRecord};
 pub use model_file::{
     parameters_from_npz, parameters_to_npz, parameters_to_npz_named, read_npz_named,
 };
-pub use node::{ClientHandle, ExchangeError, OutgoingMessage};
+pub use msg_grid::{MsgSetup, ServerGrid};
+pub use node::{ClientHandle, ContentReply, ExchangeError, OutgoingContent, OutgoingMessage};
 pub use store::{write_atomic, DirectoryStore, RunStore, SavedRun};
 pub use transport::{BoundTransport, Transport};
