@@ -46,9 +46,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod app;
 mod client;
 mod driver;
 mod error;
+pub mod fleet;
 mod metadata;
 mod numpy;
 mod options;
