@@ -222,9 +222,14 @@ impl Node {
                 .await
             {
                 Ok(_) => {}
-                // 412 "already registered": a rejoin with the same key on a
-                // SuperLink that kept it.
-                Err(Step::Fatal(ClientError::FleetStatus { status: 412, .. })) => {}
+                // 412: the key is already registered (a rejoin on a
+                // SuperLink that kept it), or self-registration is off
+                // (`--enable-supernode-auth`); ActivateNode tells which.
+                Err(Step::Fatal(ClientError::FleetStatus {
+                    status: 412, body, ..
+                })) => {
+                    info!("RegisterNode refused ({body}); trying ActivateNode");
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -504,8 +509,14 @@ impl Node {
         run_id: u64,
         tree: &ObjectTree,
     ) -> Result<HashMap<ObjectId, Bytes>, Step> {
-        let ids = tree.unique_ids();
-        futures::stream::iter(ids.into_iter().map(|id| self.pull_object(run_id, id)))
+        // Collected first: a lazy `map` closure in the stream makes the
+        // future's `Send` bound unprovable (rust-lang/rust#102211).
+        let pulls: Vec<_> = tree
+            .unique_ids()
+            .into_iter()
+            .map(|id| self.pull_object(run_id, id))
+            .collect();
+        futures::stream::iter(pulls)
             .buffer_unordered(OBJECT_CONCURRENCY)
             .try_collect()
             .await
@@ -585,31 +596,22 @@ impl Node {
         let session_id = response.session_id.clone();
         // `deflated.objects` is in post-order: children before parents.
         let this: &Node = self;
-        let pushes = deflated
+        let requests: Vec<pb::PushObjectRequest> = deflated
             .objects
             .iter()
             .filter(|(id, _)| wanted.contains(id.to_string().as_str()))
-            .map(|(id, content)| {
-                let request = pb::PushObjectRequest {
-                    node: this.node(),
-                    run_id,
-                    object_id: id.to_string(),
-                    object_content: content.clone(),
-                    session_id: session_id.clone(),
-                };
-                async move {
-                    let response: pb::PushObjectResponse =
-                        this.invoke("push-object", &request).await?;
-                    if response.stored {
-                        Ok(())
-                    } else {
-                        Err(Step::Drop(format!(
-                            "the SuperLink did not store object {}",
-                            request.object_id
-                        )))
-                    }
-                }
-            });
+            .map(|(id, content)| pb::PushObjectRequest {
+                node: this.node(),
+                run_id,
+                object_id: id.to_string(),
+                object_content: content.clone(),
+                session_id: session_id.clone(),
+            })
+            .collect();
+        let pushes: Vec<_> = requests
+            .into_iter()
+            .map(|request| this.push_object(request))
+            .collect();
         futures::stream::iter(pushes)
             .buffer_unordered(OBJECT_CONCURRENCY)
             .try_collect::<Vec<()>>()
@@ -627,6 +629,20 @@ impl Node {
             deflated.objects.len()
         );
         Ok(())
+    }
+}
+
+impl Node {
+    async fn push_object(&self, request: pb::PushObjectRequest) -> Result<(), Step> {
+        let response: pb::PushObjectResponse = self.invoke("push-object", &request).await?;
+        if response.stored {
+            Ok(())
+        } else {
+            Err(Step::Drop(format!(
+                "the SuperLink did not store object {}",
+                request.object_id
+            )))
+        }
     }
 }
 
