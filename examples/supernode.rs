@@ -15,7 +15,10 @@
 //!   `x + lr * factor`, where `lr` is the message's `config["lr"]` (else the
 //!   run config's `lr`, else 0.1) and `factor` the node config's (default
 //!   1.0); other dtypes come back unchanged. Metrics: `num-examples` = the
-//!   node config's `examples` (default 10) and `delta` = `lr * factor`.
+//!   node config's `examples` (default 10), `delta` = `lr * factor` and
+//!   `server-round` (from the config, 0 if absent): the keys of
+//!   `python/apps/modern`'s ClientApp, since flwr's FedAvg refuses replies
+//!   whose metric keys differ.
 //! * **evaluate**: metrics `num-examples`, `loss` = the mean of every
 //!   element of every float array (in f64), and `factor`.
 //! * **query** and other types: an error reply (no handler).
@@ -81,6 +84,7 @@ impl ClientApp for ShiftApp {
 
     fn train(&mut self, ins: Instruction, ctx: &Context) -> Result<Reply, BoxError> {
         let delta = Self::delta(&ins, ctx);
+        let round = ins.server_round().unwrap_or(0);
         let arrays = ins
             .arrays
             .into_iter()
@@ -96,7 +100,9 @@ impl ClientApp for ShiftApp {
                 (name, shifted)
             })
             .collect();
-        Ok(Reply::train(arrays, Self::examples(ctx)).metric("delta", delta))
+        Ok(Reply::train(arrays, Self::examples(ctx))
+            .metric("delta", delta)
+            .metric("server-round", round))
     }
 
     fn evaluate(&mut self, ins: Instruction, ctx: &Context) -> Result<Reply, BoxError> {

@@ -28,7 +28,8 @@ const RUN_LIMIT: Duration = Duration::from_secs(150);
 
 /// `x + lr * factor` for float arrays (lr from the message config, else the
 /// run config, else 0.1); weight = node config `examples` (default 10);
-/// evaluate: `loss` = mean of all float elements.
+/// evaluate: `loss` = mean of all float elements. Metric keys as the
+/// modern app's Python ClientApp (FedAvg needs identical keys).
 pub(crate) struct ShiftApp;
 
 impl ShiftApp {
@@ -48,6 +49,7 @@ impl ShiftApp {
 impl ClientApp for ShiftApp {
     fn train(&mut self, ins: Instruction, ctx: &Context) -> Result<Reply, BoxError> {
         let d = Self::delta(&ins, ctx);
+        let round = ins.server_round().unwrap_or(0);
         let arrays = ins
             .arrays
             .into_iter()
@@ -60,7 +62,9 @@ impl ClientApp for ShiftApp {
                 (name, a)
             })
             .collect();
-        Ok(Reply::train(arrays, Self::examples(ctx)).metric("delta", d))
+        Ok(Reply::train(arrays, Self::examples(ctx))
+            .metric("delta", d)
+            .metric("server-round", round))
     }
 
     fn evaluate(&mut self, ins: Instruction, ctx: &Context) -> Result<Reply, BoxError> {
@@ -74,7 +78,9 @@ impl ClientApp for ShiftApp {
             })
             .collect();
         let loss = values.iter().sum::<f64>() / values.len().max(1) as f64;
-        Ok(Reply::evaluate(Self::examples(ctx)).metric("loss", loss))
+        Ok(Reply::evaluate(Self::examples(ctx))
+            .metric("loss", loss)
+            .metric("factor", ctx.node_f64("factor").unwrap_or(1.0)))
     }
 }
 
@@ -149,7 +155,7 @@ fn assert_shifted(finals: &[(String, Vec<f64>)], name: &str, initial: &[f64], sh
     let got = &finals
         .iter()
         .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("no final {name} in {finals:?}"))
+        .unwrap_or_else(|| panic!("no final {name} in {finals:?}; see the flwr run output above"))
         .1;
     let want: Vec<f64> = initial.iter().map(|v| v + shift).collect();
     assert_eq!(got.len(), want.len(), "{name}: {got:?} vs {want:?}");
@@ -194,6 +200,13 @@ fn rust_and_python_supernodes_on_a_stock_superlink_over_tls() {
     };
     let output = run.wait(RUN_LIMIT);
     let finals = final_arrays(&output);
+    if finals.is_empty() {
+        eprintln!(
+            "flwr run output:\n{output}\n--- SuperLink ---\n{}\n--- Python SuperNode ---\n{}",
+            link.log(),
+            python.log()
+        );
+    }
     assert_shifted(&finals, "w", &W0, 2.0 * 1.375);
     assert_shifted(&finals, "b", &B0, 2.0 * 1.375);
     for node in [a, b] {
@@ -260,6 +273,12 @@ fn registered_keys_and_a_model_above_five_mib() {
     };
     let output = run.wait(RUN_LIMIT);
     let finals = final_arrays(&output);
+    if finals.is_empty() {
+        eprintln!(
+            "flwr run output:\n{output}\n--- SuperLink ---\n{}",
+            link.log()
+        );
+    }
     assert_shifted(&finals, "w", &W0, 1.25);
     assert_shifted(&finals, "b", &B0, 1.25);
     // `big` is printed as [size, min, max].
