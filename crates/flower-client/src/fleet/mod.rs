@@ -1,6 +1,6 @@
 //! A Rust SuperNode: joins a stock `flower-superlink` 1.42 (or flower-rs's
 //! own `flower-server --fleet-api-address`) over Flower's HTTP Fleet API and
-//! answers its messages with a Rust [`ClientApp`](crate::app::ClientApp).
+//! answers its messages with a Rust [`ClientApp`].
 //!
 //! The node speaks the same protocol, at the same cadence, as flwr's
 //! `flower-supernode` (`supernode/fleet_http_connection.py`,

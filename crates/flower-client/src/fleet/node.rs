@@ -473,16 +473,17 @@ impl Node {
             })
             .collect::<Vec<_>>();
         let overrides = UserConfig::from_scalars(overrides).unwrap_or_default();
-        let run_config = Fab::from_bytes(fab.content)
-            .and_then(|fab| RunConfig::new(&fab, overrides.clone()))
-            .map(|c| c.values().clone())
-            .unwrap_or_else(|e| {
-                warn!(
-                    run_id,
-                    "cannot read the run's FAB ({e}); run config = overrides only"
-                );
-                overrides
-            });
+        let parsed = match Fab::from_bytes(fab.content) {
+            Ok(fab) => RunConfig::new(&fab, overrides.clone()).map(|c| c.values().clone()),
+            Err(e) => Err(e),
+        };
+        let run_config = parsed.unwrap_or_else(|e| {
+            warn!(
+                run_id,
+                "cannot read the run's FAB ({e}); run config = overrides only"
+            );
+            overrides
+        });
         info!(
             run_id,
             "run {run_id} runs app {} {} (FAB {}): not executed here, served by Rust ClientApp `{app_name}`",
