@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -81,7 +81,9 @@ pub(super) struct Node {
     options: SuperNodeOptions,
     transport: Arc<Transport>,
     node_id: Arc<AtomicU64>,
-    forgotten: Arc<AtomicBool>,
+    /// The node id a heartbeat found unknown (0: none): rejoin if it is
+    /// still the current one.
+    forgotten: Arc<AtomicU64>,
     runs: HashMap<u64, RunInfo>,
     summary: SuperNodeSummary,
     shutdown: watch::Receiver<bool>,
@@ -95,7 +97,7 @@ impl Node {
             options,
             transport: Arc::new(transport),
             node_id: Arc::new(AtomicU64::new(0)),
-            forgotten: Arc::new(AtomicBool::new(false)),
+            forgotten: Arc::new(AtomicU64::new(0)),
             runs: HashMap::new(),
             summary: SuperNodeSummary::default(),
             shutdown: rx,
@@ -154,7 +156,8 @@ impl Node {
             if *self.shutdown.borrow() {
                 break Ok(());
             }
-            if self.forgotten.swap(false, Ordering::SeqCst) {
+            let rejected = self.forgotten.swap(0, Ordering::SeqCst);
+            if rejected != 0 && rejected == self.node_id.load(Ordering::SeqCst) {
                 match self
                     .rejoin(&mut rejoins, "heartbeat not recognized".into())
                     .await
@@ -283,10 +286,9 @@ impl Node {
         tokio::spawn(async move {
             let mut failures = 0u32;
             loop {
+                let id = node_id.load(Ordering::SeqCst);
                 let request = pb::SendNodeHeartbeatRequest {
-                    node: Some(pb::Node {
-                        node_id: node_id.load(Ordering::SeqCst),
-                    }),
+                    node: Some(pb::Node { node_id: id }),
                     heartbeat_interval: HEARTBEAT_INTERVAL,
                 };
                 let wait = match transport
@@ -303,11 +305,11 @@ impl Node {
                         Duration::from_secs_f64((HEARTBEAT_INTERVAL - 5.0) * factor)
                     }
                     Ok(_) => {
-                        forgotten.store(true, Ordering::SeqCst);
+                        forgotten.store(id, Ordering::SeqCst);
                         Duration::from_secs(1)
                     }
                     Err(CallError::Status { status, .. }) if status == StatusCode::UNAUTHORIZED => {
-                        forgotten.store(true, Ordering::SeqCst);
+                        forgotten.store(id, Ordering::SeqCst);
                         Duration::from_secs(1)
                     }
                     Err(e) => {

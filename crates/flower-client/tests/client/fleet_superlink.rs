@@ -294,3 +294,67 @@ fn registered_keys_and_a_model_above_five_mib() {
         );
     }
 }
+
+/// The SuperLink is killed (SIGKILL, in-memory state lost) after two Rust
+/// nodes joined, and restarted on the same port: the nodes retry, find
+/// themselves unknown (401), join again and serve a new run, one round:
+/// deltas 0.5 (n=10) and 1.0 (n=30), D = 0.875.
+#[test]
+fn rust_supernodes_rejoin_a_restarted_superlink() {
+    crate::init_tracing();
+    let certs = DevCertificates::generate();
+    let Some(mut link) = SuperLink::builder().tls(&certs).start() else {
+        return;
+    };
+    let rt = runtime();
+    let a = RustNode::spawn(
+        &rt,
+        options(&link, &certs, "factor=1 examples=10"),
+        ShiftApp,
+    );
+    let b = RustNode::spawn(
+        &rt,
+        options(&link, &certs, "factor=2 examples=30"),
+        ShiftApp,
+    );
+    assert!(
+        link.wait_for_log("Activated node_id", 2, Duration::from_secs(30)),
+        "nodes did not join:\n{}",
+        link.log()
+    );
+    let port = link.port();
+    link.kill();
+    drop(link);
+    // Long enough for the nodes to notice (connection refused, retried).
+    std::thread::sleep(Duration::from_secs(2));
+    let Some(link) = SuperLink::builder().tls(&certs).port(port).start() else {
+        return;
+    };
+    assert!(
+        link.wait_for_log("Activated node_id", 2, Duration::from_secs(60)),
+        "nodes did not rejoin:\n{}",
+        link.log()
+    );
+    let Some(run) = link.run(&app_dir("modern"), "lr=0.5 num-server-rounds=1") else {
+        return;
+    };
+    let output = run.wait(RUN_LIMIT);
+    let finals = final_arrays(&output);
+    if finals.is_empty() {
+        eprintln!(
+            "flwr run output:\n{output}\n--- SuperLink ---\n{}",
+            link.log()
+        );
+    }
+    assert_shifted(&finals, "w", &W0, 0.875);
+    assert_shifted(&finals, "b", &B0, 0.875);
+    for node in [a, b] {
+        let summary = node.stop(&rt).expect("clean stop");
+        assert_eq!(summary.rejoins, 1, "{summary:?}");
+        assert_eq!(
+            (summary.replies, summary.error_replies),
+            (2, 0),
+            "{summary:?}"
+        );
+    }
+}
