@@ -197,3 +197,52 @@ fn numpy_client_answers_legacy_instructions_on_our_fleet_api() {
         assert_eq!(summary.error_replies, 0, "{summary:?}");
     }
 }
+
+/// As the stock SuperNode: an explicit key is refused with `--insecure`
+/// before anything is sent; a bad key file and a bad `--node-config` are
+/// option errors.
+#[test]
+fn invalid_supernode_options_are_refused_up_front() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |options: SuperNodeOptions| {
+        rt.block_on(flower_client::fleet::run_supernode(
+            options,
+            NumPyClientApp::new(PlusOne),
+            futures::future::pending(),
+        ))
+    };
+    if let Some(key) =
+        flower_testkit::flwr::generate_node_key(dir.path(), flower_testkit::flwr::Curve::P384)
+    {
+        // Nothing listens on port 1: only the up-front check can answer.
+        let err = run(SuperNodeOptions::new("127.0.0.1:1")
+            .insecure()
+            .auth_private_key(&key.private_key))
+        .expect_err("refused");
+        assert!(
+            matches!(err, flower_client::ClientError::InsecureCredentials),
+            "{err}"
+        );
+    }
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, "not a key").expect("write");
+    let err =
+        run(SuperNodeOptions::new("127.0.0.1:1").auth_private_key(&garbage)).expect_err("refused");
+    assert!(
+        matches!(err, flower_client::ClientError::NodeKey(_)),
+        "{err}"
+    );
+    let err = SuperNodeOptions::new("h:1")
+        .node_config("a=[1")
+        .expect_err("bad TOML");
+    assert!(err.to_string().contains("--node-config"), "{err}");
+    let err = run(SuperNodeOptions::new("no-port").insecure()).expect_err("bad address");
+    assert!(
+        matches!(err, flower_client::ClientError::InvalidOptions(_)),
+        "{err}"
+    );
+}
