@@ -13,6 +13,7 @@ mod trainer;
 mod channel_options;
 mod client_errors;
 mod dtypes;
+mod fleet_retries;
 mod fleet_server;
 mod fleet_superlink;
 mod python_server;
