@@ -358,3 +358,94 @@ fn rust_supernodes_rejoin_a_restarted_superlink() {
         );
     }
 }
+
+/// The legacy app's `NumPyClient` arithmetic in Rust: fit adds
+/// `delta = factor` (local-epochs = scale = 1) and reports `{"delta"}`;
+/// evaluate reports the mean of all elements as loss and `{"loss",
+/// "factor"}`.
+struct LegacyTwin {
+    factor: f64,
+    examples: u64,
+}
+
+impl flower_client::NumPyClient for LegacyTwin {
+    fn fit(
+        &mut self,
+        parameters: Vec<NdArray>,
+        _config: &flower_core::Config,
+    ) -> Result<(Vec<NdArray>, u64, flower_core::Metrics), BoxError> {
+        let d = self.factor;
+        let out = parameters
+            .into_iter()
+            .map(|p| match p {
+                NdArray::F32(x) => NdArray::F32(x.mapv(|v| (f64::from(v) + d) as f32)),
+                NdArray::F64(x) => NdArray::F64(x + d),
+                other => other,
+            })
+            .collect();
+        let metrics = [("delta".to_owned(), flower_core::Scalar::Double(d))].into();
+        Ok((out, self.examples, metrics))
+    }
+
+    fn evaluate(
+        &mut self,
+        parameters: Vec<NdArray>,
+        _config: &flower_core::Config,
+    ) -> Result<(f64, u64, flower_core::Metrics), BoxError> {
+        let values: Vec<f64> = parameters
+            .iter()
+            .flat_map(|a| match a {
+                NdArray::F32(x) => x.iter().map(|v| f64::from(*v)).collect::<Vec<_>>(),
+                NdArray::F64(x) => x.iter().copied().collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let loss = values.iter().sum::<f64>() / values.len().max(1) as f64;
+        let metrics = [
+            ("loss".to_owned(), flower_core::Scalar::Double(loss)),
+            (
+                "factor".to_owned(),
+                flower_core::Scalar::Double(self.factor),
+            ),
+        ]
+        .into();
+        Ok((loss, self.examples, metrics))
+    }
+}
+
+/// An unchanged `NumPyClient` (through `NumPyClientApp`) on a stock
+/// SuperLink running the legacy app's `ServerApp(server_fn=...)` with the
+/// stock legacy `FedAvg`: instructions and replies use flwr's compat keys.
+/// D = (10·1 + 30·3)/40 = 2.5, so the distributed losses are 4.375 and
+/// 6.875 (1.875 + r·D).
+#[test]
+fn numpy_client_on_a_stock_superlink_running_a_legacy_strategy() {
+    crate::init_tracing();
+    let certs = DevCertificates::generate();
+    let Some(link) = SuperLink::builder().tls(&certs).start() else {
+        return;
+    };
+    let rt = runtime();
+    let nodes = [(1.0, 10), (3.0, 30)].map(|(factor, examples)| {
+        RustNode::spawn(
+            &rt,
+            options(&link, &certs, ""),
+            flower_client::app::NumPyClientApp::new(LegacyTwin { factor, examples }),
+        )
+    });
+    let Some(run) = link.run(&app_dir("legacy"), "") else {
+        return;
+    };
+    let output = run.wait(RUN_LIMIT);
+    for expected in ["round 1: 4.375", "round 2: 6.875"] {
+        assert!(output.contains(expected), "{expected:?} missing:\n{output}");
+    }
+    for node in nodes {
+        let summary = node.stop(&rt).expect("clean stop");
+        assert_eq!(
+            (summary.replies, summary.error_replies),
+            (4, 0),
+            "{summary:?}"
+        );
+    }
+}
