@@ -525,18 +525,19 @@ pub fn to_config(record: &ConfigRecord) -> Config {
 /// Scalars as a ConfigRecord (every `Scalar` fits).
 fn from_scalars(map: &flower_core::ScalarMap) -> ConfigRecord {
     map.iter()
-        .map(|(k, v)| {
-            let value = match v {
-                Scalar::Bool(b) => ConfigValue::Bool(*b),
-                Scalar::Bytes(b) => ConfigValue::Bytes(b.clone().into()),
-                Scalar::Double(d) => ConfigValue::Double(*d),
-                Scalar::Sint64(i) => ConfigValue::Sint64(*i),
-                Scalar::Uint64(u) => ConfigValue::Uint64(*u),
-                Scalar::String(s) => ConfigValue::String(s.clone()),
-            };
-            (k.clone(), value)
-        })
+        .map(|(k, v)| (k.clone(), scalar_to_config(v)))
         .collect()
+}
+
+fn scalar_to_config(v: &Scalar) -> ConfigValue {
+    match v {
+        Scalar::Bool(b) => ConfigValue::Bool(*b),
+        Scalar::Bytes(b) => ConfigValue::Bytes(b.clone().into()),
+        Scalar::Double(d) => ConfigValue::Double(*d),
+        Scalar::Sint64(i) => ConfigValue::Sint64(*i),
+        Scalar::Uint64(u) => ConfigValue::Uint64(*u),
+        Scalar::String(s) => ConfigValue::String(s.clone()),
+    }
 }
 
 /// Adds `metrics` to a reply: numbers to its MetricRecord, the rest to its
@@ -555,9 +556,7 @@ fn with_metrics(mut reply: Reply, metrics: &Metrics) -> Reply {
                 reply.metrics.insert(k.clone(), MetricValue::Uint64(*u));
             }
             _ => {
-                other.extend(from_scalars(
-                    &[(k.clone(), v.clone())].into_iter().collect(),
-                ));
+                other.insert(k.clone(), scalar_to_config(v));
             }
         }
     }
