@@ -469,6 +469,24 @@ impl NodeSigningKey {
         }
     }
 
+    /// A key from its curve and big-endian secret scalar (as OpenSSH
+    /// stores it; P-521 scalars may carry a leading zero byte).
+    ///
+    /// # Errors
+    /// [`NodeAuthError::InvalidKey`] when the bytes are not a valid scalar.
+    pub(crate) fn from_secret_bytes(
+        curve: NodeKeyCurve,
+        bytes: &[u8],
+    ) -> Result<Self, NodeAuthError> {
+        let bad = |e| NodeAuthError::invalid_key("not a valid ECDSA private scalar", e);
+        let secret = match curve {
+            NodeKeyCurve::P256 => Secret::P256(p256::SecretKey::from_slice(bytes).map_err(bad)?),
+            NodeKeyCurve::P384 => Secret::P384(p384::SecretKey::from_slice(bytes).map_err(bad)?),
+            NodeKeyCurve::P521 => Secret::P521(p521::SecretKey::from_slice(bytes).map_err(bad)?),
+        };
+        Ok(Self::from_secret(secret))
+    }
+
     /// Parses an unencrypted PKCS#8 PEM private key
     /// (`-----BEGIN PRIVATE KEY-----`, flwr's `private_key_to_bytes`).
     ///
