@@ -4,10 +4,12 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::{ready, Either, Ready};
 use tower::{Layer, Service};
 
+use crate::log_limit::{truncate_for_log, LogLimiter};
 use crate::secret::Fingerprint;
 use crate::token_set::TokenStore;
 
@@ -131,13 +133,13 @@ where
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let path = request.uri().path();
         if bypasses_auth(path) {
-            tracing::debug!(method = path, "method bypasses authentication");
+            tracing::debug!(method = %truncate_for_log(path), "method bypasses authentication");
             return Either::Right(self.inner.call(request));
         }
         match check(&self.store, request.headers()) {
             Ok(peer) => {
                 tracing::debug!(
-                    method = path,
+                    method = %truncate_for_log(path),
                     peer = %DisplayPeer(remote_addr(&request)),
                     token = %peer.fingerprint(),
                     "authenticated call"
@@ -146,26 +148,44 @@ where
                 Either::Right(self.inner.call(request))
             }
             Err(refusal) => {
-                let peer = DisplayPeer(remote_addr(&request));
-                match refusal {
-                    Refusal::Missing => {
-                        tracing::warn!(method = path, %peer, "refused call: no bearer token")
-                    }
-                    Refusal::Malformed => tracing::warn!(
-                        method = path,
-                        %peer,
-                        "refused call: malformed authorization header"
-                    ),
-                    Refusal::Unknown(fp) => tracing::warn!(
-                        method = path,
-                        %peer,
-                        token = %fp,
-                        "refused call: unknown or revoked token"
-                    ),
+                if let Some(suppressed) = REFUSALS.admit() {
+                    log_refusal(refusal, path, remote_addr(&request), suppressed);
                 }
                 Either::Left(ready(Ok(invalid_token_status().into_http())))
             }
         }
+    }
+}
+
+/// Refused calls logged per interval; the rest are counted, and the next
+/// line logged reports the count.
+static REFUSALS: LogLimiter = LogLimiter::new(Duration::from_secs(10), 5);
+
+fn log_refusal(refusal: Refusal, path: &str, peer: Option<SocketAddr>, suppressed: u64) {
+    if suppressed > 0 {
+        tracing::warn!(
+            suppressed,
+            "{suppressed} more calls were refused (not logged: at most 5 lines per {} s)",
+            REFUSALS.interval().as_secs()
+        );
+    }
+    let method = truncate_for_log(path);
+    let peer = DisplayPeer(peer);
+    match refusal {
+        Refusal::Missing => {
+            tracing::warn!(method = %method, %peer, "refused call: no bearer token")
+        }
+        Refusal::Malformed => tracing::warn!(
+            method = %method,
+            %peer,
+            "refused call: malformed authorization header"
+        ),
+        Refusal::Unknown(fp) => tracing::warn!(
+            method = %method,
+            %peer,
+            token = %fp,
+            "refused call: unknown or revoked token"
+        ),
     }
 }
 

@@ -47,6 +47,8 @@
 //! * [`AuthManager`]: first load, reloads, revocation.
 //! * [`AuthConfig`], [`AuthFlags`], [`VaultConfig`], [`token_store_from`]:
 //!   configuration (the server CLI maps onto [`AuthFlags`]).
+//! * [`log_limit`]: bounded, aggregated refusal logging (shared with the
+//!   server's listeners).
 //! * [`node`]: SuperNode (Fleet API) request signatures and the authorized
 //!   node keys of `--enable-supernode-auth`.
 
@@ -56,6 +58,7 @@ mod client;
 mod config;
 mod error;
 mod layer;
+pub mod log_limit;
 mod manager;
 pub mod node;
 mod revocable;

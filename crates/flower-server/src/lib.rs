@@ -10,6 +10,8 @@
 //!   [`ClientHandle`] trait and persists through a [`RunStore`].
 //! * [`ClientManager`]: registry of connected clients, bounded waits, seeded
 //!   sampling, the [`UploadGate`].
+//! * [`listener`]: the hardened accept loop (connection cap, handshake and
+//!   preface timeouts, keepalive, accept back-off) of both ports.
 //! * [`grpc`]: the grpc-bidi transport (`flwr.proto.FlowerService/Join`),
 //!   with [`StreamError`] mapping every refusal to one gRPC status.
 //!
@@ -22,6 +24,7 @@ mod driver;
 mod error;
 pub mod grpc;
 mod history;
+pub mod listener;
 mod model_file;
 mod node;
 mod store;
