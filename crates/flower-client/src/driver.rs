@@ -247,6 +247,7 @@ impl<C: Client + Send + 'static> Driver<C> {
             info!(server = %p.uri, "joined");
         }
 
+        let mut replied = false;
         loop {
             let message = match inbound.message().await {
                 Ok(Some(m)) => m,
@@ -257,8 +258,12 @@ impl<C: Client + Send + 'static> Driver<C> {
                 }
                 Err(status) => return classify_status(status, &self.prepared.uri),
             };
-            // The server is alive and talking: a later failure is a new streak.
-            self.retry.reset();
+            // A streak of failures ends only once the server has taken one of
+            // our replies and asked for more: a server that sends a message
+            // and drops the stream must not reset `max_retries` forever.
+            if replied {
+                self.retry.reset();
+            }
             let message = match ServerMessage::try_from(message) {
                 Ok(m) => m,
                 Err(e) => {
@@ -309,6 +314,8 @@ impl<C: Client + Send + 'static> Driver<C> {
             if tx.send(reply.into()).await.is_err() {
                 // The request stream is gone; the response stream tells why.
                 debug!("request stream closed while sending a reply");
+            } else {
+                replied = true;
             }
         }
     }
