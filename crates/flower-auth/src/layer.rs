@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -64,6 +65,7 @@ pub fn bypasses_auth(path: &str) -> bool {
 #[derive(Clone)]
 pub struct AuthLayer {
     store: TokenStore,
+    refusals: Arc<LogLimiter>,
 }
 
 impl AuthLayer {
@@ -71,7 +73,10 @@ impl AuthLayer {
     /// time; every call sees the set current when it arrives).
     #[must_use]
     pub fn new(store: TokenStore) -> Self {
-        Self { store }
+        Self {
+            store,
+            refusals: Arc::new(LogLimiter::new(REFUSAL_LOG_INTERVAL, REFUSAL_LOG_BURST)),
+        }
     }
 }
 
@@ -90,6 +95,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             store: self.store.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -99,6 +105,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     store: TokenStore,
+    refusals: Arc<LogLimiter>,
 }
 
 impl<S> fmt::Debug for AuthService<S> {
@@ -148,7 +155,7 @@ where
                 Either::Right(self.inner.call(request))
             }
             Err(refusal) => {
-                if let Some(suppressed) = REFUSALS.admit() {
+                if let Some(suppressed) = self.refusals.admit() {
                     log_refusal(refusal, path, remote_addr(&request), suppressed);
                 }
                 Either::Left(ready(Ok(invalid_token_status().into_http())))
@@ -157,16 +164,18 @@ where
     }
 }
 
-/// Refused calls logged per interval; the rest are counted, and the next
-/// line logged reports the count.
-static REFUSALS: LogLimiter = LogLimiter::new(Duration::from_secs(10), 5);
+/// Refused calls logged per interval (per layer, i.e. per server); the rest
+/// are counted, and the next line logged reports the count.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// See [`REFUSAL_LOG_INTERVAL`].
+const REFUSAL_LOG_BURST: u32 = 5;
 
 fn log_refusal(refusal: Refusal, path: &str, peer: Option<SocketAddr>, suppressed: u64) {
     if suppressed > 0 {
         tracing::warn!(
             suppressed,
-            "{suppressed} more calls were refused (not logged: at most 5 lines per {} s)",
-            REFUSALS.interval().as_secs()
+            "{suppressed} more calls were refused (not logged: at most {REFUSAL_LOG_BURST} lines per {} s)",
+            REFUSAL_LOG_INTERVAL.as_secs()
         );
     }
     let method = truncate_for_log(path);

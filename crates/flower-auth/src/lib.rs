@@ -71,13 +71,16 @@ pub use client::{
     ensure_secure_transport, is_tls_uri, BearerCredentials, BearerCredentialsBuilder,
     DEFAULT_CLIENT_HEADER,
 };
-pub use config::{token_store_from, AuthConfig, AuthConfigBuilder, AuthFlags, TokenSourceConfig};
+pub use config::{
+    token_store_from, AuthConfig, AuthConfigBuilder, AuthFlags, TokenSourceConfig,
+    DEFAULT_MAX_TOKEN_STALENESS,
+};
 pub use error::AuthError;
 pub use layer::{
     bypasses_auth, invalid_token_status, AuthLayer, AuthService, AUTH_HEADERS,
     INVALID_TOKEN_MESSAGE, UNAUTHENTICATED_SUFFIX,
 };
-pub use manager::{AuthManager, ReloadOptions};
+pub use manager::{AuthManager, ReloadOptions, MIN_RECOMMENDED_TOKEN_BYTES};
 pub use revocable::{close_on_revocation, RevocableStream};
 pub use secret::{Fingerprint, SecretString};
 pub use source::{FileTokens, StaticTokens, TokenSource};

@@ -115,8 +115,14 @@ pub(crate) struct Settings {
     #[arg(long)]
     pub(crate) seed: Option<u64>,
     /// Accept this bearer token (`authorization` or `x-authorization:
-    /// Bearer <T>`); repeatable.
-    #[arg(long = "token", value_name = "T")]
+    /// Bearer <T>`); repeatable. Visible in `ps`: prefer the environment
+    /// variable (one token) or --token-file.
+    #[arg(
+        long = "token",
+        value_name = "T",
+        env = "FLOWER_SERVER_TOKEN",
+        hide_env_values = true
+    )]
     pub(crate) token: Vec<String>,
     /// Accept the tokens in this file (one per line; SIGUSR1 re-reads it).
     #[arg(long, value_name = "FILE")]
@@ -175,6 +181,12 @@ pub(crate) struct Settings {
     /// before its stream is cut (the reply fails) [default: 30]
     #[arg(long, value_name = "SECS")]
     pub(crate) upload_idle_timeout: Option<f64>,
+    /// Refuse every token once no token reload has succeeded for this many
+    /// seconds (fail closed; tokens come back with the next successful
+    /// reload); 0 = no bound. Applies to periodic reloads (Vault)
+    /// [default: 3600 with periodic reloads]
+    #[arg(long, value_name = "SECS")]
+    pub(crate) max_token_staleness: Option<f64>,
     /// Require TLS client certificates signed by --ssl-ca-certfile (mutual
     /// TLS on the grpc-bidi port).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
@@ -495,6 +507,14 @@ impl Settings {
             deployment_id: self.deployment_id.clone(),
             vault_refresh_interval: refresh,
             vault_ca_cert: self.vault_ca_cert.clone(),
+            max_token_staleness: self
+                .max_token_staleness
+                .map(|v| {
+                    Duration::try_from_secs_f64(v).map_err(|_| {
+                        "--max-token-staleness must be a non-negative number of seconds".to_string()
+                    })
+                })
+                .transpose()?,
         })
     }
 
