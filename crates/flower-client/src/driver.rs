@@ -13,9 +13,14 @@ use tonic::codec::Streaming;
 use tracing::{debug, info, warn};
 
 use crate::client::{handle_message, Client};
+use crate::inbound::Framed;
 use crate::options::{error_chain, Prepared};
 use crate::retry::{Decision, RetryState};
 use crate::{ClientError, ClientOptions};
+
+/// A server message that has begun to arrive must keep coming: less than
+/// 64 KiB in this long fails the session (and the client retries).
+const SERVER_MESSAGE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What one run of [`start_client`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -230,6 +235,13 @@ impl<C: Client + Send + 'static> Driver<C> {
             Ok(c) => c,
             Err(e) => return classify_connect_error(&e, &p.uri),
         };
+        // Server messages are assembled as their bytes arrive, not reserved
+        // from their length prefix (see `inbound`).
+        let channel = Framed::new(
+            channel,
+            p.max_decoding_message_size,
+            SERVER_MESSAGE_IDLE_TIMEOUT,
+        );
         let mut grpc = FlowerServiceClient::with_interceptor(channel, p.metadata.clone())
             .max_decoding_message_size(p.max_decoding_message_size)
             .max_encoding_message_size(p.max_encoding_message_size);

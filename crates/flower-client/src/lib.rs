@@ -49,6 +49,7 @@
 mod client;
 mod driver;
 mod error;
+mod inbound;
 mod metadata;
 mod numpy;
 mod options;
