@@ -167,7 +167,7 @@ pub(crate) struct Settings {
     // --- Hardening (issue 15): connection limits, uploads, auth. ---
     /// Most connections open at once, per port (lowered to what the open
     /// file limit allows); connections beyond it are closed at once
-    /// [default: 10000]
+    /// [default: 20000]
     #[arg(long, value_name = "N")]
     pub(crate) max_connections: Option<usize>,
     /// Seconds a new connection has to complete its TLS handshake and HTTP/2
