@@ -302,6 +302,7 @@ fn check_reply(
 mod tests {
     use super::*;
     use flower_core::{ClientMessage, DisconnectRes, Reason};
+    use tokio_stream::StreamExt as _;
 
     #[test]
     fn a_reply_must_answer_its_instruction() {
@@ -320,5 +321,102 @@ mod tests {
             check_reply(InstructionKind::Evaluate, empty),
             Err(ExchangeError::Protocol(_))
         ));
+    }
+
+    /// A body fed by the test through a channel.
+    fn channel_body() -> (
+        mpsc::UnboundedSender<Vec<u8>>,
+        impl http_body::Body<Data = Bytes, Error = Status> + Send + 'static,
+    ) {
+        use http_body_util::BodyExt;
+        let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let frames = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+            .map(|c| Ok::<_, Status>(http_body::Frame::data(Bytes::from(c))));
+        (tx, http_body_util::StreamBody::new(frames).boxed())
+    }
+
+    fn fit_res_wire(n: usize) -> Vec<u8> {
+        let message: pb::ClientMessage = ClientMessage::Fit(flower_core::FitRes {
+            status: flower_core::Status::success(),
+            parameters: flower_core::Parameters {
+                tensors: vec![Bytes::from(vec![1u8; n])],
+                tensor_type: "numpy.ndarray".into(),
+            },
+            num_examples: 1,
+            metrics: Default::default(),
+        })
+        .into();
+        let payload = prost::Message::encode_to_vec(&message);
+        let mut wire = vec![0u8];
+        wire.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        wire.extend_from_slice(&payload);
+        wire
+    }
+
+    #[tokio::test]
+    async fn time_at_the_upload_gate_does_not_count_against_the_round_timeout() {
+        use crate::grpc::inbound::UploadGate;
+        let gate = UploadGate::new(Some(1));
+        let big = fit_res_wire(2 << 20);
+        // Another reply holds the only permit for 800 ms.
+        let (holder_tx, holder_body) = channel_body();
+        let mut holder = Inbound::new(holder_body, gate.clone(), usize::MAX);
+        holder.begin_reply();
+        holder_tx.send(big[..100_000].to_vec()).unwrap();
+        let holder_task = tokio::spawn(async move { holder.message().await.map(|m| m.is_some()) });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let release = {
+            let rest = big[100_000..].to_vec();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                holder_tx.send(rest).unwrap();
+                holder_tx
+            })
+        };
+
+        // This stream's reply arrives whole at once but waits at the gate
+        // longer than its 300 ms round timeout.
+        let (tx, body) = channel_body();
+        let inbound = Inbound::new(body, gate.clone(), usize::MAX);
+        let (ins_tx, ins_rx) = mpsc::channel(2);
+        let (out_tx, mut out_rx) = mpsc::channel(4);
+        let task = StreamTask::new(
+            inbound,
+            ins_rx,
+            out_tx,
+            None,
+            usize::MAX,
+            Duration::from_secs(30),
+        );
+        let task = tokio::spawn(task.run());
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let fit = flower_core::ServerMessage::Fit(flower_core::FitIns {
+            parameters: flower_core::Parameters {
+                tensors: vec![],
+                tensor_type: "numpy.ndarray".into(),
+            },
+            config: Default::default(),
+        });
+        ins_tx
+            .send(Instruction {
+                message: OutgoingMessage::new(fit),
+                timeout: Some(Duration::from_millis(300)),
+                reply: Some(reply_tx),
+            })
+            .await
+            .unwrap();
+        assert!(
+            out_rx.recv().await.unwrap().is_ok(),
+            "the instruction went out"
+        );
+        tx.send(big.clone()).unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(10), reply_rx)
+            .await
+            .expect("bounded")
+            .unwrap();
+        assert!(reply.is_ok(), "{reply:?}");
+        assert!(holder_task.await.unwrap().unwrap());
+        drop((release.await, ins_tx, tx));
+        let _ = task.await;
     }
 }
