@@ -89,13 +89,18 @@ pub fn raise_fd_limit() -> Option<u64> {
     {
         let before = rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?;
         match rlimit::increase_nofile_limit(u64::MAX) {
-            Ok(now) => {
+            Ok(now) if now > before.0 => {
                 info!(
                     before = before.0,
                     now,
                     hard = before.1,
-                    "open file limit (soft) raised to {now}"
+                    "open file limit (soft) raised from {} to {now}",
+                    before.0
                 );
+                Some(now)
+            }
+            Ok(now) => {
+                info!(soft = now, hard = before.1, "open file limit: {now}");
                 Some(now)
             }
             Err(e) => {
@@ -117,7 +122,8 @@ fn effective_max_connections(configured: usize) -> usize {
     if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
         let room = usize::try_from(soft.saturating_sub(FD_RESERVE).max(1)).unwrap_or(usize::MAX);
         if room < configured {
-            warn!(
+            // Expected with the default cap under a modest limit: info, not warn.
+            info!(
                 configured,
                 room, "max connections lowered to {room}: the open file limit is {soft}"
             );
