@@ -404,8 +404,9 @@ impl Service {
 }
 
 /// The request body in one buffer, read at most `limit` bytes: the frames
-/// are appended to one buffer of the announced length (a single frame is
-/// kept as it is), so a pushed object is never held twice. `None` when the
+/// are appended to one buffer that grows as they arrive, up to the announced
+/// length (a single frame is kept as it is), so a pushed object is never
+/// held twice and a Content-Length alone reserves nothing. `None` when the
 /// body is too long or the connection fails.
 async fn read_body(request: Request<Incoming>, limit: usize) -> Option<Bytes> {
     let announced = request
@@ -431,8 +432,13 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Option<Bytes> {
         match first.take() {
             None if buf.is_empty() => first = Some(data),
             held => {
-                if buf.is_empty() {
-                    buf.reserve(announced.unwrap_or(total).max(total));
+                // Grown as bytes arrive (doubling, capped by the announced
+                // length), never reserved from the Content-Length alone.
+                if buf.capacity() < total {
+                    let target = (buf.capacity() * 2)
+                        .max(total)
+                        .min(announced.unwrap_or(usize::MAX).max(total));
+                    buf.reserve(target - buf.len());
                 }
                 if let Some(held) = held {
                     buf.extend_from_slice(&held);
