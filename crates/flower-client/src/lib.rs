@@ -57,6 +57,7 @@ mod client;
 mod driver;
 mod error;
 pub mod fleet;
+mod inbound;
 mod metadata;
 mod numpy;
 mod options;

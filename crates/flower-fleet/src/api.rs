@@ -10,11 +10,11 @@ use bytes::Bytes;
 use flower_auth::node::AuthorizedNodeKeys;
 use flower_message::{Limits, ObjectId};
 use flower_proto as pb;
+use flower_server::listener::{HardenedListener, ListenerOptions, Protocol};
 use flower_server::{BoundTransport, ClientManager, ServerError, TlsFiles, Transport};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use rand::RngCore;
-use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::convert::{ContentOptions, MessageFormat};
@@ -112,6 +112,9 @@ pub struct FleetOptions {
     pub max_request_bytes: usize,
     /// Bounds on reply object trees.
     pub limits: Limits,
+    /// Connection-level limits (connection cap, TLS handshake and header
+    /// read timeout, TCP keepalive), as on the grpc-bidi port.
+    pub listener: ListenerOptions,
     /// Housekeeping period: silent nodes, expired instructions and push
     /// sessions (default 1 s).
     pub tick: Duration,
@@ -132,6 +135,7 @@ impl std::fmt::Debug for FleetOptions {
                 &self.authorized_keys.as_ref().map(AuthorizedNodeKeys::len),
             )
             .field("max_request_bytes", &self.max_request_bytes)
+            .field("listener", &self.listener)
             .finish_non_exhaustive()
     }
 }
@@ -149,6 +153,7 @@ impl Default for FleetOptions {
             authorized_keys: None,
             max_request_bytes: 8 << 20,
             limits: Limits::default(),
+            listener: ListenerOptions::default(),
             tick: Duration::from_secs(1),
         }
     }
@@ -211,6 +216,12 @@ impl FleetOptions {
         self.max_request_bytes = bytes;
         self
     }
+
+    /// The connection-level limits.
+    pub fn listener(mut self, listener: ListenerOptions) -> Self {
+        self.listener = listener;
+        self
+    }
 }
 
 /// Flower's Fleet API for stock SuperNodes (flwr ≥ 1.40, protobuf over
@@ -248,13 +259,13 @@ impl FleetApi {
 
     fn prepare(
         options: &FleetOptions,
-    ) -> Result<(FleetApp, Option<tokio_rustls::TlsAcceptor>), FleetError> {
+    ) -> Result<(FleetApp, Option<Arc<rustls::ServerConfig>>), FleetError> {
         let app = options
             .app
             .clone()
             .ok_or_else(|| FleetError::Config("no app (FAB) to serve".into()))?;
         let tls = match (&options.tls, options.insecure) {
-            (Some(files), _) => Some(http::tls::acceptor(files)?),
+            (Some(files), _) => Some(http::tls::config(files)?),
             (None, true) => None,
             (None, false) => {
                 return Err(FleetError::Config(
@@ -345,14 +356,14 @@ impl Transport for FleetApi {
                 },
                 max_request_bytes: options.max_request_bytes,
             });
-            let bind_error = |source| ServerError::Bind {
-                address: options.address,
-                source,
-            };
-            let listener = TcpListener::bind(options.address)
-                .await
-                .map_err(bind_error)?;
-            let local_addr = listener.local_addr().map_err(bind_error)?;
+            let listener = HardenedListener::bind(
+                options.address,
+                options.listener.clone(),
+                tls.clone(),
+                Protocol::Http1,
+            )
+            .await?;
+            let local_addr = listener.local_addr();
             info!(
                 address = %local_addr,
                 tls = tls.is_some(),
@@ -366,7 +377,8 @@ impl Transport for FleetApi {
                 .authorized_keys
                 .clone()
                 .map(|keys| revocations(shared.clone(), keys, stop_rx));
-            let accept = http::accept_loop(listener, tls, service, stop);
+            let accept =
+                http::accept_loop(listener, options.listener.handshake_timeout, service, stop);
             let serve = async move {
                 let housekeeping = tokio::spawn(housekeeping);
                 let revocations = revocations.map(tokio::spawn);

@@ -68,6 +68,8 @@ fn init_logging(json: bool) {
 async fn run(settings: Settings) -> Result<(), String> {
     let chain = |e: ServerError| error_chain(&e);
     let (serve_options, insecure) = settings.serve_options()?;
+    // Before any socket is opened: room for --max-connections.
+    flower_server::listener::raise_fd_limit();
     let driver_config = settings.driver_config()?;
     let (initial, array_names) = match &settings.initial_parameters {
         Some(path) => {
@@ -211,7 +213,9 @@ async fn fleet_options(
         "serving app"
     );
     let app = FleetApp::from_fab(&fab, &run_config);
-    let mut fleet = FleetOptions::new(app).address(address);
+    let mut fleet = FleetOptions::new(app)
+        .address(address)
+        .listener(serve_options.listener.clone());
     fleet = match (&serve_options.tls, insecure) {
         (Some(tls), _) => fleet.tls(tls.clone()),
         (None, _) => fleet.insecure(),

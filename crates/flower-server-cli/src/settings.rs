@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
+use flower_server::listener::ListenerOptions;
 use flower_server::{AggregationOrder, DriverConfig, ServeOptions, TlsFiles};
 use flower_strategy::StrategySpec;
 use serde::{Deserialize, Serialize};
@@ -60,7 +61,8 @@ pub(crate) struct Settings {
     /// Number of rounds
     #[arg(long)]
     pub(crate) rounds: Option<u64>,
-    /// Per-reply timeout in seconds (Flower's round_timeout)
+    /// Per-reply deadline in seconds (Flower's round_timeout): the whole reply
+    /// must arrive within it, not counting time spent waiting at the upload gate
     #[arg(long)]
     pub(crate) round_timeout: Option<f64>,
     /// Max seconds to wait for enough clients before the first round
@@ -113,8 +115,14 @@ pub(crate) struct Settings {
     #[arg(long)]
     pub(crate) seed: Option<u64>,
     /// Accept this bearer token (`authorization` or `x-authorization:
-    /// Bearer <T>`); repeatable.
-    #[arg(long = "token", value_name = "T")]
+    /// Bearer <T>`); repeatable. Visible in `ps`: prefer the environment
+    /// variable (one token) or --token-file.
+    #[arg(
+        long = "token",
+        value_name = "T",
+        env = "FLOWER_SERVER_TOKEN",
+        hide_env_values = true
+    )]
     pub(crate) token: Vec<String>,
     /// Accept the tokens in this file (one per line; SIGUSR1 re-reads it).
     #[arg(long, value_name = "FILE")]
@@ -156,6 +164,34 @@ pub(crate) struct Settings {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub(crate) allow_insecure_auth: Option<bool>,
 
+    // --- Hardening (issue 15): connection limits, uploads, auth. ---
+    /// Most connections open at once, per port (lowered to what the open
+    /// file limit allows); connections beyond it are closed at once
+    /// [default: 20000]
+    #[arg(long, value_name = "N")]
+    pub(crate) max_connections: Option<usize>,
+    /// Seconds a new connection has to complete its TLS handshake and HTTP/2
+    /// preface (Fleet port: to send each request's headers) [default: 10]
+    #[arg(long, value_name = "SECS")]
+    pub(crate) handshake_timeout: Option<f64>,
+    /// TCP keepalive idle time in seconds; 0 = off [default: 60]
+    #[arg(long, value_name = "SECS")]
+    pub(crate) tcp_keepalive_secs: Option<u64>,
+    /// Seconds a client's reply in progress may go without 64 KiB arriving
+    /// before its stream is cut (the reply fails) [default: 30]
+    #[arg(long, value_name = "SECS")]
+    pub(crate) upload_idle_timeout: Option<f64>,
+    /// Refuse every token once no token reload has succeeded for this many
+    /// seconds (fail closed; tokens come back with the next successful
+    /// reload); 0 = no bound. Applies to periodic reloads (Vault)
+    /// [default: 3600 with periodic reloads]
+    #[arg(long, value_name = "SECS")]
+    pub(crate) max_token_staleness: Option<f64>,
+    /// Require TLS client certificates signed by --ssl-ca-certfile (mutual
+    /// TLS on the grpc-bidi port).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub(crate) require_client_certificate: Option<bool>,
+    // --- end of hardening flags ---
     /// Serve Flower's Fleet API (stock `flower-supernode` 1.40+) on this
     /// address, with the same TLS files (or --insecure). Without --address,
     /// the Fleet API is the only way in; with it, both ports serve one
@@ -383,6 +419,10 @@ impl Settings {
                 )
             }
         };
+        let require_client_certificate = self.require_client_certificate.unwrap_or(false);
+        if require_client_certificate && tls.is_none() {
+            return Err("--require-client-certificate needs TLS (the --ssl-* files)".into());
+        }
         let max_concurrent_uploads = match self.max_concurrent_uploads {
             None => defaults.max_concurrent_uploads,
             Some(0) => None,
@@ -398,9 +438,40 @@ impl Settings {
                     .map_or(defaults.keepalive, Duration::from_secs),
                 max_clients: self.max_clients.or(defaults.max_clients),
                 max_concurrent_uploads,
+                upload_idle_timeout: match self.upload_idle_timeout {
+                    None => defaults.upload_idle_timeout,
+                    Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
+                    Some(s) => {
+                        return Err(format!(
+                            "--upload-idle-timeout must be > 0 seconds, not {s}"
+                        ))
+                    }
+                },
+                listener: self.listener_options(&defaults.listener)?,
+                require_client_certificate,
             },
             insecure,
         ))
+    }
+
+    fn listener_options(&self, defaults: &ListenerOptions) -> Result<ListenerOptions, String> {
+        let handshake_timeout = match self.handshake_timeout {
+            None => defaults.handshake_timeout,
+            Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
+            Some(s) => return Err(format!("--handshake-timeout must be > 0 seconds, not {s}")),
+        };
+        if self.max_connections == Some(0) {
+            return Err("--max-connections must be at least 1".into());
+        }
+        Ok(ListenerOptions {
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+            handshake_timeout,
+            tcp_keepalive: match self.tcp_keepalive_secs {
+                None => defaults.tcp_keepalive,
+                Some(0) => None,
+                Some(s) => Some(Duration::from_secs(s)),
+            },
+        })
     }
 
     pub(crate) fn strategy_spec(&self) -> StrategySpec {
@@ -486,6 +557,14 @@ impl Settings {
             deployment_id: self.deployment_id.clone(),
             vault_refresh_interval: refresh,
             vault_ca_cert: self.vault_ca_cert.clone(),
+            max_token_staleness: self
+                .max_token_staleness
+                .map(|v| {
+                    Duration::try_from_secs_f64(v).map_err(|_| {
+                        "--max-token-staleness must be a non-negative number of seconds".to_string()
+                    })
+                })
+                .transpose()?,
         })
     }
 

@@ -13,6 +13,8 @@
 //! * [`msg_grid`]: Flower's message-API strategies over the connected
 //!   nodes ([`ServerBuilder::msg_strategy`]), for transports that carry
 //!   their messages ([`ClientHandle::exchange_content`]).
+//! * [`listener`]: the hardened accept loop (connection cap, handshake and
+//!   preface timeouts, keepalive, accept back-off) of both ports.
 //! * [`grpc`]: the grpc-bidi transport (`flwr.proto.FlowerService/Join`),
 //!   with [`StreamError`] mapping every refusal to one gRPC status.
 //!
@@ -25,6 +27,7 @@ mod driver;
 mod error;
 pub mod grpc;
 mod history;
+pub mod listener;
 mod model_file;
 pub mod msg_grid;
 mod node;

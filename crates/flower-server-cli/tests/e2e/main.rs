@@ -5,6 +5,7 @@
 //! `SKIPPED:` line when the pinned venv is missing, and fail instead under
 //! `FLOWER_REQUIRE_PYTHON=1` (what `scripts/test.sh` sets).
 
+mod adversarial;
 mod auth;
 mod common;
 mod config_file;
