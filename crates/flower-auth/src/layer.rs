@@ -146,6 +146,11 @@ where
                 Either::Right(self.inner.call(request))
             }
             Err(refusal) => {
+                self.store.stats().refused(match refusal {
+                    Refusal::Missing => crate::RefusalReason::Missing,
+                    Refusal::Malformed => crate::RefusalReason::Malformed,
+                    Refusal::Unknown(_) => crate::RefusalReason::Unknown,
+                });
                 let peer = DisplayPeer(remote_addr(&request));
                 match refusal {
                     Refusal::Missing => {

@@ -98,6 +98,7 @@ impl Shared {
                 Ok(set)
             }
         });
+        self.store.stats().reloaded(result.is_ok());
         match result {
             Ok(set) => {
                 let outcome = self.store.replace(set);

@@ -85,6 +85,19 @@ impl Shared {
         result
     }
 
+    /// The metrics of the server's client registry.
+    pub(crate) fn metrics(&self) -> &flower_server::Metrics {
+        self.clients.metrics()
+    }
+
+    /// SuperNodes online (registered as clients of the round driver).
+    pub(crate) fn nodes_online(&self) -> usize {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     /// Read-only access.
     pub(crate) fn read_state<R>(&self, f: impl FnOnce(&LinkState) -> R) -> R {
         f(&self.lock())
@@ -248,5 +261,9 @@ impl ClientHandle for FleetNode {
 
     fn peer(&self) -> String {
         format!("supernode:{}", self.node_id)
+    }
+
+    fn transport(&self) -> &'static str {
+        "fleet-api"
     }
 }

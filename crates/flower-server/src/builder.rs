@@ -37,8 +37,8 @@ use tracing::{info, warn};
 use crate::grpc::serve::serve;
 use crate::grpc::transport::FlowerTransport;
 use crate::{
-    ClientManager, DirectoryStore, DriverConfig, RoundDriver, RunOutcome, RunStore, ServeOptions,
-    ServerError, TlsFiles, Transport,
+    ClientManager, DirectoryStore, DriverConfig, Metrics, RoundDriver, RunObserver, RunOutcome,
+    RunStore, ServeOptions, ServerError, TlsFiles, Transport,
 };
 
 /// How long [`Server::run`] waits for the listener to stop after the run.
@@ -58,6 +58,8 @@ pub struct ServerBuilder {
     store: Option<Arc<dyn RunStore>>,
     grpc_bidi: bool,
     transports: Vec<Box<dyn Transport>>,
+    metrics: Option<Metrics>,
+    observers: Vec<Arc<dyn RunObserver>>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -73,6 +75,8 @@ impl std::fmt::Debug for ServerBuilder {
             .field("driver", &self.driver)
             .field("store", &self.store)
             .field("grpc_bidi", &self.grpc_bidi)
+            .field("metrics", &self.metrics)
+            .field("observers", &self.observers.len())
             .field(
                 "transports",
                 &self.transports.iter().map(|t| t.name()).collect::<Vec<_>>(),
@@ -93,7 +97,24 @@ impl ServerBuilder {
             store: None,
             grpc_bidi: true,
             transports: Vec::new(),
+            metrics: None,
+            observers: Vec::new(),
         }
+    }
+
+    /// Reports to `metrics` (default: a private registry nobody reads).
+    /// Serve it with [`metrics::serve`](crate::metrics::serve) — before
+    /// `bind`, so that `/readyz` answers 503 until the listeners are up.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Tells `observer` about every phase of the run (e.g.
+    /// [`LogProgress`](crate::metrics::LogProgress) for progress lines).
+    pub fn observer(mut self, observer: Arc<dyn RunObserver>) -> Self {
+        self.observers.push(observer);
+        self
     }
 
     /// Also accepts clients through `transport` (e.g. the Fleet API for
@@ -224,10 +245,15 @@ impl ServerBuilder {
                 Some(manager)
             }
         };
+        let metrics = self.metrics.unwrap_or_default();
+        if let (Some(auth), Some(config)) = (&auth, &self.auth) {
+            auth_metrics(&metrics, auth, config);
+        }
 
-        let manager = ClientManager::with_upload_limit(
+        let manager = ClientManager::with_metrics(
             self.serve.max_clients,
             self.serve.max_concurrent_uploads,
+            metrics.clone(),
         );
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop = move || -> BoxFuture<'static, ()> {
@@ -277,10 +303,16 @@ impl ServerBuilder {
             rounds = self.driver.num_rounds,
             "server ready"
         );
-        let mut driver = RoundDriver::new(manager.clone(), strategy, self.driver);
+        let mut driver = RoundDriver::new(manager.clone(), strategy, self.driver)
+            .with_observer(Arc::new(metrics.clone()));
+        for observer in self.observers {
+            driver = driver.with_observer(observer);
+        }
         if let Some(store) = self.store {
             driver = driver.with_store(store);
         }
+        // Listening, and the token source (if any) loaded.
+        metrics.set_ready(true);
         Ok(Server {
             local_addr,
             transport_addrs,
@@ -352,6 +384,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<RunOutcome, ServerError> {
         let outcome = self.driver.run(shutdown).await;
+        self.manager.metrics().set_ready(false);
         let _ = self.stop.send(true);
         if let Some(auth) = &self.auth {
             auth.shutdown();
@@ -371,4 +404,81 @@ impl Server {
         }
         outcome
     }
+}
+
+/// Token-source metrics, read at scrape time from the manager's store.
+fn auth_metrics(metrics: &Metrics, auth: &AuthManager, config: &AuthConfig) {
+    use flower_auth::{RefusalReason, TokenSourceConfig};
+    let source = match &config.source {
+        TokenSourceConfig::Static(_) => "static",
+        TokenSourceConfig::File(_) => "file",
+        TokenSourceConfig::Vault(_) => "vault",
+        _ => "other",
+    };
+    let label = move || vec![("source", source.to_string())];
+    let store = auth.store();
+    metrics.gauge_fn(
+        "flower_auth_tokens",
+        "Tokens in the current accepted set",
+        move || vec![(label(), store.len() as f64)],
+    );
+    let store = auth.store();
+    metrics.gauge_fn(
+        "flower_auth_seconds_since_reload",
+        "Seconds since the token set was last loaded successfully",
+        move || vec![(label(), store.stats().since_last_success().as_secs_f64())],
+    );
+    let store = auth.store();
+    metrics.counter_fn(
+        "flower_auth_reloads",
+        "Token reloads, by outcome (a failed reload keeps the previous set)",
+        move || {
+            let stats = store.stats();
+            vec![
+                (
+                    vec![
+                        ("source", source.to_string()),
+                        ("outcome", "ok".to_string()),
+                    ],
+                    stats.reloads() as f64,
+                ),
+                (
+                    vec![
+                        ("source", source.to_string()),
+                        ("outcome", "error".to_string()),
+                    ],
+                    stats.reload_failures() as f64,
+                ),
+            ]
+        },
+    );
+    let store = auth.store();
+    metrics.counter_fn(
+        "flower_vault_errors",
+        "Failed reloads from Vault (0 for other token sources)",
+        move || {
+            let failures = if source == "vault" {
+                store.stats().reload_failures()
+            } else {
+                0
+            };
+            vec![(Vec::new(), failures as f64)]
+        },
+    );
+    let store = auth.store();
+    metrics.counter_fn(
+        "flower_auth_refusals",
+        "Calls refused by token authentication, by reason",
+        move || {
+            RefusalReason::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        vec![("reason", r.as_str().to_string())],
+                        store.stats().refusals(*r) as f64,
+                    )
+                })
+                .collect()
+        },
+    );
 }

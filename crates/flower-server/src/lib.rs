@@ -10,6 +10,8 @@
 //!   [`ClientHandle`] trait and persists through a [`RunStore`].
 //! * [`ClientManager`]: registry of connected clients, bounded waits, seeded
 //!   sampling, the [`UploadGate`].
+//! * [`metrics`]: Prometheus metrics, `/healthz` and `/readyz`, and the
+//!   [`RunObserver`] events (progress lines) of the round driver.
 //! * [`grpc`]: the grpc-bidi transport (`flwr.proto.FlowerService/Join`),
 //!   with [`StreamError`] mapping every refusal to one gRPC status.
 //!
@@ -22,6 +24,7 @@ mod driver;
 mod error;
 pub mod grpc;
 mod history;
+pub mod metrics;
 mod model_file;
 mod node;
 mod store;
@@ -36,6 +39,7 @@ pub use error::{error_chain, ModelFileError, ServerError};
 pub use flower_strategy::ClientId;
 pub use grpc::{FlowerTransport, ServeOptions, StreamError, TlsFiles, UploadGate};
 pub use history::{scalar_to_json, Checkpoint, History, RoundRecord};
+pub use metrics::{Metrics, RunObserver};
 pub use model_file::{
     parameters_from_npz, parameters_to_npz, parameters_to_npz_named, read_npz_named,
 };

@@ -99,4 +99,10 @@ pub trait ClientHandle: Send + Sync + 'static {
 
     /// Peer description for logs.
     fn peer(&self) -> String;
+
+    /// The transport that carries this client, for metrics labels
+    /// (`"grpc-bidi"`, `"fleet-api"`; `"in-process"` by default).
+    fn transport(&self) -> &'static str {
+        "in-process"
+    }
 }

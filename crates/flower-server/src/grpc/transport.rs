@@ -32,6 +32,9 @@ use super::StreamError;
 use crate::client_manager::ClientManager;
 use crate::node::{ClientHandle, ExchangeError, OutgoingMessage};
 
+/// The transport's name in metrics labels.
+const NAME: &str = "grpc-bidi";
+
 /// The Join service (a tower service for tonic's router).
 ///
 /// When the auth layer accepted the call, the stream remembers which token
@@ -102,8 +105,9 @@ impl FlowerTransport {
         let token = auth.as_ref().map(|p| p.fingerprint().to_string());
         let revoked = auth.map(|p| p.revocation_future().boxed());
 
+        let metrics = self.manager.metrics();
         let mut inbound = Inbound::new(
-            request.into_body(),
+            crate::metrics::CountingBody::new(request.into_body(), metrics.bytes_received(NAME)),
             self.manager.upload_gate().clone(),
             self.max_decoding_message_size,
         );
@@ -134,11 +138,15 @@ impl FlowerTransport {
             manager.unregister(id);
             info!(client = %id, %peer, reason = %end, connected = manager.len(), "client left");
         });
-        let mut response = http::Response::new(tonic::body::Body::new(JoinBody {
+        let body = JoinBody {
             outbound: out_rx,
             payload: None,
             done: false,
-        }));
+        };
+        let sent = self.manager.metrics().bytes_sent(NAME);
+        let mut response = http::Response::new(tonic::body::Body::new(
+            crate::metrics::CountingBody::new(body, sent),
+        ));
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/grpc"),
@@ -267,5 +275,9 @@ impl ClientHandle for GrpcClient {
 
     fn peer(&self) -> String {
         self.peer.clone()
+    }
+
+    fn transport(&self) -> &'static str {
+        NAME
     }
 }
