@@ -5,6 +5,7 @@
 //! `flower_server::Server::builder()`; this binary adds only logging, signal
 //! handling and exit codes.
 
+mod progress;
 mod settings;
 
 use std::process::ExitCode;
@@ -17,6 +18,9 @@ use settings::Settings;
 use tracing::{error, info};
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "plot") {
+        return plot_command();
+    }
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {
@@ -24,7 +28,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(settings.log_json.unwrap_or(false));
+    let log_json = settings.log_json.unwrap_or(false);
+    let mode = progress::Mode::resolve(settings.progress.as_deref(), log_json);
+    let bar = (mode == progress::Mode::Bar).then(progress::new_bar);
+    init_logging(log_json, bar.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -35,7 +42,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(settings)) {
+    match runtime.block_on(run(settings, mode, bar)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -45,14 +52,42 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(json: bool) {
+/// `flower-server plot OUTPUT_DIR`: renders a finished (or running) run's
+/// `history.json` into `history.png` and `history.svg` next to it.
+fn plot_command() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let dir = match args.as_slice() {
+        [flag] if flag == "-h" || flag == "--help" => {
+            println!("Usage: flower-server plot OUTPUT_DIR\n\nRenders OUTPUT_DIR/history.json into OUTPUT_DIR/history.png and history.svg\n(loss, clients per round and every aggregated metric, fit vs evaluate).");
+            return ExitCode::SUCCESS;
+        }
+        [dir] => std::path::PathBuf::from(dir),
+        _ => {
+            eprintln!("usage: flower-server plot OUTPUT_DIR");
+            return ExitCode::from(2);
+        }
+    };
+    match flower_plot::plot_output_dir(&dir) {
+        Ok(files) => {
+            println!("plot: {}", files.png.display());
+            println!("plot: {}", files.svg.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flower-server plot: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool, bar: Option<indicatif::ProgressBar>) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(progress::BarWriter::new(bar));
     if json {
         builder.json().init();
     } else {
@@ -60,8 +95,15 @@ fn init_logging(json: bool) {
     }
 }
 
-async fn run(settings: Settings) -> Result<(), String> {
+async fn run(
+    settings: Settings,
+    mode: progress::Mode,
+    bar: Option<indicatif::ProgressBar>,
+) -> Result<(), String> {
     let chain = |e: ServerError| error_chain(&e);
+    if settings.plot.unwrap_or(false) && settings.output_dir.is_none() {
+        return Err("--plot needs --output-dir (the plot is written next to history.json)".into());
+    }
     let (serve_options, insecure) = settings.serve_options()?;
     let driver_config = settings.driver_config()?;
     let (initial, array_names) = match &settings.initial_parameters {
@@ -102,6 +144,24 @@ async fn run(settings: Settings) -> Result<(), String> {
         .allow_insecure_auth(settings.allow_insecure_auth.unwrap_or(false));
     if insecure {
         builder = builder.insecure();
+    }
+    // Served before binding, so that /readyz says 503 until the listeners
+    // are up and the token source is loaded.
+    let metrics = flower_server::Metrics::new();
+    let endpoint = match settings.metrics_address {
+        Some(address) => Some(
+            flower_server::metrics::serve(address, metrics.clone())
+                .await
+                .map_err(chain)?,
+        ),
+        None => None,
+    };
+    builder = builder.metrics(metrics);
+    if mode != progress::Mode::Off {
+        builder = builder.observer(Arc::new(flower_server::metrics::LogProgress));
+    }
+    if let Some(bar) = bar {
+        builder = builder.observer(Arc::new(progress::BarProgress::new(bar)));
     }
     if let Some(dir) = &settings.output_dir {
         let mut store = DirectoryStore::new(dir);
@@ -145,10 +205,26 @@ async fn run(settings: Settings) -> Result<(), String> {
     for (name, addr) in server.transport_addrs() {
         println!("flower-server {name} listening on {addr}");
     }
+    if let Some(endpoint) = &endpoint {
+        println!(
+            "flower-server metrics on http://{}/metrics",
+            endpoint.local_addr()
+        );
+    }
 
     let outcome = server.run(wait_for_signal()).await;
     if let Some(manager) = &node_keys {
         manager.shutdown();
+    }
+    if let Some(endpoint) = endpoint {
+        endpoint.stop().await;
+    }
+    // A plot of whatever was completed, even when the run ended early.
+    if let (Some(dir), true) = (&settings.output_dir, settings.plot.unwrap_or(false)) {
+        match flower_plot::plot_output_dir(dir) {
+            Ok(files) => println!("plot: {}", files.png.display()),
+            Err(e) => tracing::warn!(error = %error_chain(&e), "no plot"),
+        }
     }
     match outcome {
         Ok(outcome) => {

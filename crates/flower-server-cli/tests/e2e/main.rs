@@ -10,6 +10,7 @@ mod common;
 mod config_file;
 mod failures;
 mod fleet;
+mod ops;
 mod python_clients;
 mod raw_grpc;
 mod resume;
