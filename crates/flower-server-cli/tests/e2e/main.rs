@@ -16,3 +16,4 @@ mod raw_grpc;
 mod resume;
 mod rust_clients;
 mod strategies;
+mod wheel;
