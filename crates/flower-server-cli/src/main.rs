@@ -156,7 +156,7 @@ async fn run(
         ),
         None => None,
     };
-    builder = builder.metrics(metrics);
+    builder = builder.metrics(metrics.clone());
     if mode != progress::Mode::Off {
         builder = builder.observer(Arc::new(flower_server::metrics::LogProgress));
     }
@@ -194,6 +194,9 @@ async fn run(
             node_keys
         }
     };
+    if let Some(manager) = &node_keys {
+        node_key_metrics(&metrics, manager);
+    }
     let server = builder.bind().await.map_err(|e| match e {
         ServerError::Auth(e) => format!("authentication: {e}"),
         ServerError::Config(why) => why,
@@ -316,6 +319,32 @@ async fn fleet_options(
         }
     };
     Ok((fleet, manager))
+}
+
+/// Reload metrics of the SuperNode key sources (their set's size is the
+/// Fleet API's `flower_fleet_authorized_keys`).
+fn node_key_metrics(metrics: &flower_server::Metrics, manager: &flower_auth::node::NodeKeyManager) {
+    let keys = manager.clone();
+    metrics.gauge_fn(
+        "flower_fleet_keys_seconds_since_reload",
+        "Seconds since the authorized SuperNode keys were last loaded successfully",
+        move || vec![(Vec::new(), keys.stats().since_last_success().as_secs_f64())],
+    );
+    let keys = manager.clone();
+    metrics.counter_fn(
+        "flower_fleet_key_reloads",
+        "Reloads of the authorized SuperNode keys, by outcome",
+        move || {
+            let stats = keys.stats();
+            vec![
+                (vec![("outcome", "ok".to_string())], stats.reloads() as f64),
+                (
+                    vec![("outcome", "error".to_string())],
+                    stats.reload_failures() as f64,
+                ),
+            ]
+        },
+    );
 }
 
 /// Completes on SIGINT or SIGTERM (never, when the handlers cannot be set).

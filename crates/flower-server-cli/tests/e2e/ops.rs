@@ -25,7 +25,7 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
 
 /// `/metrics` parsed with a Prometheus text parser: value by
 /// `name{label=value,...}` (labels sorted; histograms by their count).
-fn scrape(port: u16) -> Option<HashMap<String, f64>> {
+pub(crate) fn scrape(port: u16) -> Option<HashMap<String, f64>> {
     let (status, text) = get(port, "/metrics")?;
     assert_eq!(status, 200);
     let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
@@ -46,7 +46,7 @@ fn scrape(port: u16) -> Option<HashMap<String, f64>> {
     Some(out)
 }
 
-fn value(m: &HashMap<String, f64>, key: &str) -> f64 {
+pub(crate) fn value(m: &HashMap<String, f64>, key: &str) -> f64 {
     *m.get(key)
         .unwrap_or_else(|| panic!("{key} missing from /metrics: {m:?}"))
 }
