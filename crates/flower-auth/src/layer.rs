@@ -155,6 +155,11 @@ where
                 Either::Right(self.inner.call(request))
             }
             Err(refusal) => {
+                self.store.stats().refused(match &refusal {
+                    Refusal::Missing => crate::RefusalReason::Missing,
+                    Refusal::Malformed => crate::RefusalReason::Malformed,
+                    Refusal::Unknown(_) => crate::RefusalReason::Unknown,
+                });
                 if let Some(suppressed) = self.refusals.admit() {
                     log_refusal(refusal, path, remote_addr(&request), suppressed);
                 }

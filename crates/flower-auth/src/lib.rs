@@ -64,6 +64,7 @@ pub mod node;
 mod revocable;
 mod secret;
 mod source;
+mod stats;
 mod token_set;
 pub mod vault;
 
@@ -84,6 +85,7 @@ pub use manager::{AuthManager, ReloadOptions, MIN_RECOMMENDED_TOKEN_BYTES};
 pub use revocable::{close_on_revocation, RevocableStream};
 pub use secret::{Fingerprint, SecretString};
 pub use source::{FileTokens, StaticTokens, TokenSource};
+pub use stats::{AuthStats, RefusalReason};
 pub use token_set::{AuthenticatedPeer, SwapOutcome, TokenSet, TokenStore};
 pub use vault::{VaultConfig, VaultConfigBuilder, VaultLogin, VaultTokens};
 

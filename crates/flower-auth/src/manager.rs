@@ -147,6 +147,7 @@ impl Shared {
                 Ok(set)
             }
         });
+        self.store.stats().reloaded(result.is_ok());
         match result {
             Ok(set) => {
                 state.last_success = tokio::time::Instant::now();

@@ -349,6 +349,7 @@ impl Transport for FleetApi {
                 options.limits.clone(),
                 run_info(&app, run_id),
             );
+            fleet_metrics(&shared, options.authorized_keys.as_ref());
             let service = Arc::new(Service {
                 shared: shared.clone(),
                 auth: NodeAuth {
@@ -457,5 +458,49 @@ async fn revocations(
             }
             Err(RecvError::Closed) => return,
         }
+    }
+}
+
+/// The Fleet API's scrape-time metrics. Weak references: the metrics
+/// outlive a run's state without keeping it alive.
+fn fleet_metrics(shared: &Arc<Shared>, keys: Option<&AuthorizedNodeKeys>) {
+    let metrics = shared.metrics().clone();
+    let weak = Arc::downgrade(shared);
+    metrics.gauge_fn(
+        "flower_fleet_nodes_online",
+        "SuperNodes online (active, heartbeating)",
+        move || {
+            let n = weak.upgrade().map_or(0, |s| s.nodes_online());
+            vec![(Vec::new(), n as f64)]
+        },
+    );
+    let weak = Arc::downgrade(shared);
+    metrics.gauge_fn(
+        "flower_fleet_objects",
+        "Objects (messages, arrays) held in the Fleet API's object store",
+        move || {
+            let n = weak
+                .upgrade()
+                .map_or(0, |s| s.read_state(|state| state.store().len()));
+            vec![(Vec::new(), n as f64)]
+        },
+    );
+    let weak = Arc::downgrade(shared);
+    metrics.gauge_fn(
+        "flower_fleet_object_bytes",
+        "Bytes of content in the Fleet API's object store",
+        move || {
+            let n = weak
+                .upgrade()
+                .map_or(0, |s| s.read_state(|state| state.store().content_bytes()));
+            vec![(Vec::new(), n as f64)]
+        },
+    );
+    if let Some(keys) = keys.cloned() {
+        metrics.gauge_fn(
+            "flower_fleet_authorized_keys",
+            "SuperNode public keys in the current authorized set",
+            move || vec![(Vec::new(), keys.len() as f64)],
+        );
     }
 }

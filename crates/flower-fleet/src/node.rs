@@ -95,6 +95,19 @@ impl Shared {
         result
     }
 
+    /// The metrics of the server's client registry.
+    pub(crate) fn metrics(&self) -> &flower_server::Metrics {
+        self.clients.metrics()
+    }
+
+    /// SuperNodes online (registered as clients of the round driver).
+    pub(crate) fn nodes_online(&self) -> usize {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     /// Read-only access.
     pub(crate) fn read_state<R>(&self, f: impl FnOnce(&LinkState) -> R) -> R {
         f(&self.lock())
@@ -314,5 +327,9 @@ impl ClientHandle for FleetNode {
             run_content_exchange(shared, node_id, message, timeout).await
         }
         .boxed()
+    }
+
+    fn transport(&self) -> &'static str {
+        "fleet-api"
     }
 }

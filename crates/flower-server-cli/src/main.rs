@@ -5,6 +5,7 @@
 //! `flower_server::Server::builder()`; this binary adds only logging, signal
 //! handling and exit codes.
 
+mod progress;
 mod settings;
 
 use std::process::ExitCode;
@@ -22,6 +23,9 @@ use tracing::{error, info};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "plot") {
+        return plot_command();
+    }
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {
@@ -29,7 +33,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(settings.log_json.unwrap_or(false));
+    let log_json = settings.log_json.unwrap_or(false);
+    let mode = progress::Mode::resolve(settings.progress.as_deref(), log_json);
+    let bar = (mode == progress::Mode::Bar).then(progress::new_bar);
+    init_logging(log_json, bar.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -40,7 +47,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(settings)) {
+    match runtime.block_on(run(settings, mode, bar)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -50,14 +57,42 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(json: bool) {
+/// `flower-server plot OUTPUT_DIR`: renders a finished (or running) run's
+/// `history.json` into `history.png` and `history.svg` next to it.
+fn plot_command() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let dir = match args.as_slice() {
+        [flag] if flag == "-h" || flag == "--help" => {
+            println!("Usage: flower-server plot OUTPUT_DIR\n\nRenders OUTPUT_DIR/history.json into OUTPUT_DIR/history.png and history.svg\n(loss, clients per round and every aggregated metric, fit vs evaluate).");
+            return ExitCode::SUCCESS;
+        }
+        [dir] => std::path::PathBuf::from(dir),
+        _ => {
+            eprintln!("usage: flower-server plot OUTPUT_DIR");
+            return ExitCode::from(2);
+        }
+    };
+    match flower_plot::plot_output_dir(&dir) {
+        Ok(files) => {
+            println!("plot: {}", files.png.display());
+            println!("plot: {}", files.svg.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flower-server plot: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool, bar: Option<indicatif::ProgressBar>) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(progress::BarWriter::new(bar));
     if json {
         builder.json().init();
     } else {
@@ -65,8 +100,15 @@ fn init_logging(json: bool) {
     }
 }
 
-async fn run(settings: Settings) -> Result<(), String> {
+async fn run(
+    settings: Settings,
+    mode: progress::Mode,
+    bar: Option<indicatif::ProgressBar>,
+) -> Result<(), String> {
     let chain = |e: ServerError| error_chain(&e);
+    if settings.plot.unwrap_or(false) && settings.output_dir.is_none() {
+        return Err("--plot needs --output-dir (the plot is written next to history.json)".into());
+    }
     let (serve_options, insecure) = settings.serve_options()?;
     // Before any socket is opened: room for --max-connections.
     flower_server::listener::raise_fd_limit();
@@ -122,6 +164,24 @@ async fn run(settings: Settings) -> Result<(), String> {
     if insecure {
         builder = builder.insecure();
     }
+    // Served before binding, so that /readyz says 503 until the listeners
+    // are up and the token source is loaded.
+    let metrics = flower_server::Metrics::new();
+    let endpoint = match settings.metrics_address {
+        Some(address) => Some(
+            flower_server::metrics::serve(address, metrics.clone())
+                .await
+                .map_err(chain)?,
+        ),
+        None => None,
+    };
+    builder = builder.metrics(metrics.clone());
+    if mode != progress::Mode::Off {
+        builder = builder.observer(Arc::new(flower_server::metrics::LogProgress));
+    }
+    if let Some(bar) = bar {
+        builder = builder.observer(Arc::new(progress::BarProgress::new(bar)));
+    }
     if let Some(dir) = &settings.output_dir {
         let mut store = DirectoryStore::new(dir);
         if let Some(names) = &array_names {
@@ -153,6 +213,9 @@ async fn run(settings: Settings) -> Result<(), String> {
             node_keys
         }
     };
+    if let Some(manager) = &node_keys {
+        node_key_metrics(&metrics, manager);
+    }
     let server = builder.bind().await.map_err(|e| match e {
         ServerError::Auth(e) => format!("authentication: {e}"),
         ServerError::Config(why) => why,
@@ -164,10 +227,26 @@ async fn run(settings: Settings) -> Result<(), String> {
     for (name, addr) in server.transport_addrs() {
         println!("flower-server {name} listening on {addr}");
     }
+    if let Some(endpoint) = &endpoint {
+        println!(
+            "flower-server metrics on http://{}/metrics",
+            endpoint.local_addr()
+        );
+    }
 
     let outcome = server.run(wait_for_signal()).await;
     if let Some(manager) = &node_keys {
         manager.shutdown();
+    }
+    if let Some(endpoint) = endpoint {
+        endpoint.stop().await;
+    }
+    // A plot of whatever was completed, even when the run ended early.
+    if let (Some(dir), true) = (&settings.output_dir, settings.plot.unwrap_or(false)) {
+        match flower_plot::plot_output_dir(dir) {
+            Ok(files) => println!("plot: {}", files.png.display()),
+            Err(e) => tracing::warn!(error = %error_chain(&e), "no plot"),
+        }
     }
     match outcome {
         Ok(outcome) => {
@@ -313,6 +392,32 @@ fn msg_setup(
         train_config: built.train_config,
         evaluate_config: built.evaluate_config,
     })
+}
+
+/// Reload metrics of the SuperNode key sources (their set's size is the
+/// Fleet API's `flower_fleet_authorized_keys`).
+fn node_key_metrics(metrics: &flower_server::Metrics, manager: &flower_auth::node::NodeKeyManager) {
+    let keys = manager.clone();
+    metrics.gauge_fn(
+        "flower_fleet_keys_seconds_since_reload",
+        "Seconds since the authorized SuperNode keys were last loaded successfully",
+        move || vec![(Vec::new(), keys.stats().since_last_success().as_secs_f64())],
+    );
+    let keys = manager.clone();
+    metrics.counter_fn(
+        "flower_fleet_key_reloads",
+        "Reloads of the authorized SuperNode keys, by outcome",
+        move || {
+            let stats = keys.stats();
+            vec![
+                (vec![("outcome", "ok".to_string())], stats.reloads() as f64),
+                (
+                    vec![("outcome", "error".to_string())],
+                    stats.reload_failures() as f64,
+                ),
+            ]
+        },
+    );
 }
 
 /// Completes on SIGINT or SIGTERM (never, when the handlers cannot be set).

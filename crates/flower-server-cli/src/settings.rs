@@ -247,6 +247,21 @@ pub(crate) struct Settings {
     /// Log as JSON lines.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub(crate) log_json: Option<bool>,
+
+    // Operators' view (metrics, progress, plots): keep these together.
+    /// Serve Prometheus metrics (/metrics), /healthz and /readyz over plain
+    /// HTTP on this address; off unless given. Keep it on a private network.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) metrics_address: Option<SocketAddr>,
+    /// Progress on stderr: one line per round phase (`lines`), plus a live
+    /// bar (`bar`), or nothing (`off`). `auto`: the bar when stderr is a
+    /// terminal and --log-json is off, else lines.
+    #[arg(long, value_parser = ["auto", "bar", "lines", "off"])]
+    pub(crate) progress: Option<String>,
+    /// After the run, render history.json into history.png and history.svg
+    /// in --output-dir (for an earlier run: `flower-server plot OUTPUT_DIR`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub(crate) plot: Option<bool>,
 }
 
 fn long_help() -> String {
@@ -294,6 +309,7 @@ fn defaults() -> Vec<(&'static str, String)> {
         ("rejoin_wait_timeout", secs(driver.rejoin_wait_timeout)),
         ("strategy", DEFAULT_STRATEGY.into()),
         ("strategy_api", "legacy".into()),
+        ("progress", "auto".into()),
         (
             "aggregation_order",
             aggregation_order_name(driver.aggregation_order).into(),

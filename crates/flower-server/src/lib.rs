@@ -15,6 +15,8 @@
 //!   their messages ([`ClientHandle::exchange_content`]).
 //! * [`listener`]: the hardened accept loop (connection cap, handshake and
 //!   preface timeouts, keepalive, accept back-off) of both ports.
+//! * [`metrics`]: Prometheus metrics, `/healthz` and `/readyz`, and the
+//!   [`RunObserver`] events (progress lines) of the round driver.
 //! * [`grpc`]: the grpc-bidi transport (`flwr.proto.FlowerService/Join`),
 //!   with [`StreamError`] mapping every refusal to one gRPC status.
 //!
@@ -28,6 +30,7 @@ mod error;
 pub mod grpc;
 mod history;
 pub mod listener;
+pub mod metrics;
 mod model_file;
 pub mod msg_grid;
 mod node;
@@ -43,6 +46,7 @@ pub use error::{error_chain, ModelFileError, ServerError};
 pub use flower_strategy::ClientId;
 pub use grpc::{FlowerTransport, ServeOptions, StreamError, TlsFiles, UploadGate};
 pub use history::{scalar_to_json, Checkpoint, History, RoundRecord};
+pub use metrics::{Metrics, RunObserver};
 pub use model_file::{
     parameters_from_npz, parameters_to_npz, parameters_to_npz_named, read_npz_named,
 };

@@ -165,4 +165,10 @@ pub trait ClientHandle: Send + Sync + 'static {
         }
         .boxed()
     }
+
+    /// The transport that carries this client, for metrics labels
+    /// (`"grpc-bidi"`, `"fleet-api"`; `"in-process"` by default).
+    fn transport(&self) -> &'static str {
+        "in-process"
+    }
 }

@@ -34,6 +34,9 @@ use crate::node::{unix_now, Shared};
 use crate::state::{Content, Lookup, PushOutcome, StateError};
 use reply::{ApiError, ApiErrorCode, Body};
 
+/// The transport's name in metrics labels.
+const TRANSPORT: &str = "fleet-api";
+
 /// The Fleet RPCs and their HTTP paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Rpc {
@@ -112,13 +115,16 @@ impl Service {
         let Some(rpc) = Rpc::from_path(request.uri().path()) else {
             return reply::not_found();
         };
-        match self.handle_rpc(rpc, request).await {
+        let response = match self.handle_rpc(rpc, request).await {
             Ok(body) => reply::protobuf(body),
             Err(e) => {
                 debug!(?rpc, error = ?e, "fleet request refused");
                 e.response()
             }
-        }
+        };
+        let sent = hyper::body::Body::size_hint(response.body()).lower();
+        self.shared.metrics().bytes_sent(TRANSPORT).inc_by(sent);
+        response
     }
 
     async fn handle_rpc(
@@ -140,6 +146,10 @@ impl Service {
         let body = read_body(request, self.max_request_bytes)
             .await
             .ok_or(ApiError::Forbidden(ApiErrorCode::InvalidProtobufPayload))?;
+        self.shared
+            .metrics()
+            .bytes_received(TRANSPORT)
+            .inc_by(body.len() as u64);
         if rpc == Rpc::PullObject {
             return self.pull_object(&key, &body);
         }

@@ -412,10 +412,13 @@ fn fleet_refuses_an_unauthorized_key() {
     let out = dir.path().join("out");
     let mut args = base_args(&fabs.modern, &init, &out, 1, 1, false);
     args.extend(tls_args(&certs));
+    let metrics_port = flower_testkit::free_port();
     args.extend([
         "--enable-supernode-auth".into(),
         "--authorized-keys".into(),
         keys.display().to_string(),
+        "--metrics-address".into(),
+        format!("127.0.0.1:{metrics_port}"),
     ]);
     let mut server = FleetServer::start(&args, dir.path(), "b");
     // The wrong key first, so that it is refused while the run is on.
@@ -433,6 +436,15 @@ fn fleet_refuses_an_unauthorized_key() {
         !intruder_log.contains("Received successfully"),
         "exit {code:?}:\n{intruder_log}"
     );
+    // The operators' view of the Fleet API while it waits for a node.
+    let metrics = crate::ops::scrape(metrics_port).expect("metrics endpoint");
+    let value = |key: &str| crate::ops::value(&metrics, key);
+    assert_eq!(value("flower_fleet_authorized_keys{}"), 1.0);
+    assert_eq!(value("flower_fleet_nodes_online{}"), 0.0);
+    assert_eq!(value("flower_fleet_key_reloads_total{outcome=error}"), 0.0);
+    assert!(value("flower_fleet_keys_seconds_since_reload{}") >= 0.0);
+    assert!(value("flower_bytes_received_total{transport=fleet-api}") > 0.0);
+    assert_eq!(value("flower_round_phase{phase=waiting}"), 1.0);
     let Some(a) = supernode(&server, Some(&certs), Some(&good), "factor=1 examples=10") else {
         return;
     };

@@ -65,6 +65,36 @@ struct GateState {
     active: usize,
     /// Clients whose results are still to be folded, in fold order.
     pending: std::collections::BTreeSet<ClientId>,
+    /// Uploads waiting for a permit (reported by [`UploadGate::load`]).
+    waiting: usize,
+}
+
+/// The upload gate's load at one moment, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GateLoad {
+    /// Large uploads being received.
+    pub active: usize,
+    /// Large uploads waiting for a permit.
+    pub waiting: usize,
+    /// Results the driver still expects to fold.
+    pub pending: usize,
+}
+
+/// Counts an upload in [`GateState::waiting`] while its admission waits.
+struct Waiting(Arc<GateInner>);
+
+impl Waiting {
+    fn new(inner: &Arc<GateInner>) -> Self {
+        inner.lock().waiting += 1;
+        Waiting(inner.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
+    }
 }
 
 /// Held while a large upload is being received.
@@ -131,8 +161,21 @@ impl UploadGate {
         }
     }
 
+    /// What the gate holds now (all zero when it has no limit).
+    pub fn load(&self) -> GateLoad {
+        self.inner.as_ref().map_or_else(GateLoad::default, |inner| {
+            let state = inner.lock();
+            GateLoad {
+                active: state.active,
+                waiting: state.waiting,
+                pending: state.pending.len(),
+            }
+        })
+    }
+
     /// Waits until an upload by `client` may be received.
     async fn admit(inner: Arc<GateInner>, client: Option<ClientId>) -> UploadPermit {
+        let _waiting = Waiting::new(&inner);
         loop {
             {
                 let changed = inner.changed.notified();

@@ -35,6 +35,8 @@ use crate::node::{ClientHandle, ExchangeError, OutgoingMessage};
 /// Clients refused at `--max-clients`, logged a few per interval.
 static CLIENT_LIMIT_REFUSALS: flower_auth::log_limit::LogLimiter =
     flower_auth::log_limit::LogLimiter::new(Duration::from_secs(10), 3);
+/// The transport's name in metrics labels.
+const NAME: &str = "grpc-bidi";
 
 /// The Join service (a tower service for tonic's router).
 ///
@@ -116,8 +118,9 @@ impl FlowerTransport {
         let token = auth.as_ref().map(|p| p.fingerprint().to_string());
         let revoked = auth.map(|p| p.revocation_future().boxed());
 
+        let metrics = self.manager.metrics();
         let mut inbound = Inbound::new(
-            request.into_body(),
+            crate::metrics::CountingBody::new(request.into_body(), metrics.bytes_received(NAME)),
             self.manager.upload_gate().clone(),
             self.max_decoding_message_size,
         );
@@ -151,11 +154,15 @@ impl FlowerTransport {
             manager.unregister(id);
             info!(client = %id, %peer, reason = %end, connected = manager.len(), "client left");
         });
-        let mut response = http::Response::new(tonic::body::Body::new(JoinBody {
+        let body = JoinBody {
             outbound: out_rx,
             payload: None,
             done: false,
-        }));
+        };
+        let sent = self.manager.metrics().bytes_sent(NAME);
+        let mut response = http::Response::new(tonic::body::Body::new(
+            crate::metrics::CountingBody::new(body, sent),
+        ));
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/grpc"),
@@ -284,5 +291,9 @@ impl ClientHandle for GrpcClient {
 
     fn peer(&self) -> String {
         self.peer.clone()
+    }
+
+    fn transport(&self) -> &'static str {
+        NAME
     }
 }
