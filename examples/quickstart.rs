@@ -13,7 +13,8 @@
 //!    share of the iris data set (shipped inside the `linfa-datasets` crate).
 //! 4. Prints the test loss and accuracy of the global model after every
 //!    round, and where `history.json` and `model.npz` were written
-//!    (`output/quickstart/`).
+//!    (`output/quickstart/`), with a plot of the run (`history.png`, `.svg`)
+//!    next to them.
 //!
 //! Nothing else is needed: no Python, no certificates on disk beforehand.
 
@@ -126,5 +127,8 @@ async fn run() -> anyhow::Result<()> {
         started.elapsed()
     );
     support::print_outputs(&output_dir);
+    // 5. Loss and metrics per round, as pictures next to history.json.
+    let plot = flower_plot::plot_output_dir(&output_dir)?;
+    println!("plot:    {} (and .svg)", plot.png.display());
     Ok(())
 }

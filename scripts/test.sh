@@ -15,6 +15,9 @@ export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
 status=0
 cargo test --workspace --no-fail-fast "$@" || status=$?
+# The pip-installable wheel (maturin from PyPI), alone: its build rewrites
+# the binary that the other end-to-end tests run.
+cargo test -p flower-server-cli --test e2e wheel -- --ignored || status=$?
 # Every fuzz target over its committed corpus plus a short mutation run.
 bash scripts/fuzz-smoke.sh || status=$?
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet || status=$?

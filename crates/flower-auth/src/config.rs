@@ -47,12 +47,34 @@ pub struct AuthConfig {
     pub refresh_interval: Option<Duration>,
     /// Reload on `SIGUSR1` (default: yes).
     pub reload_on_sigusr1: bool,
+    /// Fail closed once no reload has succeeded for this long (see
+    /// [`AuthConfig::effective_max_staleness`]).
+    pub max_staleness: Option<Duration>,
 }
+
+/// Default bound on the age of the token set when tokens are reloaded
+/// periodically (Vault): one hour without a successful reload and every
+/// token is refused until one succeeds.
+pub const DEFAULT_MAX_TOKEN_STALENESS: Duration = Duration::from_secs(3600);
 
 impl AuthConfig {
     /// An empty builder (no source yet).
     pub fn builder() -> AuthConfigBuilder {
         AuthConfigBuilder::default()
+    }
+
+    /// Staleness bound actually used: the configured one (zero: none), else
+    /// [`DEFAULT_MAX_TOKEN_STALENESS`] when tokens are reloaded periodically,
+    /// else none (a set loaded once, or on `SIGUSR1` only, cannot go stale).
+    #[must_use]
+    pub fn effective_max_staleness(&self) -> Option<Duration> {
+        match self.max_staleness {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => self
+                .effective_refresh_interval()
+                .map(|_| DEFAULT_MAX_TOKEN_STALENESS),
+        }
     }
 
     /// Reload interval actually used (see [`AuthConfig::refresh_interval`]).
@@ -77,6 +99,7 @@ pub struct AuthConfigBuilder {
     vault: Option<VaultConfig>,
     refresh_interval: Option<Duration>,
     reload_on_sigusr1: bool,
+    max_staleness: Option<Duration>,
 }
 
 impl Default for AuthConfigBuilder {
@@ -86,6 +109,7 @@ impl Default for AuthConfigBuilder {
             token_file: None,
             vault: None,
             refresh_interval: None,
+            max_staleness: None,
             reload_on_sigusr1: true,
         }
     }
@@ -127,6 +151,14 @@ impl AuthConfigBuilder {
         self
     }
 
+    /// Longest time without a successful reload before every token is
+    /// refused (`Some(0)`: never; `None`: the default, see
+    /// [`AuthConfig::effective_max_staleness`]).
+    pub fn max_staleness(mut self, max: Option<Duration>) -> Self {
+        self.max_staleness = max;
+        self
+    }
+
     /// Whether `SIGUSR1` reloads the tokens (default: yes).
     pub fn reload_on_sigusr1(mut self, enabled: bool) -> Self {
         self.reload_on_sigusr1 = enabled;
@@ -164,6 +196,7 @@ impl AuthConfigBuilder {
             source,
             refresh_interval: self.refresh_interval,
             reload_on_sigusr1: self.reload_on_sigusr1,
+            max_staleness: self.max_staleness,
         }))
     }
 
@@ -211,6 +244,9 @@ pub struct AuthFlags {
     pub vault_refresh_interval: Option<Duration>,
     /// `--vault-ca-cert` (extra CA for an `https` Vault).
     pub vault_ca_cert: Option<PathBuf>,
+    /// `--max-token-staleness` (zero: no bound; default
+    /// [`DEFAULT_MAX_TOKEN_STALENESS`] with periodic reloads).
+    pub max_token_staleness: Option<Duration>,
 }
 
 impl AuthFlags {
@@ -261,6 +297,7 @@ impl AuthFlags {
             .tokens(self.tokens)
             .token_file(self.token_file)
             .vault(vault)
+            .max_staleness(self.max_token_staleness)
             .build_optional()
     }
 }
@@ -284,7 +321,8 @@ pub async fn token_store_from(config: &AuthConfig) -> Result<(TokenStore, AuthMa
     };
     let options = ReloadOptions::new()
         .interval(config.effective_refresh_interval())
-        .on_sigusr1(config.reload_on_sigusr1);
+        .on_sigusr1(config.reload_on_sigusr1)
+        .max_staleness(config.effective_max_staleness());
     let manager = AuthManager::start(source, options).await?;
     Ok((manager.store(), manager))
 }

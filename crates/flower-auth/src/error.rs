@@ -10,8 +10,9 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum AuthError {
     /// A token source produced no token at all (an empty list, an empty file,
-    /// an empty Vault path). An empty set would refuse every client, so it is
-    /// treated as a configuration error.
+    /// an empty Vault path). At start-up an empty set would refuse every
+    /// client, so it is treated as a configuration error; on a reload it
+    /// revokes every token (fail closed).
     #[error("no tokens found in {source_description}")]
     NoTokens {
         /// Description of the source (never a token).

@@ -3,11 +3,14 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::{ready, Either, Ready};
 use tower::{Layer, Service};
 
+use crate::log_limit::{truncate_for_log, LogLimiter};
 use crate::secret::Fingerprint;
 use crate::token_set::TokenStore;
 
@@ -62,6 +65,7 @@ pub fn bypasses_auth(path: &str) -> bool {
 #[derive(Clone)]
 pub struct AuthLayer {
     store: TokenStore,
+    refusals: Arc<LogLimiter>,
 }
 
 impl AuthLayer {
@@ -69,7 +73,10 @@ impl AuthLayer {
     /// time; every call sees the set current when it arrives).
     #[must_use]
     pub fn new(store: TokenStore) -> Self {
-        Self { store }
+        Self {
+            store,
+            refusals: Arc::new(LogLimiter::new(REFUSAL_LOG_INTERVAL, REFUSAL_LOG_BURST)),
+        }
     }
 }
 
@@ -88,6 +95,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             store: self.store.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -97,6 +105,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     store: TokenStore,
+    refusals: Arc<LogLimiter>,
 }
 
 impl<S> fmt::Debug for AuthService<S> {
@@ -131,13 +140,13 @@ where
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let path = request.uri().path();
         if bypasses_auth(path) {
-            tracing::debug!(method = path, "method bypasses authentication");
+            tracing::debug!(method = %truncate_for_log(path), "method bypasses authentication");
             return Either::Right(self.inner.call(request));
         }
         match check(&self.store, request.headers()) {
             Ok(peer) => {
                 tracing::debug!(
-                    method = path,
+                    method = %truncate_for_log(path),
                     peer = %DisplayPeer(remote_addr(&request)),
                     token = %peer.fingerprint(),
                     "authenticated call"
@@ -146,26 +155,51 @@ where
                 Either::Right(self.inner.call(request))
             }
             Err(refusal) => {
-                let peer = DisplayPeer(remote_addr(&request));
-                match refusal {
-                    Refusal::Missing => {
-                        tracing::warn!(method = path, %peer, "refused call: no bearer token")
-                    }
-                    Refusal::Malformed => tracing::warn!(
-                        method = path,
-                        %peer,
-                        "refused call: malformed authorization header"
-                    ),
-                    Refusal::Unknown(fp) => tracing::warn!(
-                        method = path,
-                        %peer,
-                        token = %fp,
-                        "refused call: unknown or revoked token"
-                    ),
+                self.store.stats().refused(match &refusal {
+                    Refusal::Missing => crate::RefusalReason::Missing,
+                    Refusal::Malformed => crate::RefusalReason::Malformed,
+                    Refusal::Unknown(_) => crate::RefusalReason::Unknown,
+                });
+                if let Some(suppressed) = self.refusals.admit() {
+                    log_refusal(refusal, path, remote_addr(&request), suppressed);
                 }
                 Either::Left(ready(Ok(invalid_token_status().into_http())))
             }
         }
+    }
+}
+
+/// Refused calls logged per interval (per layer, i.e. per server); the rest
+/// are counted, and the next line logged reports the count.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// See [`REFUSAL_LOG_INTERVAL`].
+const REFUSAL_LOG_BURST: u32 = 5;
+
+fn log_refusal(refusal: Refusal, path: &str, peer: Option<SocketAddr>, suppressed: u64) {
+    if suppressed > 0 {
+        tracing::warn!(
+            suppressed,
+            "{suppressed} more calls were refused (not logged: at most {REFUSAL_LOG_BURST} lines per {} s)",
+            REFUSAL_LOG_INTERVAL.as_secs()
+        );
+    }
+    let method = truncate_for_log(path);
+    let peer = DisplayPeer(peer);
+    match refusal {
+        Refusal::Missing => {
+            tracing::warn!(method = %method, %peer, "refused call: no bearer token")
+        }
+        Refusal::Malformed => tracing::warn!(
+            method = %method,
+            %peer,
+            "refused call: malformed authorization header"
+        ),
+        Refusal::Unknown(fp) => tracing::warn!(
+            method = %method,
+            %peer,
+            token = %fp,
+            "refused call: unknown or revoked token"
+        ),
     }
 }
 

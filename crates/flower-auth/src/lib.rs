@@ -47,6 +47,8 @@
 //! * [`AuthManager`]: first load, reloads, revocation.
 //! * [`AuthConfig`], [`AuthFlags`], [`VaultConfig`], [`token_store_from`]:
 //!   configuration (the server CLI maps onto [`AuthFlags`]).
+//! * [`log_limit`]: bounded, aggregated refusal logging (shared with the
+//!   server's listeners).
 //! * [`node`]: SuperNode (Fleet API) request signatures and the authorized
 //!   node keys of `--enable-supernode-auth`.
 
@@ -56,11 +58,13 @@ mod client;
 mod config;
 mod error;
 mod layer;
+pub mod log_limit;
 mod manager;
 pub mod node;
 mod revocable;
 mod secret;
 mod source;
+mod stats;
 mod token_set;
 pub mod vault;
 
@@ -68,16 +72,20 @@ pub use client::{
     ensure_secure_transport, is_tls_uri, BearerCredentials, BearerCredentialsBuilder,
     DEFAULT_CLIENT_HEADER,
 };
-pub use config::{token_store_from, AuthConfig, AuthConfigBuilder, AuthFlags, TokenSourceConfig};
+pub use config::{
+    token_store_from, AuthConfig, AuthConfigBuilder, AuthFlags, TokenSourceConfig,
+    DEFAULT_MAX_TOKEN_STALENESS,
+};
 pub use error::AuthError;
 pub use layer::{
     bypasses_auth, invalid_token_status, AuthLayer, AuthService, AUTH_HEADERS,
     INVALID_TOKEN_MESSAGE, UNAUTHENTICATED_SUFFIX,
 };
-pub use manager::{AuthManager, ReloadOptions};
+pub use manager::{AuthManager, ReloadOptions, MIN_RECOMMENDED_TOKEN_BYTES};
 pub use revocable::{close_on_revocation, RevocableStream};
 pub use secret::{Fingerprint, SecretString};
 pub use source::{FileTokens, StaticTokens, TokenSource};
+pub use stats::{AuthStats, RefusalReason};
 pub use token_set::{AuthenticatedPeer, SwapOutcome, TokenSet, TokenStore};
 pub use vault::{VaultConfig, VaultConfigBuilder, VaultLogin, VaultTokens};
 

@@ -2,7 +2,10 @@
 //! logs or `Debug` output.
 
 use std::fmt;
+use std::sync::OnceLock;
 
+use hmac::{Hmac, Mac};
+use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 
 /// SHA-256 digest of a token, the form in which tokens are stored and
@@ -14,13 +17,26 @@ pub(crate) fn digest(token: &str) -> TokenDigest {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Short, log-safe identifier of a token: the first 8 hex characters of its
-/// SHA-256 digest.
+/// Short, log-safe identifier of a token: the first 8 bytes (16 hex
+/// characters) of HMAC-SHA-256 of its digest, keyed with a random key drawn
+/// once per process.
 ///
-/// Two different tokens may (rarely) share a fingerprint; it identifies a
-/// token in logs, it never authenticates anything.
+/// Keyed, so a fingerprint seen in a log cannot be used to test guesses of
+/// the token offline (an unkeyed 32-bit hash prefix could); the same token
+/// has the same fingerprint within one process only. It identifies a token
+/// in logs, it never authenticates anything.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Fingerprint([u8; 4]);
+pub struct Fingerprint([u8; 8]);
+
+/// The per-process fingerprint key.
+fn fingerprint_key() -> &'static [u8; 32] {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        key
+    })
+}
 
 impl Fingerprint {
     /// Fingerprint of a token value.
@@ -32,7 +48,18 @@ impl Fingerprint {
     /// Fingerprint of an already computed SHA-256 digest.
     #[must_use]
     pub(crate) fn from_digest(digest: &TokenDigest) -> Self {
-        Self([digest[0], digest[1], digest[2], digest[3]])
+        Self::keyed(fingerprint_key(), digest)
+    }
+
+    fn keyed(key: &[u8; 32], digest: &TokenDigest) -> Self {
+        // HMAC accepts keys of any length: this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(digest);
+        let tag = mac.finalize().into_bytes();
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&tag[..8]);
+        Self(out)
     }
 }
 
@@ -105,9 +132,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fingerprint_is_8_hex_chars_of_sha256() {
-        // sha256("abc") = ba7816bf...
-        assert_eq!(Fingerprint::of("abc").to_string(), "ba7816bf");
+    fn fingerprints_are_keyed_hmacs() {
+        let fp = Fingerprint::of("abc");
+        assert_eq!(fp.to_string().len(), 16);
+        // Stable within the process, and not the unkeyed SHA-256 prefix.
+        assert_eq!(fp, Fingerprint::of("abc"));
+        assert!(!fp.to_string().starts_with("ba7816bf"));
+        assert_ne!(fp, Fingerprint::of("abd"));
+        // Another key, another fingerprint.
+        let d = digest("abc");
+        assert_ne!(
+            Fingerprint::keyed(&[1; 32], &d),
+            Fingerprint::keyed(&[2; 32], &d)
+        );
+        // The first 8 bytes of HMAC-SHA-256(key, sha256(token)).
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&[7; 32]).unwrap();
+        mac.update(&d);
+        let tag = mac.finalize().into_bytes();
+        assert_eq!(Fingerprint::keyed(&[7; 32], &d).0, tag[..8]);
     }
 
     #[test]

@@ -20,8 +20,9 @@ pub trait TokenSource: Send + Sync + 'static {
     /// Loads the complete current list of accepted tokens.
     ///
     /// # Errors
-    /// Any failure, including an empty result ([`AuthError::NoTokens`]): the
-    /// caller then keeps the tokens it had.
+    /// Any failure: the caller then keeps the tokens it had (for at most
+    /// its staleness bound). An empty result ([`AuthError::NoTokens`]) is
+    /// fatal at start-up and revokes every token on a reload.
     fn load(&self) -> BoxFuture<'_, Result<Vec<String>, AuthError>>;
 }
 
@@ -75,7 +76,9 @@ impl TokenSource for StaticTokens {
 }
 
 /// Tokens read from a file: one per line, surrounding whitespace trimmed,
-/// blank lines ignored. A missing, unreadable or empty file is an error.
+/// blank lines ignored. A missing, unreadable or empty file is an error
+/// (for an empty file on a reload, see [`AuthError::NoTokens`]). A
+/// world-readable file is used, with a warning.
 #[derive(Debug, Clone)]
 pub struct FileTokens {
     path: PathBuf,
@@ -119,6 +122,7 @@ impl TokenSource for FileTokens {
                     path: self.path.clone(),
                     source,
                 })?;
+            warn_if_world_readable(&self.path).await;
             let tokens = parse_token_lines(&content);
             if tokens.is_empty() {
                 return Err(AuthError::NoTokens {
@@ -128,6 +132,26 @@ impl TokenSource for FileTokens {
             Ok(tokens)
         })
     }
+}
+
+/// Warns when others than the owner's group may read the token file.
+async fn warn_if_world_readable(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = tokio::fs::metadata(path).await {
+            let mode = meta.permissions().mode();
+            if mode & 0o004 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format_args!("{:o}", mode & 0o777),
+                    "the token file is world-readable: any local user can read the tokens; chmod 600 it"
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 #[cfg(test)]

@@ -201,6 +201,7 @@ struct StoreInner {
     current: ArcSwap<TokenSet>,
     /// Serialises writers only; readers never touch it.
     writer: Mutex<()>,
+    stats: crate::AuthStats,
 }
 
 /// Cloneable handle to the current [`TokenSet`].
@@ -221,8 +222,15 @@ impl TokenStore {
             inner: Arc::new(StoreInner {
                 current: ArcSwap::from_pointee(set),
                 writer: Mutex::new(()),
+                stats: crate::AuthStats::default(),
             }),
         }
+    }
+
+    /// Refusals of this store's layers and reloads of its manager, counted.
+    #[must_use]
+    pub fn stats(&self) -> &crate::AuthStats {
+        &self.inner.stats
     }
 
     /// A store holding the given raw tokens (see [`TokenSet::from_tokens`]).

@@ -271,7 +271,16 @@ fn validate_addr(addr: &str) -> Result<(), AuthError> {
         .parse()
         .map_err(|_| AuthError::Config(format!("invalid Vault address {addr:?}")))?;
     match uri.scheme_str() {
-        Some("http" | "https") if uri.authority().is_some() => Ok(()),
+        Some("http") if uri.authority().is_some() => {
+            // Allowed (a Vault on localhost or behind a TLS proxy), but the
+            // login token and every bearer token then cross the network in clear.
+            tracing::warn!(
+                vault = addr,
+                "Vault address is plain http://: the Vault token and the bearer tokens are sent unencrypted; use https://"
+            );
+            Ok(())
+        }
+        Some("https") if uri.authority().is_some() => Ok(()),
         _ => Err(AuthError::Config(format!(
             "invalid Vault address {addr:?} (expected http(s)://host:port)"
         ))),

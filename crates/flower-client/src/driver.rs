@@ -13,9 +13,14 @@ use tonic::codec::Streaming;
 use tracing::{debug, info, warn};
 
 use crate::client::{handle_message, Client};
+use crate::inbound::Framed;
 use crate::options::{error_chain, Prepared};
 use crate::retry::{Decision, RetryState};
 use crate::{ClientError, ClientOptions};
+
+/// A server message that has begun to arrive must keep coming: less than
+/// 64 KiB in this long fails the session (and the client retries).
+const SERVER_MESSAGE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What one run of [`start_client`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -230,6 +235,13 @@ impl<C: Client + Send + 'static> Driver<C> {
             Ok(c) => c,
             Err(e) => return classify_connect_error(&e, &p.uri),
         };
+        // Server messages are assembled as their bytes arrive, not reserved
+        // from their length prefix (see `inbound`).
+        let channel = Framed::new(
+            channel,
+            p.max_decoding_message_size,
+            SERVER_MESSAGE_IDLE_TIMEOUT,
+        );
         let mut grpc = FlowerServiceClient::with_interceptor(channel, p.metadata.clone())
             .max_decoding_message_size(p.max_decoding_message_size)
             .max_encoding_message_size(p.max_encoding_message_size);
@@ -247,6 +259,7 @@ impl<C: Client + Send + 'static> Driver<C> {
             info!(server = %p.uri, "joined");
         }
 
+        let mut replied = false;
         loop {
             let message = match inbound.message().await {
                 Ok(Some(m)) => m,
@@ -257,8 +270,12 @@ impl<C: Client + Send + 'static> Driver<C> {
                 }
                 Err(status) => return classify_status(status, &self.prepared.uri),
             };
-            // The server is alive and talking: a later failure is a new streak.
-            self.retry.reset();
+            // A streak of failures ends only once the server has taken one of
+            // our replies and asked for more: a server that sends a message
+            // and drops the stream must not reset `max_retries` forever.
+            if replied {
+                self.retry.reset();
+            }
             let message = match ServerMessage::try_from(message) {
                 Ok(m) => m,
                 Err(e) => {
@@ -309,6 +326,8 @@ impl<C: Client + Send + 'static> Driver<C> {
             if tx.send(reply.into()).await.is_err() {
                 // The request stream is gone; the response stream tells why.
                 debug!("request stream closed while sending a reply");
+            } else {
+                replied = true;
             }
         }
     }

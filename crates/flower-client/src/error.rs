@@ -81,6 +81,54 @@ pub enum ClientError {
     /// from inside one.
     #[error("runtime error: {0}")]
     Runtime(String),
+
+    /// The SuperNode's private key cannot be used (unreadable, not an
+    /// OpenSSH ECDSA key, passphrase-protected).
+    #[error("SuperNode key: {0}")]
+    NodeKey(#[source] flower_auth::node::NodeAuthError),
+
+    /// A TLS client configuration could not be built.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[source] rustls::Error),
+
+    /// The SuperLink refused the node's authentication (HTTP 401): the key
+    /// is not registered (`--enable-supernode-auth`), or the node id is not
+    /// bound to it. Never retried, as flwr's SuperNode stops.
+    #[error("the SuperLink refused this node's authentication on {rpc} (HTTP 401): {body}")]
+    NodeUnauthorized {
+        /// The Fleet RPC.
+        rpc: &'static str,
+        /// The SuperLink's error body.
+        body: String,
+    },
+
+    /// The SuperLink answered a Fleet call with a status that is neither
+    /// 200, 401, 403 nor retryable (502/503/504). flwr's SuperNode stops
+    /// on these, and so does this one.
+    #[error("Fleet API {rpc} failed with HTTP {status}: {body}")]
+    FleetStatus {
+        /// The Fleet RPC.
+        rpc: &'static str,
+        /// The HTTP status code.
+        status: u16,
+        /// The SuperLink's (JSON) error body.
+        body: String,
+    },
+
+    /// A Fleet answer was not the expected protobuf message.
+    #[error("Fleet API {rpc}: undecodable answer: {source}")]
+    FleetDecode {
+        /// The Fleet RPC.
+        rpc: &'static str,
+        /// The decoder's error.
+        #[source]
+        source: prost::DecodeError,
+    },
+
+    /// The SuperLink does not recognize this node (ActivateNode unknown
+    /// key, or a heartbeat answered `success = false`) and rejoining failed.
+    #[error("the SuperLink does not recognize this node: {0}")]
+    NodeUnknown(String),
 }
 
 impl From<flower_auth::AuthError> for ClientError {

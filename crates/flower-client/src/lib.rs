@@ -1,6 +1,12 @@
-//! A Flower client in Rust for Flower's grpc-bidi transport
-//! (`flwr.proto.FlowerService/Join`), interoperable with the stock Python
-//! Flower 1.42 server.
+//! Flower clients in Rust, interoperable with stock Python Flower 1.42:
+//!
+//! * [`fleet`]: a **SuperNode** for modern Flower (the HTTP Fleet API of
+//!   `flower-superlink` ≥ 1.40, and of `flower-server --fleet-api-address`),
+//!   answering messages with a Rust [`app::ClientApp`] (message API:
+//!   `train` / `evaluate` / `query`), or an existing [`NumPyClient`]
+//!   through [`app::NumPyClientApp`]. See `examples/supernode.rs`.
+//! * The rest of this page: a client for the deprecated grpc-bidi
+//!   transport (`flwr.proto.FlowerService/Join`).
 //!
 //! * [`NumPyClient`]: implement `fit` / `evaluate` / `get_parameters` /
 //!   `get_properties` over [`NdArray`](flower_core::NdArray)s, like Python's
@@ -46,9 +52,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod app;
 mod client;
 mod driver;
 mod error;
+pub mod fleet;
+mod inbound;
 mod metadata;
 mod numpy;
 mod options;

@@ -21,8 +21,11 @@ use rand::Rng;
 /// with `full_jitter`, no bound on tries or time); Python's grpc-bidi
 /// transport itself never retries.
 ///
-/// A streak of failures ends (and the counters reset) once the server sends
-/// an instruction.
+/// A streak of failures ends (and the counters reset) once a session has
+/// completed a round trip: the server sent an instruction after taking one
+/// of our replies. Any server message alone does not, so a server that
+/// answers each join with one message and a dropped stream still exhausts
+/// `max_retries`.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RetryPolicy {

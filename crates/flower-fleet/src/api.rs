@@ -10,11 +10,11 @@ use bytes::Bytes;
 use flower_auth::node::AuthorizedNodeKeys;
 use flower_message::{Limits, ObjectId};
 use flower_proto as pb;
+use flower_server::listener::{HardenedListener, ListenerOptions, Protocol};
 use flower_server::{BoundTransport, ClientManager, ServerError, TlsFiles, Transport};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use rand::RngCore;
-use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::convert::{ContentOptions, MessageFormat};
@@ -112,6 +112,9 @@ pub struct FleetOptions {
     pub max_request_bytes: usize,
     /// Bounds on reply object trees.
     pub limits: Limits,
+    /// Connection-level limits (connection cap, TLS handshake and header
+    /// read timeout, TCP keepalive), as on the grpc-bidi port.
+    pub listener: ListenerOptions,
     /// Housekeeping period: silent nodes, expired instructions and push
     /// sessions (default 1 s).
     pub tick: Duration,
@@ -137,6 +140,7 @@ impl std::fmt::Debug for FleetOptions {
             )
             .field("max_request_bytes", &self.max_request_bytes)
             .field("grpc_address", &self.grpc_address)
+            .field("listener", &self.listener)
             .finish_non_exhaustive()
     }
 }
@@ -154,6 +158,7 @@ impl Default for FleetOptions {
             authorized_keys: None,
             max_request_bytes: 8 << 20,
             limits: Limits::default(),
+            listener: ListenerOptions::default(),
             tick: Duration::from_secs(1),
             grpc_address: None,
         }
@@ -223,6 +228,12 @@ impl FleetOptions {
         self.max_request_bytes = bytes;
         self
     }
+
+    /// The connection-level limits.
+    pub fn listener(mut self, listener: ListenerOptions) -> Self {
+        self.listener = listener;
+        self
+    }
 }
 
 /// Flower's Fleet API for stock SuperNodes (flwr ≥ 1.40, protobuf over
@@ -277,9 +288,9 @@ impl FleetApi {
         })
     }
 
-    fn tls(options: &FleetOptions) -> Result<Option<tokio_rustls::TlsAcceptor>, FleetError> {
+    fn tls(options: &FleetOptions) -> Result<Option<Arc<rustls::ServerConfig>>, FleetError> {
         let tls = match (&options.tls, options.insecure) {
-            (Some(files), _) => Some(http::tls::acceptor(files)?),
+            (Some(files), _) => Some(http::tls::config(files)?),
             (None, true) => None,
             (None, false) => {
                 return Err(FleetError::Config(
@@ -297,7 +308,7 @@ impl FleetApi {
 
     fn prepare(
         options: &FleetOptions,
-    ) -> Result<(FleetApp, Option<tokio_rustls::TlsAcceptor>), FleetError> {
+    ) -> Result<(FleetApp, Option<Arc<rustls::ServerConfig>>), FleetError> {
         let app = options
             .app
             .clone()
@@ -353,7 +364,7 @@ impl std::fmt::Debug for FleetServer {
 /// serving future.
 async fn start(
     options: &FleetOptions,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     clients: Option<ClientManager>,
     run: Option<RunInfo>,
     stop: BoxFuture<'static, ()>,
@@ -380,6 +391,7 @@ async fn start(
         options.content.clone(),
         options.limits.clone(),
     );
+    fleet_metrics(&shared, options.authorized_keys.as_ref());
     let service = Arc::new(Service {
         shared: shared.clone(),
         auth: NodeAuth {
@@ -387,14 +399,18 @@ async fn start(
         },
         max_request_bytes: options.max_request_bytes,
     });
-    let bind_error = |source| FleetError::Bind {
-        address: options.address,
-        source,
-    };
-    let listener = TcpListener::bind(options.address)
-        .await
-        .map_err(bind_error)?;
-    let local_addr = listener.local_addr().map_err(bind_error)?;
+    let listener = HardenedListener::bind(
+        options.address,
+        options.listener.clone(),
+        tls.clone(),
+        Protocol::Http1,
+    )
+    .await
+    .map_err(|e| match e {
+        ServerError::Bind { address, source } => FleetError::Bind { address, source },
+        other => FleetError::Config(flower_server::error_chain(&other)),
+    })?;
+    let local_addr = listener.local_addr();
     info!(
         address = %local_addr,
         tls = tls.is_some(),
@@ -416,7 +432,7 @@ async fn start(
         None => None,
     };
     let grpc_addr = grpc.as_ref().map(|(a, _)| *a);
-    let accept = http::accept_loop(listener, tls, service, stop);
+    let accept = http::accept_loop(listener, options.listener.handshake_timeout, service, stop);
     let state = shared.clone();
     let serve = async move {
         let housekeeping = tokio::spawn(housekeeping);
@@ -446,7 +462,9 @@ async fn grpc_server(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, BoxFuture<'static, ()>), FleetError> {
     let bind_error = |source| FleetError::Bind { address, source };
-    let listener = TcpListener::bind(address).await.map_err(bind_error)?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
     let fleet = pb::fleet_server::FleetServer::new(crate::grpc::GrpcFleet { service })
         .max_decoding_message_size(options.max_request_bytes)
@@ -610,5 +628,49 @@ async fn revocations(
             }
             Err(RecvError::Closed) => return,
         }
+    }
+}
+
+/// The Fleet API's scrape-time metrics. Weak references: the metrics
+/// outlive a run's state without keeping it alive.
+fn fleet_metrics(shared: &Arc<Shared>, keys: Option<&AuthorizedNodeKeys>) {
+    let metrics = shared.metrics().clone();
+    let weak = Arc::downgrade(shared);
+    metrics.gauge_fn(
+        "flower_fleet_nodes_online",
+        "SuperNodes online (active, heartbeating)",
+        move || {
+            let n = weak.upgrade().map_or(0, |s| s.nodes_online());
+            vec![(Vec::new(), n as f64)]
+        },
+    );
+    let weak = Arc::downgrade(shared);
+    metrics.gauge_fn(
+        "flower_fleet_objects",
+        "Objects (messages, arrays) held in the Fleet API's object store",
+        move || {
+            let n = weak
+                .upgrade()
+                .map_or(0, |s| s.read_state(|state| state.store().len()));
+            vec![(Vec::new(), n as f64)]
+        },
+    );
+    let weak = Arc::downgrade(shared);
+    metrics.gauge_fn(
+        "flower_fleet_object_bytes",
+        "Bytes of content in the Fleet API's object store",
+        move || {
+            let n = weak
+                .upgrade()
+                .map_or(0, |s| s.read_state(|state| state.store().content_bytes()));
+            vec![(Vec::new(), n as f64)]
+        },
+    );
+    if let Some(keys) = keys.cloned() {
+        metrics.gauge_fn(
+            "flower_fleet_authorized_keys",
+            "SuperNode public keys in the current authorized set",
+            move || vec![(Vec::new(), keys.len() as f64)],
+        );
     }
 }

@@ -22,8 +22,10 @@ use flower_core::{
 };
 use flower_message::{
     Array, ArrayRecord, ConfigRecord, ConfigValue, Message, MetricRecord, MetricValue, Payload,
-    RecordDict, NUMPY_STYPE,
+    Record, RecordDict, NUMPY_STYPE,
 };
+use flower_server::ContentReply;
+use flower_strategy::msg;
 
 use crate::FleetError;
 
@@ -227,6 +229,173 @@ fn modern_ins(
     Ok(RecordDict::new()
         .with("arrays", arrays)
         .with("config", config))
+}
+
+/// A message-API strategy's content (`flower_strategy::msg`) as Flower
+/// records, key for key and in order: arrays keep their `.npy` bytes
+/// (shared, not copied), config and metric values their types.
+pub(crate) fn strategy_content(content: &msg::RecordDict) -> Result<RecordDict, FleetError> {
+    content
+        .iter()
+        .map(|(key, record)| {
+            let record = match record {
+                msg::Record::Arrays(arrays) => Record::Array(
+                    arrays
+                        .iter()
+                        .map(|(k, a)| (k, tensor_array(a.npy(), NUMPY_STYPE)))
+                        .collect(),
+                ),
+                msg::Record::Metrics(metrics) => Record::Metric(
+                    metrics
+                        .iter()
+                        .map(|(k, v)| (k, metric_to_message(v)))
+                        .collect(),
+                ),
+                msg::Record::Config(config) => Record::Config(
+                    config
+                        .iter()
+                        .map(|(k, v)| (k, config_to_message(v)))
+                        .collect(),
+                ),
+            };
+            Ok((key, record))
+        })
+        .collect()
+}
+
+fn metric_to_message(v: &msg::MetricValue) -> MetricValue {
+    match v {
+        msg::MetricValue::Int(i) => MetricValue::Sint64(*i),
+        msg::MetricValue::Float(f) => MetricValue::Double(*f),
+        msg::MetricValue::IntList(l) => MetricValue::SintList(l.clone()),
+        msg::MetricValue::FloatList(l) => MetricValue::DoubleList(l.clone()),
+    }
+}
+
+fn config_to_message(v: &msg::ConfigValue) -> ConfigValue {
+    match v {
+        msg::ConfigValue::Int(i) => ConfigValue::Sint64(*i),
+        msg::ConfigValue::Float(f) => ConfigValue::Double(*f),
+        msg::ConfigValue::Bool(b) => ConfigValue::Bool(*b),
+        msg::ConfigValue::Str(s) => ConfigValue::String(s.clone()),
+        msg::ConfigValue::Bytes(b) => ConfigValue::Bytes(Bytes::from(b.clone())),
+        msg::ConfigValue::IntList(l) => ConfigValue::SintList(l.clone()),
+        msg::ConfigValue::FloatList(l) => ConfigValue::DoubleList(l.clone()),
+        msg::ConfigValue::BoolList(l) => ConfigValue::BoolList(l.clone()),
+        msg::ConfigValue::StrList(l) => ConfigValue::StringList(l.clone()),
+        msg::ConfigValue::BytesList(l) => {
+            ConfigValue::BytesList(l.iter().map(|b| Bytes::from(b.clone())).collect())
+        }
+    }
+}
+
+/// A Python int as the strategies hold it: i64, or a float beyond it (flwr
+/// sends unsigned values only above i64's range).
+fn int_value(u: u64) -> Result<i64, f64> {
+    i64::try_from(u).map_err(|_| u as f64)
+}
+
+fn metric_from_message(v: &MetricValue) -> msg::MetricValue {
+    let ints = |l: &[u64]| -> msg::MetricValue {
+        match l
+            .iter()
+            .map(|&u| int_value(u))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(l) => msg::MetricValue::IntList(l),
+            Err(_) => msg::MetricValue::FloatList(l.iter().map(|&u| u as f64).collect()),
+        }
+    };
+    match v {
+        MetricValue::Double(d) => msg::MetricValue::Float(*d),
+        MetricValue::Sint64(i) => msg::MetricValue::Int(*i),
+        MetricValue::Uint64(u) => {
+            int_value(*u).map_or_else(msg::MetricValue::Float, msg::MetricValue::Int)
+        }
+        MetricValue::DoubleList(l) => msg::MetricValue::FloatList(l.clone()),
+        MetricValue::SintList(l) => msg::MetricValue::IntList(l.clone()),
+        MetricValue::UintList(l) => ints(l),
+    }
+}
+
+fn config_from_message(v: &ConfigValue) -> msg::ConfigValue {
+    match v {
+        ConfigValue::Double(d) => msg::ConfigValue::Float(*d),
+        ConfigValue::Sint64(i) => msg::ConfigValue::Int(*i),
+        ConfigValue::Uint64(u) => {
+            int_value(*u).map_or_else(msg::ConfigValue::Float, msg::ConfigValue::Int)
+        }
+        ConfigValue::Bool(b) => msg::ConfigValue::Bool(*b),
+        ConfigValue::String(s) => msg::ConfigValue::Str(s.clone()),
+        ConfigValue::Bytes(b) => msg::ConfigValue::Bytes(b.to_vec()),
+        ConfigValue::DoubleList(l) => msg::ConfigValue::FloatList(l.clone()),
+        ConfigValue::SintList(l) => msg::ConfigValue::IntList(l.clone()),
+        ConfigValue::UintList(l) => {
+            match l
+                .iter()
+                .map(|&u| int_value(u))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(l) => msg::ConfigValue::IntList(l),
+                Err(_) => msg::ConfigValue::FloatList(l.iter().map(|&u| u as f64).collect()),
+            }
+        }
+        ConfigValue::BoolList(l) => msg::ConfigValue::BoolList(l.clone()),
+        ConfigValue::StringList(l) => msg::ConfigValue::StrList(l.clone()),
+        ConfigValue::BytesList(l) => {
+            msg::ConfigValue::BytesList(l.iter().map(|b| b.to_vec()).collect())
+        }
+    }
+}
+
+/// A reply to a message-API instruction of type `kind`: its content as the
+/// strategies read it (arrays must be `.npy` arrays), or the error it
+/// carries.
+pub(crate) fn reply_content(
+    kind: &'static str,
+    reply: &Message,
+) -> Result<ContentReply, FleetError> {
+    let content = match &reply.payload {
+        Payload::Content(c) => c,
+        Payload::Error(e) => {
+            return Ok(Err(msg::ReplyError {
+                code: e.code,
+                reason: e.reason.clone(),
+            }))
+        }
+    };
+    let mut out = msg::RecordDict::new();
+    for (key, record) in content.iter() {
+        let record = match record {
+            Record::Array(arrays) => {
+                let mut r = msg::ArrayRecord::new();
+                for (k, a) in arrays.iter() {
+                    if a.stype != NUMPY_STYPE {
+                        return Err(bad(
+                            kind,
+                            format!("array {k:?} is a {:?}, not a NumPy array", a.stype),
+                        ));
+                    }
+                    let array = msg::Array::from_npy(a.data.clone())
+                        .map_err(|e| bad(kind, format!("array {k:?}: {e}")))?;
+                    r.insert(k.clone(), array);
+                }
+                msg::Record::Arrays(r)
+            }
+            Record::Metric(m) => msg::Record::Metrics(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), metric_from_message(v)))
+                    .collect(),
+            ),
+            Record::Config(c) => msg::Record::Config(
+                c.iter()
+                    .map(|(k, v)| (k.clone(), config_from_message(v)))
+                    .collect(),
+            ),
+        };
+        out.insert(key.clone(), record);
+    }
+    Ok(Ok(out))
 }
 
 fn bad(kind: &'static str, reason: impl Into<String>) -> FleetError {
@@ -466,6 +635,50 @@ mod tests {
     use super::*;
     use flower_core::{EvaluateIns, FitIns, NdArray};
     use flower_message::Metadata;
+
+    /// Message-API content goes out and comes back record for record, key
+    /// order, value types and array bytes (shared, not copied) included.
+    #[test]
+    fn strategy_content_round_trips() {
+        let p = params();
+        let array = msg::Array::from_npy(p.tensors[0].clone()).expect("npy");
+        let mut metrics = msg::MetricRecord::new();
+        metrics.insert("num-examples", msg::MetricValue::Int(3));
+        metrics.insert("hist", msg::MetricValue::FloatList(vec![0.5, 1.5]));
+        let mut config = msg::ConfigRecord::new();
+        config.insert("server-round", msg::ConfigValue::Int(2));
+        config.insert("tags", msg::ConfigValue::StrList(vec!["a".into()]));
+        config.insert("blob", msg::ConfigValue::Bytes(vec![1, 2]));
+        let mut content = msg::RecordDict::new();
+        content.insert(
+            "z-arrays",
+            msg::Record::Arrays([("w", array)].into_iter().collect()),
+        );
+        content.insert("metrics", msg::Record::Metrics(metrics));
+        content.insert("config", msg::Record::Config(config));
+        let out = strategy_content(&content).expect("content");
+        let arrays = out.array_record("z-arrays").expect("arrays");
+        assert_eq!(arrays["w"].dtype, "float32");
+        assert_eq!(arrays["w"].data.as_ptr(), p.tensors[0].as_ptr());
+        assert_eq!(
+            out.keys().collect::<Vec<_>>(),
+            ["z-arrays", "metrics", "config"]
+        );
+        let reply = Message::new(Metadata::default(), out);
+        let back = reply_content(TRAIN, &reply)
+            .expect("reply")
+            .expect("content");
+        assert_eq!(back, content);
+        let err = Message::with_error(
+            Metadata::default(),
+            flower_message::MessageError {
+                code: 3,
+                reason: "boom".into(),
+            },
+        );
+        let e = reply_content(TRAIN, &err).expect("reply").unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (3, "boom"));
+    }
 
     fn params() -> Parameters {
         let a = NdArray::from(ndarray_f32());

@@ -18,7 +18,9 @@
 //! * [`FleetNode`]: each active SuperNode as a
 //!   [`ClientHandle`](flower_server::ClientHandle) of the round driver; the
 //!   driver's `FitIns`/`EvaluateIns` become `train`/`evaluate` messages
-//!   ([`ContentOptions`] says which records).
+//!   ([`ContentOptions`] says which records); a message-API strategy's
+//!   messages (`ClientHandle::exchange_content`) travel record for record,
+//!   and its replies come back whole (error replies included).
 //!
 //! What a SuperNode sees follows flwr 1.42's SuperLink
 //! (`superlink/servicer/fleet/fleet_handlers.py`,
@@ -46,10 +48,11 @@ pub use convert::{ContentOptions, MessageFormat};
 pub use error::FleetError;
 pub use node::FleetNode;
 
-/// A rustls acceptor for the PEM certificate and key in `files`, as the
-/// Fleet API uses (for services that share its TLS set-up).
-pub fn tls_acceptor(
+/// The rustls server configuration for the PEM certificate and key in
+/// `files`, as the Fleet API uses it (for services that share its TLS
+/// set-up).
+pub fn tls_config(
     files: &flower_server::TlsFiles,
-) -> Result<tokio_rustls::TlsAcceptor, FleetError> {
-    http::tls::acceptor(files)
+) -> Result<std::sync::Arc<rustls::ServerConfig>, FleetError> {
+    http::tls::config(files)
 }

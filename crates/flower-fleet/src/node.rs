@@ -6,16 +6,19 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flower_core::{ClientMessage, InstructionKind};
-use flower_message::{inflate, Limits};
+use flower_message::{inflate, Limits, Message, VerifiedObjects};
 use flower_proto as pb;
-use flower_server::{ClientHandle, ClientId, ClientManager, ExchangeError, OutgoingMessage};
+use flower_server::{
+    ClientHandle, ClientId, ClientManager, ContentReply, ExchangeError, OutgoingContent,
+    OutgoingMessage,
+};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::convert::{reply_to_client_message, ContentOptions};
-use crate::outgoing::ContentCache;
+use crate::convert::{reply_content, reply_to_client_message, ContentOptions};
+use crate::outgoing::{ContentCache, SharedContent};
 use crate::state::{LinkState, NodeEvent};
 
 /// flwr's default message TTL (`DEFAULT_TTL`, 12 h), used when the driver
@@ -46,8 +49,16 @@ pub(crate) struct Shared {
     clients: Option<ClientManager>,
     registry: Mutex<HashMap<u64, ClientId>>,
     pub(crate) cache: ContentCache,
+    pub(crate) msg_cache: ContentCache<OutgoingContent>,
     pub(crate) content: Arc<ContentOptions>,
     pub(crate) limits: Limits,
+    /// The server's metrics (the driver's registry's, or this link's own
+    /// when there is no driver).
+    metrics: flower_server::Metrics,
+    /// One reply inflates at a time: assembling an array holds its chunks
+    /// and the assembled copy at once, so replies that complete together
+    /// would otherwise double the server's peak memory for a moment.
+    inflate_gate: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -57,13 +68,20 @@ impl Shared {
         content: ContentOptions,
         limits: Limits,
     ) -> Arc<Self> {
+        let metrics = clients
+            .as_ref()
+            .map(|c| c.metrics().clone())
+            .unwrap_or_default();
         Arc::new(Shared {
             state: Mutex::new(state),
             clients,
             registry: Mutex::new(HashMap::new()),
             cache: ContentCache::default(),
+            msg_cache: ContentCache::default(),
             content: Arc::new(content),
             limits,
+            metrics,
+            inflate_gate: tokio::sync::Semaphore::new(1),
         })
     }
 
@@ -82,6 +100,21 @@ impl Shared {
             self.apply(event);
         }
         result
+    }
+
+    /// The metrics of the server's client registry.
+    pub(crate) fn metrics(&self) -> &flower_server::Metrics {
+        &self.metrics
+    }
+
+    /// SuperNodes online (active and heartbeating).
+    pub(crate) fn nodes_online(&self) -> usize {
+        self.read_state(|s| {
+            s.nodes()
+                .iter()
+                .filter(|n| n.status == crate::state::NodeStatus::Online)
+                .count()
+        })
     }
 
     /// Read-only access.
@@ -183,6 +216,42 @@ async fn run_exchange(
         .get(&message, &shared.content)
         .await
         .map_err(ExchangeError::Protocol)?;
+    debug!(node_id, kind = %kind, "instruction queued");
+    let message = round_trip(&shared, node_id, &content, timeout).await?;
+    reply_to_client_message(kind, &message, &shared.content)
+        .map_err(|e| ExchangeError::Protocol(flower_server::error_chain(&e)))
+}
+
+/// A message-API instruction, its reply content back as is.
+async fn run_content_exchange(
+    shared: Arc<Shared>,
+    node_id: u64,
+    message: Arc<OutgoingContent>,
+    timeout: Option<Duration>,
+) -> Result<ContentReply, ExchangeError> {
+    let content = shared
+        .msg_cache
+        .get_content(&message)
+        .await
+        .map_err(ExchangeError::Protocol)?;
+    debug!(
+        node_id,
+        round = message.round(),
+        "message-API instruction queued"
+    );
+    let kind = content.message_type();
+    let reply = round_trip(&shared, node_id, &content, timeout).await?;
+    reply_content(kind, &reply).map_err(|e| ExchangeError::Protocol(flower_server::error_chain(&e)))
+}
+
+/// Queues `content` for the node, waits (bounded) for its complete reply
+/// and inflates it.
+async fn round_trip(
+    shared: &Arc<Shared>,
+    node_id: u64,
+    content: &SharedContent,
+    timeout: Option<Duration>,
+) -> Result<Message, ExchangeError> {
     let now = unix_now();
     let ttl = timeout.unwrap_or(DEFAULT_TTL).as_secs_f64();
     let run_id = shared.read_state(LinkState::run_id);
@@ -195,7 +264,6 @@ async fn run_exchange(
         shared: shared.clone(),
         exchange,
     };
-    debug!(node_id, kind = %kind, "instruction queued");
     let outcome = match timeout {
         Some(t) => tokio::time::timeout(t, rx)
             .await
@@ -206,14 +274,20 @@ async fn run_exchange(
         .map_err(|_| ExchangeError::Closed("the Fleet API stopped".into()))?
         .map_err(|failure| ExchangeError::Closed(failure.to_string()))?;
     let limits = shared.limits.clone();
-    // Inflating re-hashes every object: off the async threads.
-    let message =
-        tokio::task::spawn_blocking(move || inflate(&reply.tree, &reply.objects, &limits))
-            .await
-            .map_err(|e| ExchangeError::Protocol(format!("inflating the reply failed: {e}")))?
-            .map_err(|e| ExchangeError::Protocol(format!("invalid reply: {e}")))?;
-    reply_to_client_message(kind, &message, &shared.content)
-        .map_err(|e| ExchangeError::Protocol(flower_server::error_chain(&e)))
+    // Every pushed object was hashed against its id on arrival (and the
+    // server's own objects come from its deflate), so inflation only parses
+    // and assembles; still off the async threads, as it copies the arrays.
+    let _inflating = shared
+        .inflate_gate
+        .acquire()
+        .await
+        .map_err(|_| ExchangeError::Closed("the Fleet API stopped".into()))?;
+    tokio::task::spawn_blocking(move || {
+        inflate(&reply.tree, &VerifiedObjects(&reply.objects), &limits)
+    })
+    .await
+    .map_err(|e| ExchangeError::Protocol(format!("inflating the reply failed: {e}")))?
+    .map_err(|e| ExchangeError::Protocol(format!("invalid reply: {e}")))
 }
 
 impl ClientHandle for FleetNode {
@@ -250,5 +324,24 @@ impl ClientHandle for FleetNode {
 
     fn peer(&self) -> String {
         format!("supernode:{}", self.node_id)
+    }
+
+    fn exchange_content(
+        &self,
+        message: Arc<OutgoingContent>,
+        timeout: Option<Duration>,
+    ) -> BoxFuture<'static, Result<ContentReply, ExchangeError>> {
+        let shared = self.shared.upgrade();
+        let node_id = self.node_id;
+        async move {
+            let shared =
+                shared.ok_or_else(|| ExchangeError::Closed("the Fleet API stopped".into()))?;
+            run_content_exchange(shared, node_id, message, timeout).await
+        }
+        .boxed()
+    }
+
+    fn transport(&self) -> &'static str {
+        "fleet-api"
     }
 }

@@ -18,11 +18,12 @@ use flower_message::{
     RecordDict, DEFAULT_CHUNK_SIZE,
 };
 use flower_proto as pb;
-use flower_server::OutgoingMessage;
+use flower_server::{OutgoingContent, OutgoingMessage};
+use flower_strategy::msg::MessageType;
 use prost::Message as _;
 use tokio::sync::OnceCell;
 
-use crate::convert::{instruction_content, ContentOptions};
+use crate::convert::{instruction_content, strategy_content, ContentOptions, EVALUATE, TRAIN};
 use crate::state::{Content, Instruction, SUPERLINK_NODE_ID};
 use crate::FleetError;
 
@@ -100,6 +101,27 @@ impl SharedContent {
     ) -> Result<Self, FleetError> {
         let (message_type, content) =
             instruction_content(message.message(), message.round(), options)?;
+        let group_id = message.round().map(|r| r.to_string()).unwrap_or_default();
+        Self::from_content(message_type, group_id, content)
+    }
+
+    /// Deflates a message-API instruction (its content as the strategy
+    /// built it).
+    pub(crate) fn build_content(message: &OutgoingContent) -> Result<Self, FleetError> {
+        let content = strategy_content(message.content())?;
+        let message_type = match message.message_type() {
+            MessageType::Train => TRAIN,
+            MessageType::Evaluate => EVALUATE,
+        };
+        Self::from_content(message_type, message.round().to_string(), content)
+    }
+
+    /// Deflates `content`, sharing the array data's buffers.
+    fn from_content(
+        message_type: &'static str,
+        group_id: String,
+        content: RecordDict,
+    ) -> Result<Self, FleetError> {
         let message_with_content = Message::new(Metadata::default(), content);
         let deflated = deflate(&message_with_content);
         let root = deflated.root;
@@ -116,10 +138,15 @@ impl SharedContent {
         };
         Ok(SharedContent {
             message_type,
-            group_id: message.round().map(|r| r.to_string()).unwrap_or_default(),
+            group_id,
             subtree,
             objects,
         })
+    }
+
+    /// flwr's message type (`train`, `evaluate`, ...).
+    pub(crate) fn message_type(&self) -> &'static str {
+        self.message_type
     }
 
     /// The instruction for `node_id`: metadata as flwr's `Grid` writes it
@@ -175,19 +202,51 @@ impl SharedContent {
 
 type Cell = Arc<OnceCell<Result<Arc<SharedContent>, String>>>;
 
-/// Deflated content by instruction, while the instruction is alive.
-#[derive(Debug, Default)]
-pub(crate) struct ContentCache {
-    entries: Mutex<Vec<(Weak<OutgoingMessage>, Cell)>>,
+/// Deflated content by instruction (an [`OutgoingMessage`] or an
+/// [`OutgoingContent`]), while the instruction is alive.
+#[derive(Debug)]
+pub(crate) struct ContentCache<T = OutgoingMessage> {
+    entries: Mutex<Vec<(Weak<T>, Cell)>>,
 }
 
-impl ContentCache {
+impl<T> Default for ContentCache<T> {
+    fn default() -> Self {
+        ContentCache {
+            entries: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl ContentCache<OutgoingMessage> {
     /// The content of `message`, deflated by the first caller (off the
     /// async threads); later callers wait for it.
     pub(crate) async fn get(
         &self,
         message: &Arc<OutgoingMessage>,
         options: &Arc<ContentOptions>,
+    ) -> Result<Arc<SharedContent>, String> {
+        let options = options.clone();
+        self.get_with(message, move |m| SharedContent::build(m, &options))
+            .await
+    }
+}
+
+impl ContentCache<OutgoingContent> {
+    /// The content of a message-API instruction, deflated by the first
+    /// caller; later callers wait for it.
+    pub(crate) async fn get_content(
+        &self,
+        message: &Arc<OutgoingContent>,
+    ) -> Result<Arc<SharedContent>, String> {
+        self.get_with(message, SharedContent::build_content).await
+    }
+}
+
+impl<T: Send + Sync + 'static> ContentCache<T> {
+    async fn get_with(
+        &self,
+        message: &Arc<T>,
+        build: impl FnOnce(&T) -> Result<SharedContent, FleetError> + Send + 'static,
     ) -> Result<Arc<SharedContent>, String> {
         let cell = {
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -204,9 +263,8 @@ impl ContentCache {
         };
         cell.get_or_init(|| {
             let message = message.clone();
-            let options = options.clone();
             async move {
-                tokio::task::spawn_blocking(move || SharedContent::build(&message, &options))
+                tokio::task::spawn_blocking(move || build(&message))
                     .await
                     .map_err(|e| format!("deflating the instruction failed: {e}"))
                     .and_then(|r| r.map(Arc::new).map_err(|e| e.to_string()))

@@ -18,7 +18,7 @@ use indexmap::IndexMap;
 use prost::Message as _;
 
 use crate::message::encode_message_body;
-use crate::object::{encode_object, validate_object};
+use crate::object::{encode_object, parse_head, validate_object};
 use crate::pyjson::{self, ArrayBody, StrPairs};
 use crate::tree::check_child_class;
 use crate::{
@@ -354,7 +354,11 @@ impl<S: ObjectSource> Inflater<'_, S> {
                 actual: content.len() as u64,
             });
         }
-        let head = validate_object(&id, &content)?;
+        let head = if self.objects.contents_verified() {
+            parse_head(&id, &content)?
+        } else {
+            validate_object(&id, &content)?
+        };
         check_child_class(&id, head.class, parent)?;
         self.check_tree_children(t, &head.children)?;
         self.path.push(id);
@@ -659,6 +663,7 @@ impl<S: ObjectSource> Inflater<'_, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::object::VerifiedObjects;
 
     fn message_with(data: Vec<u8>) -> Message {
         let array = Array {
@@ -717,5 +722,33 @@ mod tests {
             .children
             .is_empty());
         assert!(inflated_array(&d).data.is_empty());
+    }
+
+    #[test]
+    fn verified_sources_skip_only_the_hash() {
+        let d = deflate(&message_with(vec![1, 2, 3, 4]));
+        // Swap the chunk's bytes for others of the same length: the head
+        // still parses, only the hash tells.
+        let mut tampered: std::collections::HashMap<ObjectId, Bytes> =
+            d.objects.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let (chunk_id, _) = d
+            .objects
+            .get_index(0)
+            .map(|(k, v)| (*k, v))
+            .unwrap_or_else(|| unreachable!());
+        tampered.insert(chunk_id, Bytes::from_static(b"ArrayChunk  4\0wxyz"));
+        let limits = Limits::default();
+        assert!(matches!(
+            inflate(&d.tree, &tampered, &limits),
+            Err(Error::IdMismatch { .. })
+        ));
+        let trusted = inflate(&d.tree, &VerifiedObjects(&tampered), &limits);
+        let data = trusted
+            .ok()
+            .and_then(|m| Some(m.content()?.array_record("r")?.get("a")?.data.clone()));
+        assert_eq!(data.as_deref(), Some(&b"wxyz"[..]));
+        // Structure is still checked: a missing object is an error.
+        tampered.remove(&chunk_id);
+        assert!(inflate(&d.tree, &VerifiedObjects(&tampered), &limits).is_err());
     }
 }

@@ -37,6 +37,7 @@ pub use id::ObjectId;
 pub use message::{Message, MessageError, Metadata, Payload};
 pub use object::{
     encode_object, parse_head, validate_object, ObjectClass, ObjectHead, ObjectSource,
+    VerifiedObjects,
 };
 pub use records::{
     Array, ArrayRecord, ConfigRecord, MetricRecord, Record, RecordDict, NUMPY_STYPE,

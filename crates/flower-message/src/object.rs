@@ -205,6 +205,31 @@ pub fn validate_object(id: &ObjectId, content: &[u8]) -> Result<ObjectHead, Erro
 pub trait ObjectSource {
     /// The content stored under `id`, if any.
     fn object(&self, id: &ObjectId) -> Option<Bytes>;
+
+    /// Whether every content this source returns was already checked to
+    /// hash to its id ([`validate_object`], e.g. as each object was pushed),
+    /// so that inflation parses heads without hashing the bytes again.
+    /// `false` unless the source says otherwise ([`VerifiedObjects`]).
+    fn contents_verified(&self) -> bool {
+        false
+    }
+}
+
+/// An [`ObjectSource`] whose every content was checked with
+/// [`validate_object`] when it was received: [`inflate`](crate::inflate)
+/// then skips the second SHA-256 pass over the model's bytes (heads, trees,
+/// bodies and limits are still checked).
+#[derive(Debug, Clone, Copy)]
+pub struct VerifiedObjects<'a, S>(pub &'a S);
+
+impl<S: ObjectSource> ObjectSource for VerifiedObjects<'_, S> {
+    fn object(&self, id: &ObjectId) -> Option<Bytes> {
+        self.0.object(id)
+    }
+
+    fn contents_verified(&self) -> bool {
+        true
+    }
 }
 
 impl<S: std::hash::BuildHasher> ObjectSource for std::collections::HashMap<ObjectId, Bytes, S> {

@@ -5,6 +5,7 @@
 //! `flower_server::Server::builder()`; this binary adds only logging, signal
 //! handling and exit codes.
 
+mod progress;
 mod settings;
 
 use std::process::ExitCode;
@@ -12,11 +13,19 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use flower_fleet::{FleetApi, FleetApp, FleetOptions, MessageFormat};
-use flower_server::{error_chain, read_npz_named, DirectoryStore, Server, ServerError};
+use flower_server::{error_chain, read_npz_named, DirectoryStore, MsgSetup, Server, ServerError};
 use settings::Settings;
 use tracing::{error, info};
 
+/// jemalloc returns freed model-sized buffers to the OS; glibc's malloc
+/// keeps them once its dynamic mmap threshold has grown past a chunk.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "plot") {
+        return plot_command();
+    }
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {
@@ -24,7 +33,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(settings.log_json.unwrap_or(false));
+    let log_json = settings.log_json.unwrap_or(false);
+    let mode = progress::Mode::resolve(settings.progress.as_deref(), log_json);
+    let bar = (mode == progress::Mode::Bar).then(progress::new_bar);
+    init_logging(log_json, bar.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -35,7 +47,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(settings)) {
+    match runtime.block_on(run(settings, mode, bar)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -45,14 +57,42 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(json: bool) {
+/// `flower-server plot OUTPUT_DIR`: renders a finished (or running) run's
+/// `history.json` into `history.png` and `history.svg` next to it.
+fn plot_command() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let dir = match args.as_slice() {
+        [flag] if flag == "-h" || flag == "--help" => {
+            println!("Usage: flower-server plot OUTPUT_DIR\n\nRenders OUTPUT_DIR/history.json into OUTPUT_DIR/history.png and history.svg\n(loss, clients per round and every aggregated metric, fit vs evaluate).");
+            return ExitCode::SUCCESS;
+        }
+        [dir] => std::path::PathBuf::from(dir),
+        _ => {
+            eprintln!("usage: flower-server plot OUTPUT_DIR");
+            return ExitCode::from(2);
+        }
+    };
+    match flower_plot::plot_output_dir(&dir) {
+        Ok(files) => {
+            println!("plot: {}", files.png.display());
+            println!("plot: {}", files.svg.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flower-server plot: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool, bar: Option<indicatif::ProgressBar>) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(progress::BarWriter::new(bar));
     if json {
         builder.json().init();
     } else {
@@ -60,14 +100,23 @@ fn init_logging(json: bool) {
     }
 }
 
-async fn run(settings: Settings) -> Result<(), String> {
+async fn run(
+    settings: Settings,
+    mode: progress::Mode,
+    bar: Option<indicatif::ProgressBar>,
+) -> Result<(), String> {
     if settings.control_api_address.is_some()
         || (settings.fleet_api_address.is_some() && settings.fab.is_none())
     {
         return run_superlink(settings).await;
     }
     let chain = |e: ServerError| error_chain(&e);
+    if settings.plot.unwrap_or(false) && settings.output_dir.is_none() {
+        return Err("--plot needs --output-dir (the plot is written next to history.json)".into());
+    }
     let (serve_options, insecure) = settings.serve_options()?;
+    // Before any socket is opened: room for --max-connections.
+    flower_server::listener::raise_fd_limit();
     let driver_config = settings.driver_config()?;
     let (initial, array_names) = match &settings.initial_parameters {
         Some(path) => {
@@ -77,36 +126,66 @@ async fn run(settings: Settings) -> Result<(), String> {
         }
         None => (None, None),
     };
-    if let Some(seed) = settings.insecure_dp_noise_seed {
-        tracing::warn!(
-            seed,
-            "--insecure-dp-noise-seed: DP noise is predictable from this seed; for tests only"
+    let grpc_bidi = settings.address.is_some() || settings.fleet_api_address.is_none();
+    let mut builder = Server::builder();
+    if settings.message_api() {
+        let setup = msg_setup(&settings, grpc_bidi, initial, array_names.as_deref())?;
+        info!(
+            strategy = setup.strategy.name(),
+            api = "message",
+            rounds = driver_config.num_rounds,
+            "starting"
         );
+        builder = builder.msg_strategy(setup);
+    } else {
+        if let Some(seed) = settings.insecure_dp_noise_seed {
+            tracing::warn!(
+                seed,
+                "--insecure-dp-noise-seed: DP noise is predictable from this seed; for tests only"
+            );
+        }
+        let common = flower_strategy::CommonOptions {
+            // DP noise from the OS unless the explicitly insecure test flag is given.
+            seed: settings.insecure_dp_noise_seed,
+            initial_parameters: initial,
+            ..Default::default()
+        };
+        let strategy = flower_strategy::build_strategy(&settings.strategy_spec(), common)
+            .map_err(|e| e.to_string())?;
+        info!(
+            strategy = strategy.name(),
+            rounds = driver_config.num_rounds,
+            "starting"
+        );
+        builder = builder.boxed_strategy(strategy);
     }
-    let common = flower_strategy::CommonOptions {
-        // DP noise from the OS unless the explicitly insecure test flag is given.
-        seed: settings.insecure_dp_noise_seed,
-        initial_parameters: initial,
-        ..Default::default()
-    };
-    let strategy = flower_strategy::build_strategy(&settings.strategy_spec(), common)
-        .map_err(|e| e.to_string())?;
-    info!(
-        strategy = strategy.name(),
-        rounds = driver_config.num_rounds,
-        "starting"
-    );
 
     // The grpc-bidi port serves unless only the Fleet API was asked for.
-    let grpc_bidi = settings.address.is_some() || settings.fleet_api_address.is_none();
-    let mut builder = Server::builder()
+    builder = builder
         .serve_options(serve_options.clone())
         .grpc_bidi(grpc_bidi)
-        .boxed_strategy(strategy)
         .driver(driver_config)
         .allow_insecure_auth(settings.allow_insecure_auth.unwrap_or(false));
     if insecure {
         builder = builder.insecure();
+    }
+    // Served before binding, so that /readyz says 503 until the listeners
+    // are up and the token source is loaded.
+    let metrics = flower_server::Metrics::new();
+    let endpoint = match settings.metrics_address {
+        Some(address) => Some(
+            flower_server::metrics::serve(address, metrics.clone())
+                .await
+                .map_err(chain)?,
+        ),
+        None => None,
+    };
+    builder = builder.metrics(metrics.clone());
+    if mode != progress::Mode::Off {
+        builder = builder.observer(Arc::new(flower_server::metrics::LogProgress));
+    }
+    if let Some(bar) = bar {
+        builder = builder.observer(Arc::new(progress::BarProgress::new(bar)));
     }
     if let Some(dir) = &settings.output_dir {
         let mut store = DirectoryStore::new(dir);
@@ -139,6 +218,9 @@ async fn run(settings: Settings) -> Result<(), String> {
             node_keys
         }
     };
+    if let Some(manager) = &node_keys {
+        node_key_metrics(&metrics, manager);
+    }
     let server = builder.bind().await.map_err(|e| match e {
         ServerError::Auth(e) => format!("authentication: {e}"),
         ServerError::Config(why) => why,
@@ -150,10 +232,26 @@ async fn run(settings: Settings) -> Result<(), String> {
     for (name, addr) in server.transport_addrs() {
         println!("flower-server {name} listening on {addr}");
     }
+    if let Some(endpoint) = &endpoint {
+        println!(
+            "flower-server metrics on http://{}/metrics",
+            endpoint.local_addr()
+        );
+    }
 
     let outcome = server.run(wait_for_signal()).await;
     if let Some(manager) = &node_keys {
         manager.shutdown();
+    }
+    if let Some(endpoint) = endpoint {
+        endpoint.stop().await;
+    }
+    // A plot of whatever was completed, even when the run ended early.
+    if let (Some(dir), true) = (&settings.output_dir, settings.plot.unwrap_or(false)) {
+        match flower_plot::plot_output_dir(dir) {
+            Ok(files) => println!("plot: {}", files.png.display()),
+            Err(e) => tracing::warn!(error = %error_chain(&e), "no plot"),
+        }
     }
     match outcome {
         Ok(outcome) => {
@@ -199,7 +297,9 @@ async fn fleet_options(
         "serving app"
     );
     let app = FleetApp::from_fab(&fab, &run_config);
-    let mut fleet = FleetOptions::new(app).address(address);
+    let mut fleet = FleetOptions::new(app)
+        .address(address)
+        .listener(serve_options.listener.clone());
     fleet = match (&serve_options.tls, insecure) {
         (Some(tls), _) => fleet.tls(tls.clone()),
         (None, _) => fleet.insecure(),
@@ -298,7 +398,9 @@ async fn run_superlink(settings: Settings) -> Result<(), String> {
     }
     // Refuse a reachable Control API before anything binds.
     options.check_access().map_err(|e| error_chain(&e))?;
-    let mut fleet = FleetOptions::default().address(fleet_address);
+    let mut fleet = FleetOptions::default()
+        .address(fleet_address)
+        .listener(serve_options.listener.clone());
     fleet = match (&serve_options.tls, insecure) {
         (Some(tls), _) => fleet.tls(tls.clone()),
         (None, _) => fleet.insecure(),
@@ -335,6 +437,84 @@ async fn run_superlink(settings: Settings) -> Result<(), String> {
     let _ = serve_control.await;
     let _ = serve_fleet.await;
     Ok(())
+}
+
+/// The message-API run of `--strategy-api message`: the strategy, its
+/// configs and the initial model as an ArrayRecord keyed by the `.npz`
+/// names. Refused where message-API messages cannot reach every client.
+fn msg_setup(
+    settings: &Settings,
+    grpc_bidi: bool,
+    initial: Option<flower_core::Parameters>,
+    names: Option<&[String]>,
+) -> Result<MsgSetup, String> {
+    if grpc_bidi {
+        return Err(
+            "--strategy-api message runs SuperNodes only: give --fleet-api-address \
+                    without --address (grpc-bidi clients take legacy strategies)"
+                .into(),
+        );
+    }
+    if settings.fleet_message_format.as_deref() == Some("legacy") {
+        return Err("--strategy-api message needs the modern --fleet-message-format".into());
+    }
+    if settings.insecure_dp_noise_seed.is_some() {
+        return Err(
+            "--insecure-dp-noise-seed applies to legacy strategies only \
+                    (message-API DP noise always comes from the OS)"
+                .into(),
+        );
+    }
+    let (Some(initial), Some(names)) = (initial, names) else {
+        return Err(
+            "--strategy-api message needs --initial-parameters FILE.npz (a \
+                    message-API ClientApp cannot provide the initial model)"
+                .into(),
+        );
+    };
+    let initial_arrays = names
+        .iter()
+        .zip(initial.tensors)
+        .map(|(name, npy)| {
+            flower_strategy::msg::Array::from_npy(npy)
+                .map(|a| (name.clone(), a))
+                .map_err(|e| format!("--initial-parameters array {name:?}: {e}"))
+        })
+        .collect::<Result<flower_strategy::msg::ArrayRecord, String>>()?;
+    let built = flower_strategy::build_msg_strategy(&settings.msg_strategy_spec())
+        .map_err(|e| e.to_string())?;
+    Ok(MsgSetup {
+        strategy: built.strategy,
+        initial_arrays,
+        train_config: built.train_config,
+        evaluate_config: built.evaluate_config,
+    })
+}
+
+/// Reload metrics of the SuperNode key sources (their set's size is the
+/// Fleet API's `flower_fleet_authorized_keys`).
+fn node_key_metrics(metrics: &flower_server::Metrics, manager: &flower_auth::node::NodeKeyManager) {
+    let keys = manager.clone();
+    metrics.gauge_fn(
+        "flower_fleet_keys_seconds_since_reload",
+        "Seconds since the authorized SuperNode keys were last loaded successfully",
+        move || vec![(Vec::new(), keys.stats().since_last_success().as_secs_f64())],
+    );
+    let keys = manager.clone();
+    metrics.counter_fn(
+        "flower_fleet_key_reloads",
+        "Reloads of the authorized SuperNode keys, by outcome",
+        move || {
+            let stats = keys.stats();
+            vec![
+                (vec![("outcome", "ok".to_string())], stats.reloads() as f64),
+                (
+                    vec![("outcome", "error".to_string())],
+                    stats.reload_failures() as f64,
+                ),
+            ]
+        },
+    );
 }
 
 /// Completes on SIGINT or SIGTERM (never, when the handlers cannot be set).

@@ -10,11 +10,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
+use flower_server::listener::ListenerOptions;
 use flower_server::{AggregationOrder, DriverConfig, ServeOptions, TlsFiles};
 use flower_strategy::StrategySpec;
 use serde::{Deserialize, Serialize};
 
-const AFTER_HELP: &str = "Choosing a strategy: --strategy NAME and --strategy-option KEY=VALUE (repeatable), or in the TOML file `strategy = \"NAME\"` and a [strategy-options] table.";
+const AFTER_HELP: &str = "Choosing a strategy: --strategy NAME and --strategy-option KEY=VALUE (repeatable), or in the TOML file `strategy = \"NAME\"` and a [strategy-options] table. --strategy-api picks the catalog: `legacy` (the default; grpc-bidi clients and legacy-format SuperNodes) or `message` (SuperNodes running message-API ClientApps). A name in both catalogs (fedavg, fedadam, ...) takes the legacy options below under `legacy` and the message-API options further below under `message`.";
 
 /// Flower grpc-bidi server: runs rounds of federated learning with stock
 /// Python Flower clients and flower-rs clients.
@@ -60,7 +61,8 @@ pub(crate) struct Settings {
     /// Number of rounds
     #[arg(long)]
     pub(crate) rounds: Option<u64>,
-    /// Per-reply timeout in seconds (Flower's round_timeout)
+    /// Per-reply deadline in seconds (Flower's round_timeout): the whole reply
+    /// must arrive within it, not counting time spent waiting at the upload gate
     #[arg(long)]
     pub(crate) round_timeout: Option<f64>,
     /// Max seconds to wait for enough clients before the first round
@@ -113,8 +115,14 @@ pub(crate) struct Settings {
     #[arg(long)]
     pub(crate) seed: Option<u64>,
     /// Accept this bearer token (`authorization` or `x-authorization:
-    /// Bearer <T>`); repeatable.
-    #[arg(long = "token", value_name = "T")]
+    /// Bearer <T>`); repeatable. Visible in `ps`: prefer the environment
+    /// variable (one token) or --token-file.
+    #[arg(
+        long = "token",
+        value_name = "T",
+        env = "FLOWER_SERVER_TOKEN",
+        hide_env_values = true
+    )]
     pub(crate) token: Vec<String>,
     /// Accept the tokens in this file (one per line; SIGUSR1 re-reads it).
     #[arg(long, value_name = "FILE")]
@@ -156,6 +164,34 @@ pub(crate) struct Settings {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub(crate) allow_insecure_auth: Option<bool>,
 
+    // --- Hardening (issue 15): connection limits, uploads, auth. ---
+    /// Most connections open at once, per port (lowered to what the open
+    /// file limit allows); connections beyond it are closed at once
+    /// [default: 20000]
+    #[arg(long, value_name = "N")]
+    pub(crate) max_connections: Option<usize>,
+    /// Seconds a new connection has to complete its TLS handshake and HTTP/2
+    /// preface (Fleet port: to send each request's headers) [default: 10]
+    #[arg(long, value_name = "SECS")]
+    pub(crate) handshake_timeout: Option<f64>,
+    /// TCP keepalive idle time in seconds; 0 = off [default: 60]
+    #[arg(long, value_name = "SECS")]
+    pub(crate) tcp_keepalive_secs: Option<u64>,
+    /// Seconds a client's reply in progress may go without 64 KiB arriving
+    /// before its stream is cut (the reply fails) [default: 30]
+    #[arg(long, value_name = "SECS")]
+    pub(crate) upload_idle_timeout: Option<f64>,
+    /// Refuse every token once no token reload has succeeded for this many
+    /// seconds (fail closed; tokens come back with the next successful
+    /// reload); 0 = no bound. Applies to periodic reloads (Vault)
+    /// [default: 3600 with periodic reloads]
+    #[arg(long, value_name = "SECS")]
+    pub(crate) max_token_staleness: Option<f64>,
+    /// Require TLS client certificates signed by --ssl-ca-certfile (mutual
+    /// TLS on the grpc-bidi port).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub(crate) require_client_certificate: Option<bool>,
+    // --- end of hardening flags ---
     /// Serve Flower's Fleet API (stock `flower-supernode` 1.40+) on this
     /// address, with the same TLS files (or --insecure). Without --address,
     /// the Fleet API is the only way in; with it, both ports serve one
@@ -222,6 +258,17 @@ pub(crate) struct Settings {
     #[arg(long, value_name = "FILE")]
     pub(crate) database: Option<PathBuf>,
     // --- end of drop-in SuperLink flags ---
+    /// Which catalog --strategy names: `legacy` (Flower's
+    /// flwr.server.strategy: grpc-bidi clients, legacy-format SuperNodes) or
+    /// `message` (flwr.serverapp.strategy, for SuperNodes running
+    /// message-API ClientApps: options by their message-API names, e.g.
+    /// fraction_train; needs --fleet-api-address without --address, the
+    /// modern message format and --initial-parameters; no --resume). With
+    /// `message`, --fraction-fit/--fraction-evaluate/--min-*-clients set
+    /// fraction_train/fraction_evaluate/min_*_nodes
+    #[arg(long, value_parser = ["legacy", "message"])]
+    pub(crate) strategy_api: Option<String>,
+
     /// FOR TESTS ONLY: seed the DP wrappers' noise so runs repeat. Anyone
     /// who knows the seed can subtract the noise; it is logged loudly and
     /// never written to disk.
@@ -231,10 +278,29 @@ pub(crate) struct Settings {
     /// Log as JSON lines.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub(crate) log_json: Option<bool>,
+
+    // Operators' view (metrics, progress, plots): keep these together.
+    /// Serve Prometheus metrics (/metrics), /healthz and /readyz over plain
+    /// HTTP on this address; off unless given. Keep it on a private network.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) metrics_address: Option<SocketAddr>,
+    /// Progress on stderr: one line per round phase (`lines`), plus a live
+    /// bar (`bar`), or nothing (`off`). `auto`: the bar when stderr is a
+    /// terminal and --log-json is off, else lines.
+    #[arg(long, value_parser = ["auto", "bar", "lines", "off"])]
+    pub(crate) progress: Option<String>,
+    /// After the run, render history.json into history.png and history.svg
+    /// in --output-dir (for an earlier run: `flower-server plot OUTPUT_DIR`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub(crate) plot: Option<bool>,
 }
 
 fn long_help() -> String {
-    format!("{AFTER_HELP}\n\n{}", flower_strategy::catalog_help())
+    format!(
+        "{AFTER_HELP}\n\n{}\n{}",
+        flower_strategy::catalog_help(),
+        flower_strategy::msg_catalog_help()
+    )
 }
 
 /// Each flag's default, read from the library's `Default` impls (the only
@@ -281,6 +347,8 @@ fn defaults() -> Vec<(&'static str, String)> {
         ("client_wait_timeout", secs(driver.client_wait_timeout)),
         ("rejoin_wait_timeout", secs(driver.rejoin_wait_timeout)),
         ("strategy", DEFAULT_STRATEGY.into()),
+        ("strategy_api", "legacy".into()),
+        ("progress", "auto".into()),
         (
             "aggregation_order",
             aggregation_order_name(driver.aggregation_order).into(),
@@ -406,6 +474,10 @@ impl Settings {
                 )
             }
         };
+        let require_client_certificate = self.require_client_certificate.unwrap_or(false);
+        if require_client_certificate && tls.is_none() {
+            return Err("--require-client-certificate needs TLS (the --ssl-* files)".into());
+        }
         let max_concurrent_uploads = match self.max_concurrent_uploads {
             None => defaults.max_concurrent_uploads,
             Some(0) => None,
@@ -421,9 +493,40 @@ impl Settings {
                     .map_or(defaults.keepalive, Duration::from_secs),
                 max_clients: self.max_clients.or(defaults.max_clients),
                 max_concurrent_uploads,
+                upload_idle_timeout: match self.upload_idle_timeout {
+                    None => defaults.upload_idle_timeout,
+                    Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
+                    Some(s) => {
+                        return Err(format!(
+                            "--upload-idle-timeout must be > 0 seconds, not {s}"
+                        ))
+                    }
+                },
+                listener: self.listener_options(&defaults.listener)?,
+                require_client_certificate,
             },
             insecure,
         ))
+    }
+
+    fn listener_options(&self, defaults: &ListenerOptions) -> Result<ListenerOptions, String> {
+        let handshake_timeout = match self.handshake_timeout {
+            None => defaults.handshake_timeout,
+            Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
+            Some(s) => return Err(format!("--handshake-timeout must be > 0 seconds, not {s}")),
+        };
+        if self.max_connections == Some(0) {
+            return Err("--max-connections must be at least 1".into());
+        }
+        Ok(ListenerOptions {
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+            handshake_timeout,
+            tcp_keepalive: match self.tcp_keepalive_secs {
+                None => defaults.tcp_keepalive,
+                Some(0) => None,
+                Some(s) => Some(Duration::from_secs(s)),
+            },
+        })
     }
 
     pub(crate) fn strategy_spec(&self) -> StrategySpec {
@@ -443,6 +546,40 @@ impl Settings {
             self.min_available_clients.map(Into::into),
         );
         put("fraction_fit", self.fraction_fit.map(Into::into));
+        put("fraction_evaluate", self.fraction_evaluate.map(Into::into));
+        StrategySpec {
+            name: self
+                .strategy
+                .clone()
+                .unwrap_or_else(|| DEFAULT_STRATEGY.into()),
+            options,
+        }
+    }
+
+    /// True with `--strategy-api message`.
+    pub(crate) fn message_api(&self) -> bool {
+        self.strategy_api.as_deref() == Some("message")
+    }
+
+    /// The message-API strategy spec: `--strategy-option`s, and the
+    /// sampling flags under their message-API names.
+    pub(crate) fn msg_strategy_spec(&self) -> StrategySpec {
+        let mut options = self.strategy_options.clone();
+        let mut put = |k: &str, v: Option<serde_json::Value>| {
+            if let Some(v) = v {
+                options.insert(k.to_string(), v);
+            }
+        };
+        put("min_train_nodes", self.min_fit_clients.map(Into::into));
+        put(
+            "min_evaluate_nodes",
+            self.min_evaluate_clients.map(Into::into),
+        );
+        put(
+            "min_available_nodes",
+            self.min_available_clients.map(Into::into),
+        );
+        put("fraction_train", self.fraction_fit.map(Into::into));
         put("fraction_evaluate", self.fraction_evaluate.map(Into::into));
         StrategySpec {
             name: self
@@ -475,6 +612,14 @@ impl Settings {
             deployment_id: self.deployment_id.clone(),
             vault_refresh_interval: refresh,
             vault_ca_cert: self.vault_ca_cert.clone(),
+            max_token_staleness: self
+                .max_token_staleness
+                .map(|v| {
+                    Duration::try_from_secs_f64(v).map_err(|_| {
+                        "--max-token-staleness must be a non-negative number of seconds".to_string()
+                    })
+                })
+                .transpose()?,
         })
     }
 

@@ -36,9 +36,10 @@ use tracing::{info, warn};
 
 use crate::grpc::serve::serve;
 use crate::grpc::transport::FlowerTransport;
+use crate::msg_grid::{MsgDriver, MsgSetup};
 use crate::{
-    ClientManager, DirectoryStore, DriverConfig, RoundDriver, RunOutcome, RunStore, ServeOptions,
-    ServerError, TlsFiles, Transport,
+    ClientManager, DirectoryStore, DriverConfig, Metrics, RoundDriver, RunObserver, RunOutcome,
+    RunStore, ServeOptions, ServerError, TlsFiles, Transport,
 };
 
 /// How long [`Server::run`] waits for the listener to stop after the run.
@@ -54,10 +55,20 @@ pub struct ServerBuilder {
     auth: Option<AuthConfig>,
     allow_insecure_auth: bool,
     strategy: Option<Box<dyn Strategy>>,
+    msg: Option<MsgSetup>,
     driver: DriverConfig,
     store: Option<Arc<dyn RunStore>>,
     grpc_bidi: bool,
     transports: Vec<Box<dyn Transport>>,
+    metrics: Option<Metrics>,
+    observers: Vec<Arc<dyn RunObserver>>,
+}
+
+/// The run a [`Server`] drives: legacy rounds or a message-API strategy.
+#[derive(Debug)]
+enum Driver {
+    Legacy(RoundDriver),
+    Msg(MsgDriver),
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -70,9 +81,15 @@ impl std::fmt::Debug for ServerBuilder {
                 "strategy",
                 &self.strategy.as_ref().map(|s| s.name().to_owned()),
             )
+            .field(
+                "msg_strategy",
+                &self.msg.as_ref().map(|m| m.strategy.name().to_owned()),
+            )
             .field("driver", &self.driver)
             .field("store", &self.store)
             .field("grpc_bidi", &self.grpc_bidi)
+            .field("metrics", &self.metrics)
+            .field("observers", &self.observers.len())
             .field(
                 "transports",
                 &self.transports.iter().map(|t| t.name()).collect::<Vec<_>>(),
@@ -89,11 +106,29 @@ impl ServerBuilder {
             auth: None,
             allow_insecure_auth: false,
             strategy: None,
+            msg: None,
             driver: DriverConfig::default(),
             store: None,
             grpc_bidi: true,
             transports: Vec::new(),
+            metrics: None,
+            observers: Vec::new(),
         }
+    }
+
+    /// Reports to `metrics` (default: a private registry nobody reads).
+    /// Serve it with [`metrics::serve`](crate::metrics::serve) — before
+    /// `bind`, so that `/readyz` answers 503 until the listeners are up.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Tells `observer` about every phase of the run (e.g.
+    /// [`LogProgress`](crate::metrics::LogProgress) for progress lines).
+    pub fn observer(mut self, observer: Arc<dyn RunObserver>) -> Self {
+        self.observers.push(observer);
+        self
     }
 
     /// Also accepts clients through `transport` (e.g. the Fleet API for
@@ -161,6 +196,18 @@ impl ServerBuilder {
         self
     }
 
+    /// Runs a message-API strategy ([`flower_strategy::msg`]) instead of a
+    /// legacy one: for nodes whose transport carries message-API messages
+    /// (the Fleet API's SuperNodes); a grpc-bidi client sampled by it fails
+    /// its exchanges. The driver settings apply (rounds, round timeout as
+    /// the reply timeout, bounded node waits, sampling seed, fold order);
+    /// resuming is refused. Replaces any [`strategy`](Self::strategy).
+    pub fn msg_strategy(mut self, setup: MsgSetup) -> Self {
+        self.msg = Some(setup);
+        self.strategy = None;
+        self
+    }
+
     /// Round settings (rounds, timeouts, waits, seed, resume, fold order).
     pub fn driver(mut self, config: DriverConfig) -> Self {
         self.driver = config;
@@ -182,9 +229,11 @@ impl ServerBuilder {
     /// Loads the tokens, binds the listener and starts serving: clients can
     /// connect from now on; rounds start with [`Server::run`].
     pub async fn bind(self) -> Result<Server, ServerError> {
-        let strategy = self
-            .strategy
-            .ok_or_else(|| ServerError::Config("no strategy given".into()))?;
+        let strategy = match (self.strategy, self.msg) {
+            (Some(s), _) => Ok(s),
+            (None, Some(m)) => Err(m),
+            (None, None) => return Err(ServerError::Config("no strategy given".into())),
+        };
         match (&self.serve.tls, self.insecure) {
             (Some(_), true) => {
                 return Err(ServerError::Config(
@@ -224,10 +273,15 @@ impl ServerBuilder {
                 Some(manager)
             }
         };
+        let metrics = self.metrics.unwrap_or_default();
+        if let (Some(auth), Some(config)) = (&auth, &self.auth) {
+            auth_metrics(&metrics, auth, config);
+        }
 
-        let manager = ClientManager::with_upload_limit(
+        let manager = ClientManager::with_metrics(
             self.serve.max_clients,
             self.serve.max_concurrent_uploads,
+            metrics.clone(),
         );
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop = move || -> BoxFuture<'static, ()> {
@@ -272,15 +326,36 @@ impl ServerBuilder {
             .into_iter()
             .map(|(name, fut)| (name, tokio::spawn(fut)))
             .collect();
-        info!(
-            strategy = strategy.name(),
-            rounds = self.driver.num_rounds,
-            "server ready"
-        );
-        let mut driver = RoundDriver::new(manager.clone(), strategy, self.driver);
-        if let Some(store) = self.store {
-            driver = driver.with_store(store);
-        }
+        let name = match &strategy {
+            Ok(s) => s.name().to_owned(),
+            Err(m) => format!("{} (message API)", m.strategy.name()),
+        };
+        let rounds = self.driver.num_rounds;
+        let driver = match strategy {
+            Ok(strategy) => {
+                let mut d = RoundDriver::new(manager.clone(), strategy, self.driver)
+                    .with_observer(Arc::new(metrics.clone()));
+                for observer in self.observers {
+                    d = d.with_observer(observer);
+                }
+                if let Some(store) = self.store {
+                    d = d.with_store(store);
+                }
+                Driver::Legacy(d)
+            }
+            Err(setup) => {
+                // The message-API loop reports no round events yet: its
+                // rounds show in the log and history.json only.
+                let mut d = MsgDriver::new(manager.clone(), setup, self.driver);
+                if let Some(store) = self.store {
+                    d = d.with_store(store);
+                }
+                Driver::Msg(d)
+            }
+        };
+        info!(strategy = name, rounds, "server ready");
+        // Listening, and the token source (if any) loaded.
+        metrics.set_ready(true);
         Ok(Server {
             local_addr,
             transport_addrs,
@@ -299,7 +374,7 @@ pub struct Server {
     local_addr: SocketAddr,
     transport_addrs: Vec<(&'static str, SocketAddr)>,
     manager: ClientManager,
-    driver: RoundDriver,
+    driver: Driver,
     auth: Option<AuthManager>,
     stop: watch::Sender<bool>,
     serving: Vec<(&'static str, JoinHandle<Result<(), ServerError>>)>,
@@ -351,7 +426,11 @@ impl Server {
         mut self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<RunOutcome, ServerError> {
-        let outcome = self.driver.run(shutdown).await;
+        let outcome = match &mut self.driver {
+            Driver::Legacy(d) => d.run(shutdown).await,
+            Driver::Msg(d) => d.run(shutdown).await,
+        };
+        self.manager.metrics().set_ready(false);
         let _ = self.stop.send(true);
         if let Some(auth) = &self.auth {
             auth.shutdown();
@@ -371,4 +450,81 @@ impl Server {
         }
         outcome
     }
+}
+
+/// Token-source metrics, read at scrape time from the manager's store.
+fn auth_metrics(metrics: &Metrics, auth: &AuthManager, config: &AuthConfig) {
+    use flower_auth::{RefusalReason, TokenSourceConfig};
+    let source = match &config.source {
+        TokenSourceConfig::Static(_) => "static",
+        TokenSourceConfig::File(_) => "file",
+        TokenSourceConfig::Vault(_) => "vault",
+        _ => "other",
+    };
+    let label = move || vec![("source", source.to_string())];
+    let store = auth.store();
+    metrics.gauge_fn(
+        "flower_auth_tokens",
+        "Tokens in the current accepted set",
+        move || vec![(label(), store.len() as f64)],
+    );
+    let store = auth.store();
+    metrics.gauge_fn(
+        "flower_auth_seconds_since_reload",
+        "Seconds since the token set was last loaded successfully",
+        move || vec![(label(), store.stats().since_last_success().as_secs_f64())],
+    );
+    let store = auth.store();
+    metrics.counter_fn(
+        "flower_auth_reloads",
+        "Token reloads, by outcome (a failed reload keeps the previous set)",
+        move || {
+            let stats = store.stats();
+            vec![
+                (
+                    vec![
+                        ("source", source.to_string()),
+                        ("outcome", "ok".to_string()),
+                    ],
+                    stats.reloads() as f64,
+                ),
+                (
+                    vec![
+                        ("source", source.to_string()),
+                        ("outcome", "error".to_string()),
+                    ],
+                    stats.reload_failures() as f64,
+                ),
+            ]
+        },
+    );
+    let store = auth.store();
+    metrics.counter_fn(
+        "flower_vault_errors",
+        "Failed reloads from Vault (0 for other token sources)",
+        move || {
+            let failures = if source == "vault" {
+                store.stats().reload_failures()
+            } else {
+                0
+            };
+            vec![(Vec::new(), failures as f64)]
+        },
+    );
+    let store = auth.store();
+    metrics.counter_fn(
+        "flower_auth_refusals",
+        "Calls refused by token authentication, by reason",
+        move || {
+            RefusalReason::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        vec![("reason", r.as_str().to_string())],
+                        store.stats().refusals(*r) as f64,
+                    )
+                })
+                .collect()
+        },
+    );
 }

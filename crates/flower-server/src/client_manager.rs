@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::watch;
 
 use crate::grpc::UploadGate;
+use crate::metrics::Metrics;
 use crate::node::{ClientHandle, ExchangeError, OutgoingMessage};
 use flower_core::{ClientMessage, ServerMessage};
 
@@ -30,6 +31,7 @@ struct Inner {
     next_id: AtomicU64,
     count: watch::Sender<usize>,
     max_clients: Option<usize>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for ClientManager {
@@ -56,16 +58,47 @@ impl ClientManager {
     /// (≥ 1 MiB) client messages at once, admitted in fold order (see
     /// [`UploadGate`]): receive memory stays near `max_uploads` × model size.
     pub fn with_upload_limit(max_clients: Option<usize>, max_uploads: Option<usize>) -> Self {
+        Self::with_metrics(max_clients, max_uploads, Metrics::new())
+    }
+
+    /// Like [`ClientManager::with_upload_limit`], reporting joins, departures
+    /// and the upload gate's load to `metrics` (transports reach the handle
+    /// through [`ClientManager::metrics`]).
+    pub fn with_metrics(
+        max_clients: Option<usize>,
+        max_uploads: Option<usize>,
+        metrics: Metrics,
+    ) -> Self {
         let (count, _) = watch::channel(0);
+        let upload_gate = UploadGate::new(max_uploads);
+        let gate = upload_gate.clone();
+        metrics.gauge_fn(
+            "flower_upload_gate",
+            "Upload gate: large uploads being received (state=active), waiting for a permit (state=waiting), results still to fold (state=pending)",
+            move || {
+                let load = gate.load();
+                vec![
+                    (vec![("state", "active".to_string())], load.active as f64),
+                    (vec![("state", "waiting".to_string())], load.waiting as f64),
+                    (vec![("state", "pending".to_string())], load.pending as f64),
+                ]
+            },
+        );
         ClientManager {
             inner: Arc::new(Inner {
-                upload_gate: UploadGate::new(max_uploads),
+                upload_gate,
                 clients: Mutex::new(BTreeMap::new()),
                 next_id: AtomicU64::new(1),
                 count,
                 max_clients,
+                metrics,
             }),
         }
+    }
+
+    /// The metrics this registry (and every transport over it) reports to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ClientId, Arc<dyn ClientHandle>>> {
@@ -87,6 +120,7 @@ impl ClientManager {
             return None;
         }
         let id = ClientId::from(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        self.inner.metrics.client_joined(handle.transport());
         clients.insert(id, handle);
         self.inner.count.send_replace(clients.len());
         Some(id)
@@ -95,7 +129,8 @@ impl ClientManager {
     /// Removes a client (idempotent).
     pub fn unregister(&self, id: ClientId) {
         let mut clients = self.lock();
-        if clients.remove(&id).is_some() {
+        if let Some(handle) = clients.remove(&id) {
+            self.inner.metrics.client_left(handle.transport());
             self.inner.count.send_replace(clients.len());
         }
     }

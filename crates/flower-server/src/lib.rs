@@ -10,6 +10,13 @@
 //!   [`ClientHandle`] trait and persists through a [`RunStore`].
 //! * [`ClientManager`]: registry of connected clients, bounded waits, seeded
 //!   sampling, the [`UploadGate`].
+//! * [`msg_grid`]: Flower's message-API strategies over the connected
+//!   nodes ([`ServerBuilder::msg_strategy`]), for transports that carry
+//!   their messages ([`ClientHandle::exchange_content`]).
+//! * [`listener`]: the hardened accept loop (connection cap, handshake and
+//!   preface timeouts, keepalive, accept back-off) of both ports.
+//! * [`metrics`]: Prometheus metrics, `/healthz` and `/readyz`, and the
+//!   [`RunObserver`] events (progress lines) of the round driver.
 //! * [`grpc`]: the grpc-bidi transport (`flwr.proto.FlowerService/Join`),
 //!   with [`StreamError`] mapping every refusal to one gRPC status.
 //!
@@ -22,7 +29,10 @@ mod driver;
 mod error;
 pub mod grpc;
 mod history;
+pub mod listener;
+pub mod metrics;
 mod model_file;
+pub mod msg_grid;
 mod node;
 mod store;
 mod transport;
@@ -36,9 +46,11 @@ pub use error::{error_chain, ModelFileError, ServerError};
 pub use flower_strategy::ClientId;
 pub use grpc::{FlowerTransport, ServeOptions, StreamError, TlsFiles, UploadGate};
 pub use history::{scalar_to_json, Checkpoint, History, RoundRecord};
+pub use metrics::{Metrics, RunObserver};
 pub use model_file::{
     parameters_from_npz, parameters_to_npz, parameters_to_npz_named, read_npz_named,
 };
-pub use node::{ClientHandle, ExchangeError, OutgoingMessage};
+pub use msg_grid::{MsgSetup, ServerGrid};
+pub use node::{ClientHandle, ContentReply, ExchangeError, OutgoingContent, OutgoingMessage};
 pub use store::{write_atomic, DirectoryStore, RunStore, SavedRun};
 pub use transport::{BoundTransport, Transport};

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flower_core::{ClientMessage, ServerMessage};
+use flower_strategy::msg::{MessageType, RecordDict, ReplyError};
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use prost::Message;
 
 /// An instruction, encoded at most once however many clients receive it.
@@ -67,6 +69,46 @@ impl OutgoingMessage {
     }
 }
 
+/// A message-API instruction (a `train` or `evaluate` message of a
+/// [`MsgStrategy`](flower_strategy::msg::MsgStrategy)): the content every
+/// node it is sent to shares, so a transport can encode it once.
+#[derive(Debug)]
+pub struct OutgoingContent {
+    message_type: MessageType,
+    round: u64,
+    content: Arc<RecordDict>,
+}
+
+impl OutgoingContent {
+    /// Wraps the content of a message of server round `round`.
+    pub fn new(message_type: MessageType, round: u64, content: Arc<RecordDict>) -> Arc<Self> {
+        Arc::new(OutgoingContent {
+            message_type,
+            round,
+            content,
+        })
+    }
+
+    /// `train` or `evaluate`.
+    pub fn message_type(&self) -> MessageType {
+        self.message_type
+    }
+
+    /// The server round (flwr's `group_id`).
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+
+    /// The content, exactly as the strategy built it.
+    pub fn content(&self) -> &Arc<RecordDict> {
+        &self.content
+    }
+}
+
+/// A node's answer to an [`OutgoingContent`]: its reply content, or the
+/// error message it replied with (a failed ClientApp).
+pub type ContentReply = Result<RecordDict, ReplyError>;
+
 /// Why an exchange with a client produced no reply.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -80,6 +122,10 @@ pub enum ExchangeError {
     /// The client sent something that is not a valid reply.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The client's transport cannot carry this kind of instruction (a
+    /// grpc-bidi client given a message-API instruction).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }
 
 /// A connected client, as the round driver sees it.
@@ -99,4 +145,30 @@ pub trait ClientHandle: Send + Sync + 'static {
 
     /// Peer description for logs.
     fn peer(&self) -> String;
+
+    /// Sends one message-API instruction and waits for the node's reply,
+    /// as [`exchange`](Self::exchange) does (`timeout` bounds the wait and
+    /// cancels only this exchange). Transports that carry only legacy
+    /// instructions keep this default, which refuses with
+    /// [`ExchangeError::Unsupported`].
+    fn exchange_content(
+        &self,
+        message: Arc<OutgoingContent>,
+        timeout: Option<Duration>,
+    ) -> BoxFuture<'static, Result<ContentReply, ExchangeError>> {
+        let _ = (message, timeout);
+        let peer = self.peer();
+        async move {
+            Err(ExchangeError::Unsupported(format!(
+                "{peer} carries only legacy instructions, not message-API messages"
+            )))
+        }
+        .boxed()
+    }
+
+    /// The transport that carries this client, for metrics labels
+    /// (`"grpc-bidi"`, `"fleet-api"`; `"in-process"` by default).
+    fn transport(&self) -> &'static str {
+        "in-process"
+    }
 }

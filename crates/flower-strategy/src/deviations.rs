@@ -24,6 +24,7 @@
 //! | `float16-compute` | f16 layers are computed in f16 step by step (and the plain mean rounds `n_k` to f16, overflowing above 65504) | f16 layers are computed in f32 and rounded to f16 once | Avoids the overflow; results equal within f16 precision |
 //! | `msg-bounded-wait` | Message-API strategies sleep 1 s and poll `get_node_ids()` forever while fewer than `max(min_available_nodes, sample_size)` nodes are connected | [`crate::msg::Grid::wait_for_nodes`] bounds the wait; when it gives up the phase fails with [`StrategyError::TooFewNodes`] (golden cases `edge_too_few_nodes_blocks`, `edge_min_train_nodes_exceeds_blocks`: Flower blocked where this port errors) | A server must not hang forever on a misconfigured minimum |
 //! | `msg-dp-noise-source` | The message-API DP wrappers draw Gaussian noise (and the clipped-count noise) from NumPy's global generator | An OS-seeded ChaCha20 stream per wrapper (zero noise is still added, turning -0.0 into +0.0 as in Flower) | NumPy's global generator is shared, seedable by any code and not a cryptographic source |
+//! | `msg-streaming-mean` | The message-API mean family (FedAvg, FedProx, FedAvgM, the FedOpt family) sums `x_k·f32(w_k/Σw)` over the replies of a round, all held in memory | Only where a grid streams (the server's `--aggregation-order arrival`): [`crate::msg::StreamingMean`] folds `f32(x_k·w_k)` as replies arrive and divides by `Σw` once (metrics: `Σ m_k·w_k / Σw`); about an ulp apart, a single reply exact. `msg::start` over a plain grid (and the golden test) is unchanged | Memory O(model) instead of O(replies × model); `Σw` is only known after the last reply |
 //! | `integer-plain-mean-exact` | The plain mean multiplies integer layers by `n_k` in int64 (wrapping on overflow) | Exact 128-bit sums | No wrap-around |
 
 use crate::StrategyError;
@@ -192,6 +193,13 @@ pub const DEVIATIONS: &[Deviation] = &[
         flower: "the message-API DP wrappers draw noise from NumPy's global generator",
         here: "an OS-seeded ChaCha20 stream per wrapper; zero noise is still added (-0.0 becomes +0.0)",
         reason: "NumPy's global generator is shared, seedable by any code and not a cryptographic source",
+        golden_cases: &[],
+    },
+    Deviation {
+        id: "msg-streaming-mean",
+        flower: "the message-API mean family sums x_k·f32(w_k/Σw) over all replies of a round, held in memory",
+        here: "where a grid streams (the server's arrival order), StreamingMean folds f32(x_k·w_k) as replies arrive and divides by Σw once; about an ulp apart, a single reply exact",
+        reason: "memory O(model) instead of O(replies × model); Σw is only known after the last reply",
         golden_cases: &[],
     },
     Deviation {

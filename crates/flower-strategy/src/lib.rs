@@ -145,7 +145,8 @@ pub use fedopt::{FedOpt, FedOptKind, FedOptOptions};
 pub use fedprox::FedProx;
 pub use qfedavg::{QFedAvg, QFedAvgOptions};
 pub use registry::{
-    build_strategy, catalog_help, strategy_names, Callbacks, CommonOptions, StrategySpec,
+    build_msg_strategy, build_strategy, catalog_help, msg_catalog_help, msg_strategy_names,
+    strategy_names, Callbacks, CommonOptions, MsgBuild, StrategySpec,
 };
 pub use robust::{
     Bulyan, BulyanOptions, FedMedian, FedTrimmedAvg, FedTrimmedAvgOptions, Krum, KrumOptions,

@@ -195,7 +195,9 @@ impl SuperLink {
     ) -> Result<SuperLink, SuperLinkError> {
         options.check_access()?;
         let tls = match &options.tls {
-            Some(files) => Some(flower_fleet::tls_acceptor(files).map_err(SuperLinkError::Tls)?),
+            Some(files) => Some(tokio_rustls::TlsAcceptor::from(
+                flower_fleet::tls_config(files).map_err(SuperLinkError::Tls)?,
+            )),
             None => None,
         };
         let (seed_runs, seed_relay) = {

@@ -19,6 +19,8 @@
 //! * [`flwr`] builds FABs of the test apps under `python/apps/` with the
 //!   venv's `flwr build`, runs stock `flower-supernode`s ([`flwr::SuperNode`])
 //!   and generates SuperNode ECDSA keys.
+//! * [`superlink`] runs the stock `flower-superlink` (insecure or TLS,
+//!   optional `--enable-supernode-auth`) and submits runs with `flwr run`.
 //! * [`bao`] runs an OpenBao dev server (the venv's `bao` binary) and drives
 //!   it through its CLI; [`jwt`] mints the JWTs its JWT auth method checks.
 //!
@@ -31,6 +33,7 @@ pub mod net;
 pub mod process;
 pub mod python;
 pub mod stock_server;
+pub mod superlink;
 pub mod tls;
 
 use std::path::{Path, PathBuf};

@@ -261,6 +261,8 @@ struct Shared {
     keys: AuthorizedNodeKeys,
     description: String,
     sources: tokio::sync::Mutex<Vec<SourceState>>,
+    /// Reload outcomes, for metrics (refusal counts stay zero here).
+    stats: crate::AuthStats,
 }
 
 impl Shared {
@@ -338,6 +340,7 @@ impl Shared {
                 "node key no longer authorized; its node is to be deactivated"
             );
         }
+        self.stats.reloaded(first_error.is_none());
         match first_error {
             Some(err) => Err(err),
             None => Ok(change),
@@ -440,6 +443,7 @@ impl NodeKeyManager {
             keys,
             description,
             sources: tokio::sync::Mutex::new(states),
+            stats: crate::AuthStats::default(),
         });
 
         let options = config.reload_options();
@@ -483,6 +487,13 @@ impl NodeKeyManager {
     #[must_use]
     pub fn source_description(&self) -> &str {
         &self.shared.description
+    }
+
+    /// Reload outcomes and the time since the last successful one (a
+    /// reload with any failing source counts as failed).
+    #[must_use]
+    pub fn stats(&self) -> &crate::AuthStats {
+        &self.shared.stats
     }
 
     /// Reloads now (as `SIGUSR1` would) and waits for the result.

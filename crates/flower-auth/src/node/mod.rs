@@ -39,6 +39,7 @@ mod authorized;
 mod error;
 mod key;
 mod manager;
+mod signer;
 mod verify;
 
 use std::time::Duration;
@@ -52,6 +53,7 @@ pub use key::{NodeKeyCurve, NodePublicKey, NodeSigningKey};
 pub use manager::{
     node_keys_vault_config, NodeKeyManager, NodeKeysConfig, DEFAULT_VAULT_NODE_KEYS_PATH,
 };
+pub use signer::NodeSigner;
 pub use verify::{
     verify_grpc_node_metadata, verify_node_request, verify_node_signature_raw,
     verify_signed_timestamp,

@@ -201,3 +201,40 @@ async fn unavailable_and_a_silently_ended_stream_are_retried() {
     assert_eq!(server.joins(), 3);
     assert_eq!((summary.joins, summary.retries), (3, 2), "{summary:?}");
 }
+
+/// A server that sends one instruction on every join and then drops the
+/// stream must not reset the retry streak: `max_retries` still bounds the
+/// client. (Before, any server message reset the counters, so such a server
+/// kept the client retrying forever.)
+#[tokio::test]
+async fn one_message_then_a_dropped_stream_does_not_reset_max_retries() {
+    use crate::scripted::{script, ScriptedServer, Session};
+    use flower_core::{GetPropertiesIns, ServerMessage};
+    init_tracing();
+    let server = ScriptedServer::start(script(|mut s: Session| async move {
+        s.send(ServerMessage::GetProperties(GetPropertiesIns::default()))
+            .await;
+        s.close();
+    }))
+    .await;
+    let result = tokio::time::timeout(
+        STEP_TIMEOUT,
+        start_client(
+            ClientOptions::new(server.address())
+                .insecure()
+                .backoff(Duration::from_millis(20), Duration::from_millis(40))
+                .max_retries(2),
+            Trainer::new(1, 0.0, 1, 0.0).to_client(),
+        ),
+    )
+    .await
+    .expect("bounded: the client gives up");
+    assert!(
+        matches!(
+            result,
+            Err(flower_client::ClientError::RetriesExhausted { .. })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(server.joins(), 3);
+}

@@ -11,7 +11,6 @@ pub(crate) mod reply;
 pub(crate) mod tls;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -20,21 +19,23 @@ use bytes::BytesMut;
 use flower_auth::node::{verify_node_request, AuthorizedNodeKeys, NodePublicKey};
 use flower_message::{validate_object, ObjectId};
 use flower_proto as pb;
+use flower_server::listener::{Connection, HardenedListener};
 use futures::future::BoxFuture;
 use http::{header, Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use hyper_util::rt::TokioTimer;
 use prost::Message as _;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::node::{unix_now, Shared};
 use crate::state::{Content, Lookup, PushOutcome, StateError};
 use reply::{ApiError, ApiErrorCode, Body};
+
+/// The transport's name in metrics labels.
+const TRANSPORT: &str = "fleet-api";
 
 /// The Fleet RPCs and their HTTP paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,13 +115,16 @@ impl Service {
         let Some(rpc) = Rpc::from_path(request.uri().path()) else {
             return reply::not_found();
         };
-        match self.handle_rpc(rpc, request).await {
+        let response = match self.handle_rpc(rpc, request).await {
             Ok(body) => reply::protobuf(body),
             Err(e) => {
                 debug!(?rpc, error = ?e, "fleet request refused");
                 e.response()
             }
-        }
+        };
+        let sent = hyper::body::Body::size_hint(response.body()).lower();
+        self.shared.metrics().bytes_sent(TRANSPORT).inc_by(sent);
+        response
     }
 
     async fn handle_rpc(
@@ -142,6 +146,10 @@ impl Service {
         let body = read_body(request, self.max_request_bytes)
             .await
             .ok_or(ApiError::Forbidden(ApiErrorCode::InvalidProtobufPayload))?;
+        self.shared
+            .metrics()
+            .bytes_received(TRANSPORT)
+            .inc_by(body.len() as u64);
         if rpc == Rpc::PullObject {
             return self.pull_object(&key, &body);
         }
@@ -409,8 +417,9 @@ impl Service {
 }
 
 /// The request body in one buffer, read at most `limit` bytes: the frames
-/// are appended to one buffer of the announced length (a single frame is
-/// kept as it is), so a pushed object is never held twice. `None` when the
+/// are appended to one buffer that grows as they arrive, up to the announced
+/// length (a single frame is kept as it is), so a pushed object is never
+/// held twice and a Content-Length alone reserves nothing. `None` when the
 /// body is too long or the connection fails.
 async fn read_body(request: Request<Incoming>, limit: usize) -> Option<Bytes> {
     let announced = request
@@ -436,8 +445,13 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Option<Bytes> {
         match first.take() {
             None if buf.is_empty() => first = Some(data),
             held => {
-                if buf.is_empty() {
-                    buf.reserve(announced.unwrap_or(total).max(total));
+                // Grown as bytes arrive (doubling, capped by the announced
+                // length), never reserved from the Content-Length alone.
+                if buf.capacity() < total {
+                    let target = (buf.capacity() * 2)
+                        .max(total)
+                        .min(announced.unwrap_or(usize::MAX).max(total));
+                    buf.reserve(target - buf.len());
                 }
                 if let Some(held) = held {
                     buf.extend_from_slice(&held);
@@ -484,18 +498,21 @@ fn pull_object_response(found: Lookup) -> Vec<Bytes> {
     out
 }
 
-/// How long a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn serve_connection<S>(service: Arc<Service>, io: S, stop: tokio::sync::watch::Receiver<bool>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+async fn serve_connection(
+    service: Arc<Service>,
+    io: Connection,
+    header_read_timeout: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     let handler = service_fn(move |request| {
         let service = service.clone();
         async move { Ok::<_, Infallible>(service.handle(request).await) }
     });
+    // The timer makes hyper enforce the header read timeout: a peer that
+    // trickles its headers (or idles between requests) is closed.
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), handler);
     let mut conn = std::pin::pin!(conn);
@@ -515,49 +532,35 @@ where
     }
 }
 
-/// Accepts connections until `stop` completes.
+/// Serves the connections of `listener` (capped, TLS and keepalive done
+/// there, see [`flower_server::listener`]) until `stop` completes.
 pub(crate) fn accept_loop(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    listener: HardenedListener,
+    header_read_timeout: Duration,
     service: Arc<Service>,
     stop: BoxFuture<'static, ()>,
 ) -> BoxFuture<'static, ()> {
     Box::pin(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut stop = stop;
+        let mut incoming = listener.incoming();
         loop {
-            let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            let conn = tokio::select! {
                 _ = &mut stop => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off.
-                        warn!(error = %e, "fleet accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
+                conn = incoming.next() => match conn {
+                    Some(conn) => conn,
+                    None => break,
                 },
             };
-            let _ = stream.set_nodelay(true);
-            let service = service.clone();
-            let stop_rx = stop_rx.clone();
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                match tls {
-                    None => serve_connection(service, stream, stop_rx).await,
-                    Some(acceptor) => {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                        {
-                            Ok(Ok(tls_stream)) => {
-                                serve_connection(service, tls_stream, stop_rx).await
-                            }
-                            Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                            Err(_) => debug!(%peer, "TLS handshake timed out"),
-                        }
-                    }
-                }
-            });
+            tokio::spawn(serve_connection(
+                service.clone(),
+                conn,
+                header_read_timeout,
+                stop_rx.clone(),
+            ));
         }
+        // Dropping `incoming` closes the listening socket.
+        drop(incoming);
         let _ = stop_tx.send(true);
     })
 }

@@ -3,6 +3,7 @@
 //! pinned venv is missing, unless `FLOWER_REQUIRE_PYTHON=1`), and
 //! protocol-level tests with a Rust HTTP client.
 
+mod hardening;
 mod protocol;
 mod supernode;
 mod support;

@@ -183,6 +183,23 @@ async fn a_signed_node_registers_and_reads_the_run() {
     let key = NodeSigningKey::generate(NodeKeyCurve::P384);
     let node_id = register_and_activate(fleet.addr, &key).await;
     assert_eq!(fleet.clients.len(), 1, "an active node is a client");
+    let metrics = fleet.clients.metrics().encode();
+    for line in [
+        "flower_fleet_nodes_online 1.0",
+        "flower_clients_connected{transport=\"fleet-api\"} 1",
+        "flower_fleet_objects 0.0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
+    let received: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("flower_bytes_received_total{transport=\"fleet-api\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("fleet-api bytes received");
+    assert!(received > 0.0, "register and activate requests counted");
     let (status, body) = call(
         fleet.addr,
         &key,

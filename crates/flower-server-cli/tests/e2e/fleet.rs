@@ -28,14 +28,14 @@ const RUN_LIMIT: Duration = Duration::from_secs(240);
 const STEP_LIMIT: Duration = Duration::from_secs(120);
 
 /// The FABs of `python/apps/modern` and `python/apps/legacy`.
-struct Fabs {
-    modern: PathBuf,
-    legacy: PathBuf,
+pub(crate) struct Fabs {
+    pub(crate) modern: PathBuf,
+    pub(crate) legacy: PathBuf,
 }
 
 /// Builds both FABs once per test binary run (`flwr build` takes seconds);
 /// `None` (the test skips, saying so) without the venv.
-fn fabs() -> Option<&'static Fabs> {
+pub(crate) fn fabs() -> Option<&'static Fabs> {
     static FABS: OnceLock<Option<Fabs>> = OnceLock::new();
     let mut built_here = false;
     let fabs = FABS.get_or_init(|| {
@@ -70,7 +70,7 @@ fn build_fabs() -> Option<Fabs> {
 
 /// A running `flower-server` serving the Fleet API (and grpc-bidi when
 /// `--address` is among its arguments).
-struct FleetServer {
+pub(crate) struct FleetServer {
     child: ChildGuard,
     fleet: String,
     grpc: Option<String>,
@@ -80,7 +80,7 @@ struct FleetServer {
 impl FleetServer {
     /// Starts the binary with `args` and waits (bounded) for its listening
     /// lines.
-    fn start(args: &[String], dir: &Path, tag: &str) -> FleetServer {
+    pub(crate) fn start(args: &[String], dir: &Path, tag: &str) -> FleetServer {
         let log = dir.join(format!("server-{tag}.log"));
         let grpc_wanted = args.iter().any(|a| a == "--address");
         let mut child = Command::new(env!("CARGO_BIN_EXE_flower-server"))
@@ -126,7 +126,7 @@ impl FleetServer {
         }
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -145,7 +145,7 @@ impl FleetServer {
     }
 
     /// Waits (bounded) for a successful exit.
-    fn wait_success(&mut self, nodes: &[&SuperNode]) {
+    pub(crate) fn wait_success(&mut self, nodes: &[&SuperNode]) {
         match self.child.wait_timeout(RUN_LIMIT) {
             Some(status) if status.success() => {}
             other => panic!(
@@ -168,7 +168,7 @@ fn node_logs(nodes: &[&SuperNode]) -> String {
 /// The server arguments every test shares: the FAB, the initial model, the
 /// output directory, rounds, the client minimums, bounded waits, evaluation
 /// on or off, and a Fleet API on a free port.
-fn base_args(
+pub(crate) fn base_args(
     fab: &Path,
     init: &Path,
     out: &Path,
@@ -223,7 +223,7 @@ fn tls_args(certs: &DevCertificates) -> Vec<String> {
 
 /// Writes the apps' initial model (`w` float32 2×3 = 0..5, `b` float64
 /// [0.5, -0.5]) as `init.npz` with its keys.
-fn write_init(dir: &Path) -> PathBuf {
+pub(crate) fn write_init(dir: &Path) -> PathBuf {
     let w = ndarray::ArrayD::from_shape_vec(vec![2, 3], vec![0f32, 1., 2., 3., 4., 5.]).expect("w");
     let b = ndarray::ArrayD::from_shape_vec(vec![2], vec![0.5f64, -0.5]).expect("b");
     let path = dir.join("init.npz");
@@ -239,7 +239,7 @@ fn write_init(dir: &Path) -> PathBuf {
 }
 
 /// The initial model with every element moved by `shift`.
-fn shifted(shift: f64) -> Vec<Vec<f64>> {
+pub(crate) fn shifted(shift: f64) -> Vec<Vec<f64>> {
     vec![
         (0..6).map(|v| f64::from(v) + shift).collect(),
         vec![0.5 + shift, -0.5 + shift],
@@ -248,7 +248,7 @@ fn shifted(shift: f64) -> Vec<Vec<f64>> {
 
 /// `model.npz`: its keys (which must be the initial `.npz` keys, in order)
 /// and its arrays as f64.
-fn final_model(out: &Path) -> Vec<Vec<f64>> {
+pub(crate) fn final_model(out: &Path) -> Vec<Vec<f64>> {
     let arrays = flower_core::npz::read_npz(&out.join("model.npz")).expect("model.npz");
     let names: Vec<&str> = arrays.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["w", "b"], "model.npz keeps the initial keys");
@@ -328,7 +328,7 @@ fn write_authorized(path: &Path, keys: &[&NodeKey]) {
     std::fs::rename(&tmp, path).expect("replace keys");
 }
 
-fn supernode(
+pub(crate) fn supernode(
     server: &FleetServer,
     tls: Option<&DevCertificates>,
     key: Option<&NodeKey>,
@@ -345,7 +345,7 @@ fn supernode(
     builder.start()
 }
 
-fn report(name: &str, started: Instant) {
+pub(crate) fn report(name: &str, started: Instant) {
     eprintln!("fleet e2e {name}: {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -412,10 +412,13 @@ fn fleet_refuses_an_unauthorized_key() {
     let out = dir.path().join("out");
     let mut args = base_args(&fabs.modern, &init, &out, 1, 1, false);
     args.extend(tls_args(&certs));
+    let metrics_port = flower_testkit::free_port();
     args.extend([
         "--enable-supernode-auth".into(),
         "--authorized-keys".into(),
         keys.display().to_string(),
+        "--metrics-address".into(),
+        format!("127.0.0.1:{metrics_port}"),
     ]);
     let mut server = FleetServer::start(&args, dir.path(), "b");
     // The wrong key first, so that it is refused while the run is on.
@@ -433,6 +436,15 @@ fn fleet_refuses_an_unauthorized_key() {
         !intruder_log.contains("Received successfully"),
         "exit {code:?}:\n{intruder_log}"
     );
+    // The operators' view of the Fleet API while it waits for a node.
+    let metrics = crate::ops::scrape(metrics_port).expect("metrics endpoint");
+    let value = |key: &str| crate::ops::value(&metrics, key);
+    assert_eq!(value("flower_fleet_authorized_keys{}"), 1.0);
+    assert_eq!(value("flower_fleet_nodes_online{}"), 0.0);
+    assert_eq!(value("flower_fleet_key_reloads_total{outcome=error}"), 0.0);
+    assert!(value("flower_fleet_keys_seconds_since_reload{}") >= 0.0);
+    assert!(value("flower_bytes_received_total{transport=fleet-api}") > 0.0);
+    assert_eq!(value("flower_round_phase{phase=waiting}"), 1.0);
     let Some(a) = supernode(&server, Some(&certs), Some(&good), "factor=1 examples=10") else {
         return;
     };

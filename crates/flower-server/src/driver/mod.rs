@@ -27,6 +27,7 @@ use tracing::{info, warn};
 
 use crate::client_manager::ClientManager;
 use crate::history::{Checkpoint, History, RoundRecord};
+use crate::metrics::{Phase, RunEvent, RunObserver};
 use crate::node::{ClientHandle, ExchangeError, OutgoingMessage};
 use crate::store::RunStore;
 use crate::ServerError;
@@ -96,6 +97,10 @@ pub struct RoundDriver {
     history: History,
     /// Set once the first round has started: later waits use the rejoin bound.
     under_way: bool,
+    /// The round being run (0 before the first).
+    round: u64,
+    /// Told about every phase (metrics, progress lines).
+    observers: Vec<Arc<dyn RunObserver>>,
 }
 
 impl std::fmt::Debug for RoundDriver {
@@ -211,6 +216,23 @@ impl RoundDriver {
             store: None,
             history: History::default(),
             under_way: false,
+            round: 0,
+            observers: Vec::new(),
+        }
+    }
+
+    /// Reports the run's phases to `observer` (e.g. [`Metrics`](crate::Metrics),
+    /// [`LogProgress`](crate::metrics::LogProgress)), in addition to any
+    /// added before.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn RunObserver>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+
+    fn emit(&self, event: RunEvent<'_>) {
+        for observer in &self.observers {
+            observer.on_event(&event);
         }
     }
 
@@ -244,6 +266,12 @@ impl RoundDriver {
         } else {
             self.config.client_wait_timeout
         };
+        self.emit(RunEvent::Waiting {
+            round: self.round,
+            required: n,
+            connected: self.manager.len(),
+            bound,
+        });
         if self.manager.wait_for(n, bound).await {
             Ok(())
         } else {
@@ -378,10 +406,16 @@ impl RoundDriver {
         &mut self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<RunOutcome, ServerError> {
+        let started = Instant::now();
         let result = tokio::select! {
             r = self.run_rounds() => r,
             () = shutdown => Err(ServerError::Interrupted),
         };
+        self.emit(RunEvent::RunEnded {
+            completed: self.history.rounds.last().map_or(0, |r| r.round),
+            num_rounds: self.config.num_rounds,
+            elapsed: started.elapsed(),
+        });
         self.disconnect_all().await;
         result
     }
@@ -392,6 +426,10 @@ impl RoundDriver {
             true => self.load_checkpoint()?,
             false => None,
         };
+        self.emit(RunEvent::RunStarted {
+            num_rounds: self.config.num_rounds,
+            completed: resumed.as_ref().map_or(0, |(c, _)| *c),
+        });
         let (mut completed, mut parameters) = match resumed {
             Some(found) => found,
             None => (0, self.initial_parameters().await?),
@@ -402,6 +440,7 @@ impl RoundDriver {
         }
 
         for round in completed + 1..=self.config.num_rounds {
+            self.round = round;
             let mut record = RoundRecord {
                 round,
                 fit_results: 0,
@@ -432,6 +471,12 @@ impl RoundDriver {
                     .map(|(_, l)| *l),
                 "round complete"
             );
+            self.emit(RunEvent::RoundEnded {
+                round,
+                num_rounds: self.config.num_rounds,
+                loss: self.round_loss(round),
+                elapsed: Duration::from_secs_f64(record.fit_seconds + record.evaluate_seconds),
+            });
             self.history.rounds.push(record);
             completed = round;
             self.save(completed, &parameters)?;
@@ -446,6 +491,15 @@ impl RoundDriver {
             history: self.history.clone(),
             completed_rounds: completed,
         })
+    }
+
+    /// The aggregated evaluate loss of `round`, if it has one.
+    fn round_loss(&self, round: u64) -> Option<f64> {
+        self.history
+            .losses_distributed
+            .last()
+            .filter(|(r, _)| *r == round)
+            .map(|(_, l)| *l)
     }
 
     /// The strategy's centralized evaluation (round 0 = the initial model).
@@ -493,6 +547,13 @@ impl RoundDriver {
             available = self.manager.len(),
             "configure_fit"
         );
+        let sampled = instructions.len();
+        self.emit(RunEvent::PhaseStarted {
+            round,
+            num_rounds: self.config.num_rounds,
+            phase: Phase::Fit,
+            sampled,
+        });
         self.strategy.begin_fit(round, parameters)?;
 
         let mut failures = Vec::new();
@@ -501,6 +562,7 @@ impl RoundDriver {
             .map(|(id, ins): (ClientId, FitIns)| (id, ServerMessage::Fit(ins)))
             .collect();
         let (sent, mut exchanges) = self.dispatch(round, messages, &mut failures);
+        let mut reasons = vec!["left"; failures.len()];
 
         // Results reach the strategy in the buffer's order; the upload gate
         // admits large uploads in that same order so that few ever wait.
@@ -510,16 +572,21 @@ impl RoundDriver {
         let mut results = 0;
         while let Some((id, reply)) = exchanges.next().await {
             for (client, outcome) in buffer.arrive(id, classify::<FitRes>(reply)) {
-                let folded = outcome.map_err(|e| e.to_string()).and_then(|res| {
-                    blocking(|| self.strategy.accumulate_fit(round, client, res)).map_err(|e| {
-                        warn!(round, client = %client, error = %e, "fit result refused");
-                        e.to_string()
-                    })
-                });
+                let folded = outcome
+                    .map_err(|e| (e.reason(), e.to_string()))
+                    .and_then(|res| {
+                        blocking(|| self.strategy.accumulate_fit(round, client, res)).map_err(|e| {
+                            warn!(round, client = %client, error = %e, "fit result refused");
+                            ("refused", e.to_string())
+                        })
+                    });
                 self.manager.upload_gate().done(client);
                 match folded {
                     Ok(()) => results += 1,
-                    Err(reason) => failures.push(failure(client, reason)),
+                    Err((label, reason)) => {
+                        reasons.push(label);
+                        failures.push(failure(client, reason));
+                    }
                 }
             }
         }
@@ -530,6 +597,16 @@ impl RoundDriver {
         record.fit_failures = failures.len();
         record.fit_seconds = started.elapsed().as_secs_f64();
         info!(round, results, failures = failures.len(), "aggregate_fit");
+        self.emit(RunEvent::PhaseEnded {
+            round,
+            num_rounds: self.config.num_rounds,
+            phase: Phase::Fit,
+            sampled,
+            results,
+            failures: &reasons,
+            loss: None,
+            elapsed: started.elapsed(),
+        });
         let (new, metrics) = blocking(|| self.strategy.aggregate_fit(round, &failures))?;
         self.history.add_metrics_distributed_fit(round, &metrics);
         Ok(new)
@@ -566,17 +643,28 @@ impl RoundDriver {
             );
             return Ok(());
         }
+        let sampled = instructions.len();
+        self.emit(RunEvent::PhaseStarted {
+            round,
+            num_rounds: self.config.num_rounds,
+            phase: Phase::Evaluate,
+            sampled,
+        });
         let mut failures = Vec::new();
         let messages = instructions
             .into_iter()
             .map(|(id, ins): (ClientId, EvaluateIns)| (id, ServerMessage::Evaluate(ins)))
             .collect();
         let (_, mut exchanges) = self.dispatch(round, messages, &mut failures);
+        let mut reasons = vec!["left"; failures.len()];
         let mut results: Vec<(ClientId, EvaluateRes)> = Vec::new();
         while let Some((id, reply)) = exchanges.next().await {
             match classify::<EvaluateRes>(reply) {
                 Ok(res) => results.push((id, res)),
-                Err(e) => failures.push(failure(id, e)),
+                Err(e) => {
+                    reasons.push(e.reason());
+                    failures.push(failure(id, e));
+                }
             }
         }
         results.sort_by_key(|(id, _)| *id);
@@ -593,6 +681,16 @@ impl RoundDriver {
             self.history.add_loss_distributed(round, loss);
         }
         self.history.add_metrics_distributed(round, &metrics);
+        self.emit(RunEvent::PhaseEnded {
+            round,
+            num_rounds: self.config.num_rounds,
+            phase: Phase::Evaluate,
+            sampled,
+            results: results.len(),
+            failures: &reasons,
+            loss,
+            elapsed: started.elapsed(),
+        });
         Ok(())
     }
 

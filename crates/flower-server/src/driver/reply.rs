@@ -32,6 +32,21 @@ pub enum ReplyFailure {
     Exchange(#[from] ExchangeError),
 }
 
+impl ReplyFailure {
+    /// A short, stable name of the kind of failure (`status`, `wrong_kind`,
+    /// `closed`, `timeout`, `protocol`, `unsupported`), for metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReplyFailure::Status { .. } => "status",
+            ReplyFailure::WrongKind { .. } => "wrong_kind",
+            ReplyFailure::Exchange(ExchangeError::Closed(_)) => "closed",
+            ReplyFailure::Exchange(ExchangeError::Timeout(_)) => "timeout",
+            ReplyFailure::Exchange(ExchangeError::Protocol(_)) => "protocol",
+            ReplyFailure::Exchange(ExchangeError::Unsupported(_)) => "unsupported",
+        }
+    }
+}
+
 /// A reply type the driver waits for.
 pub(crate) trait Reply: Sized {
     /// Its kind.
@@ -151,6 +166,7 @@ mod tests {
             }
         );
         assert_eq!(e.to_string(), "expected evaluate_res, got fit_res");
+        assert_eq!(e.reason(), "wrong_kind");
         let timeout = ExchangeError::Timeout(Duration::from_secs(2));
         let e = classify::<FitRes>(Err(timeout.clone())).unwrap_err();
         assert_eq!(e.to_string(), timeout.to_string());

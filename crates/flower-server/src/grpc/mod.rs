@@ -13,7 +13,7 @@ pub(crate) mod serve;
 mod stream;
 pub(crate) mod transport;
 
-pub use inbound::UploadGate;
+pub use inbound::{GateLoad, UploadGate};
 pub use serve::{ServeOptions, TlsFiles};
 pub use transport::FlowerTransport;
 
@@ -58,6 +58,9 @@ pub enum StreamError {
     /// No reply within the round timeout (Flower's wording).
     #[error("Timeout of {}sec was exceeded.", .0.as_secs_f64())]
     Timeout(Duration),
+    /// A reply in progress made no progress (64 KiB) for this long.
+    #[error("upload stalled: no progress for {}sec", .0.as_secs_f64())]
+    UploadStalled(Duration),
     /// The token this stream authenticated with was revoked.
     #[error("{}", flower_auth::INVALID_TOKEN_MESSAGE)]
     Revoked,
@@ -96,7 +99,9 @@ impl From<&StreamError> for Status {
             StreamError::InstructionTooLarge { .. } | StreamError::MessageTooLarge { .. } => {
                 Status::out_of_range(message)
             }
-            StreamError::Timeout(_) => Status::deadline_exceeded(message),
+            StreamError::Timeout(_) | StreamError::UploadStalled(_) => {
+                Status::deadline_exceeded(message)
+            }
             StreamError::Revoked => Status::unauthenticated(message),
             StreamError::Undecodable(_) | StreamError::EndedInsideMessage => {
                 Status::internal(message)

@@ -5,18 +5,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tracing::info;
 
 use super::transport::FlowerTransport;
+use crate::listener::{server_tls_config, HardenedListener, ListenerOptions, Protocol};
 use crate::ServerError;
 
 /// PEM files for the server's TLS (Flower's `--ssl-*` flags).
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
-    /// CA certificate (accepted for compatibility; client certificates are not required).
+    /// CA certificate: the trust root of client certificates when they are
+    /// required ([`ServeOptions::require_client_certificate`]), else unused.
     pub ca_certfile: PathBuf,
     /// Server certificate chain.
     pub certfile: PathBuf,
@@ -39,6 +39,9 @@ impl TlsFiles {
     }
 }
 
+/// Default of [`ServeOptions::upload_idle_timeout`].
+pub(crate) const DEFAULT_UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Listener settings of the grpc-bidi port. The `Default` values are the
 /// only copy of these defaults (the binary's flags and help read them).
 #[derive(Debug, Clone)]
@@ -57,6 +60,15 @@ pub struct ServeOptions {
     /// admitted in fold order (default 2; `None`: no limit). Bounds receive
     /// memory to about this many model sizes.
     pub max_concurrent_uploads: Option<usize>,
+    /// A client's reply in progress that receives less than 64 KiB for this
+    /// long is cut and counts as a failure (default 30 s): a stalled upload
+    /// must not hold its upload permit, or the round, hostage.
+    pub upload_idle_timeout: Duration,
+    /// Connection-level limits (connection cap, handshake timeout, TCP keepalive).
+    pub listener: ListenerOptions,
+    /// Require a client certificate signed by the CA file (mutual TLS;
+    /// default off, as in Flower). Only meaningful with `tls`.
+    pub require_client_certificate: bool,
 }
 
 impl Default for ServeOptions {
@@ -68,12 +80,31 @@ impl Default for ServeOptions {
             keepalive: Duration::from_secs(210),
             max_clients: None,
             max_concurrent_uploads: Some(2),
+            upload_idle_timeout: DEFAULT_UPLOAD_IDLE_TIMEOUT,
+            listener: ListenerOptions::default(),
+            require_client_certificate: false,
         }
     }
 }
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, ServerError> {
-    std::fs::read(path).map_err(ServerError::io("reading", path))
+/// HTTP/2 limits of the grpc-bidi port, set explicitly rather than left to
+/// tonic's and hyper's defaults (tonic 0.14 passes `None` for the local
+/// error reset cap, which removes h2's defence against reset floods).
+mod h2_limits {
+    /// Streams a peer may have open on one connection (Flower's server: 1000;
+    /// grpc-go's default is unlimited; one `Join` per client is all we need).
+    pub(super) const MAX_CONCURRENT_STREAMS: u32 = 1000;
+    /// Streams the server may reset for peer errors before it sends GOAWAY
+    /// (h2's default; CVE-2025-8671, "MadeYouReset").
+    pub(super) const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+    /// Streams reset by the peer before we accepted them (h2's default;
+    /// CVE-2023-44487, "Rapid Reset").
+    pub(super) const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+    /// Request header list size (hyper's default, 16 KiB; grpc-go allows
+    /// 16 MiB). Our headers are a path, a token and a few gRPC fields.
+    pub(super) const MAX_HEADER_LIST_SIZE: u32 = 16 << 10;
+    /// Keepalive ping timeout (grpc-go's default: 20 s).
+    pub(super) const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 }
 
 /// Binds `options.address`, logs `listening on <addr>`, and returns the bound
@@ -96,32 +127,47 @@ where
         + 'static,
     <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send + 'static,
 {
-    let mut builder = Server::builder()
+    // Frame sizes and flow-control windows stay at hyper's defaults (16 KiB
+    // frames, 1 MiB windows), which the upload gate relies on.
+    let builder = Server::builder()
         .http2_keepalive_interval(Some(options.keepalive))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .max_concurrent_streams(None)
+        .http2_keepalive_timeout(Some(h2_limits::KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(h2_limits::MAX_CONCURRENT_STREAMS))
+        .http2_max_local_error_reset_streams(Some(h2_limits::MAX_LOCAL_ERROR_RESET_STREAMS))
+        .http2_max_pending_accept_reset_streams(Some(h2_limits::MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .http2_max_header_list_size(h2_limits::MAX_HEADER_LIST_SIZE)
         .tcp_nodelay(true);
-    if let Some(tls) = &options.tls {
-        let cert = read(&tls.certfile)?;
-        let key = read(&tls.keyfile)?;
-        // rustls with tonic's acceptor: TLS 1.2+ and ALPN `h2`, which Python
-        // clients require.
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
-            .map_err(|e| ServerError::Tls(e.into()))?;
-    }
-    let bind_error = |source| ServerError::Bind {
-        address: options.address,
-        source,
+    // TLS is done by our listener (handshake timeout, optional client
+    // certificates): rustls, TLS 1.2+ and ALPN `h2`, which Python clients require.
+    let tls = match &options.tls {
+        Some(files) => Some(server_tls_config(
+            files,
+            &[b"h2"],
+            options.require_client_certificate,
+        )?),
+        None => None,
     };
-    let listener = TcpListener::bind(options.address)
-        .await
-        .map_err(bind_error)?;
-    let local = listener.local_addr().map_err(bind_error)?;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let service = transport.max_message_size(options.max_message_size);
-    let router = builder.layer(layer).add_service(service);
-    info!(address = %local, tls = options.tls.is_some(), "listening on {local}");
+    let listener = HardenedListener::bind(
+        options.address,
+        options.listener.clone(),
+        tls,
+        Protocol::Http2,
+    )
+    .await?;
+    let local = listener.local_addr();
+    let incoming = listener.incoming();
+    let service = transport
+        .max_message_size(options.max_message_size)
+        .upload_idle_timeout(options.upload_idle_timeout);
+    let mut builder = builder.layer(layer);
+    let router = builder.add_service(service);
+    info!(
+        address = %local,
+        tls = options.tls.is_some(),
+        mtls = options.tls.is_some() && options.require_client_certificate,
+        max_connections = options.listener.max_connections,
+        "listening on {local}"
+    );
     let fut = async move {
         router
             .serve_with_incoming_shutdown(incoming, stop)

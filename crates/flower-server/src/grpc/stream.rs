@@ -11,6 +11,7 @@ use flower_proto as pb;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tonic::Status;
 use tracing::debug;
 
@@ -33,6 +34,7 @@ pub(super) enum StreamEnd {
     AfterReconnect,
     ServerDropped,
     Timeout(Duration),
+    Stalled(Duration),
     Unsolicited,
     Invalid,
     Revoked,
@@ -45,6 +47,9 @@ impl std::fmt::Display for StreamEnd {
             StreamEnd::AfterReconnect => f.write_str("disconnected after ReconnectIns"),
             StreamEnd::ServerDropped => f.write_str("server released the client"),
             StreamEnd::Timeout(t) => write!(f, "no reply within {t:?}; stream cancelled"),
+            StreamEnd::Stalled(t) => {
+                write!(f, "reply made no progress for {t:?}; stream cancelled")
+            }
             StreamEnd::Unsolicited => f.write_str("unsolicited message; stream closed"),
             StreamEnd::Invalid => f.write_str("invalid reply; stream closed"),
             StreamEnd::Revoked => f.write_str("token revoked; stream closed"),
@@ -70,6 +75,8 @@ pub(super) struct StreamTask {
     outbound: mpsc::Sender<Result<Bytes, Status>>,
     revoked: BoxFuture<'static, ()>,
     max_message_size: usize,
+    /// A reply in progress that has not progressed for this long is cut.
+    upload_idle_timeout: Duration,
     reconnect_sent: bool,
 }
 
@@ -80,6 +87,7 @@ impl StreamTask {
         outbound: mpsc::Sender<Result<Bytes, Status>>,
         revoked: Option<BoxFuture<'static, ()>>,
         max_message_size: usize,
+        upload_idle_timeout: Duration,
     ) -> Self {
         StreamTask {
             inbound,
@@ -87,6 +95,7 @@ impl StreamTask {
             outbound,
             revoked: revoked.unwrap_or_else(|| futures::future::pending().boxed()),
             max_message_size,
+            upload_idle_timeout,
             reconnect_sent: false,
         }
     }
@@ -99,6 +108,10 @@ impl StreamTask {
                 Err(end) => return end,
             };
             let kind = instruction.message.message().kind();
+            if instruction.reply.is_some() {
+                // Before sending: the reply may start as soon as it is out.
+                self.inbound.begin_reply();
+            }
             if let Err((end, error)) = self.send(&instruction.message, kind).await {
                 if let Some(reply) = instruction.reply {
                     let _ = reply.send(Err(error));
@@ -106,7 +119,9 @@ impl StreamTask {
                 return end;
             }
             if let Some(reply) = instruction.reply {
-                if let Err(end) = self.await_reply(kind, instruction.timeout, reply).await {
+                let awaited = self.await_reply(kind, instruction.timeout, reply).await;
+                self.inbound.end_reply();
+                if let Err(end) = awaited {
                     return end;
                 }
             }
@@ -130,7 +145,7 @@ impl StreamTask {
                         if matches!(msg, Ok(Some(_))) { continue; }
                         return Err(StreamEnd::AfterReconnect);
                     }
-                    if let Ok(Some(_)) = msg {
+                    if matches!(msg, Ok(Some(_)) | Err(StreamError::Unsolicited)) {
                         self.close(StreamError::Unsolicited).await;
                         return Err(StreamEnd::Unsolicited);
                     }
@@ -185,16 +200,23 @@ impl StreamTask {
         Ok(())
     }
 
-    /// Waits for the reply to an instruction of `kind`, within `timeout`.
+    /// Waits for the reply to an instruction of `kind`. `timeout` is a hard
+    /// deadline for the whole reply, extended only by the time the reply
+    /// waits at the upload gate; a reply in progress must also keep
+    /// progressing (see [`Inbound::stalled_since`]).
     async fn await_reply(
         &mut self,
         kind: InstructionKind,
         timeout: Option<Duration>,
         reply: oneshot::Sender<Result<ClientMessage, ExchangeError>>,
     ) -> Result<(), StreamEnd> {
-        let deadline = tokio::time::sleep(timeout.unwrap_or(Duration::MAX / 4));
+        let start = Instant::now();
+        let far = start + Duration::from_secs(86_400 * 365);
+        let deadline = tokio::time::sleep_until(timeout.map_or(far, |t| start + t));
         tokio::pin!(deadline);
-        let mut deadline_active = timeout.is_some();
+        let idle = self.upload_idle_timeout;
+        let stall_check = tokio::time::sleep_until(start + idle);
+        tokio::pin!(stall_check);
         loop {
             tokio::select! {
                 msg = self.inbound.message() => {
@@ -224,17 +246,30 @@ impl StreamTask {
                         }
                     };
                 }
-                () = &mut deadline, if deadline_active => {
-                    if self.inbound.reply_started() {
-                        // The reply began in time; the upload gate may be
-                        // holding it back, which is not the client's fault.
-                        deadline_active = false;
+                () = &mut deadline, if timeout.is_some() => {
+                    let t = timeout.unwrap_or_default();
+                    let now = Instant::now();
+                    // Time at the upload gate is not the client's fault.
+                    let extended = start + t + self.inbound.gate_time(now);
+                    if extended > now {
+                        deadline.as_mut().reset(extended);
                         continue;
                     }
-                    let t = timeout.unwrap_or_default();
                     self.close(StreamError::Timeout(t)).await;
                     let _ = reply.send(Err(ExchangeError::Timeout(t)));
                     return Err(StreamEnd::Timeout(t));
+                }
+                () = &mut stall_check => {
+                    let now = Instant::now();
+                    match self.inbound.stalled_since() {
+                        Some(since) if since + idle <= now => {
+                            self.close(StreamError::UploadStalled(idle)).await;
+                            let _ = reply.send(Err(ExchangeError::Timeout(idle)));
+                            return Err(StreamEnd::Stalled(idle));
+                        }
+                        Some(since) => stall_check.as_mut().reset(since + idle),
+                        None => stall_check.as_mut().reset(now + idle),
+                    }
                 }
                 _ = &mut self.revoked => {
                     self.close(StreamError::Revoked).await;
@@ -267,6 +302,7 @@ fn check_reply(
 mod tests {
     use super::*;
     use flower_core::{ClientMessage, DisconnectRes, Reason};
+    use tokio_stream::StreamExt as _;
 
     #[test]
     fn a_reply_must_answer_its_instruction() {
@@ -285,5 +321,102 @@ mod tests {
             check_reply(InstructionKind::Evaluate, empty),
             Err(ExchangeError::Protocol(_))
         ));
+    }
+
+    /// A body fed by the test through a channel.
+    fn channel_body() -> (
+        mpsc::UnboundedSender<Vec<u8>>,
+        impl http_body::Body<Data = Bytes, Error = Status> + Send + 'static,
+    ) {
+        use http_body_util::BodyExt;
+        let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let frames = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+            .map(|c| Ok::<_, Status>(http_body::Frame::data(Bytes::from(c))));
+        (tx, http_body_util::StreamBody::new(frames).boxed())
+    }
+
+    fn fit_res_wire(n: usize) -> Vec<u8> {
+        let message: pb::ClientMessage = ClientMessage::Fit(flower_core::FitRes {
+            status: flower_core::Status::success(),
+            parameters: flower_core::Parameters {
+                tensors: vec![Bytes::from(vec![1u8; n])],
+                tensor_type: "numpy.ndarray".into(),
+            },
+            num_examples: 1,
+            metrics: Default::default(),
+        })
+        .into();
+        let payload = prost::Message::encode_to_vec(&message);
+        let mut wire = vec![0u8];
+        wire.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        wire.extend_from_slice(&payload);
+        wire
+    }
+
+    #[tokio::test]
+    async fn time_at_the_upload_gate_does_not_count_against_the_round_timeout() {
+        use crate::grpc::inbound::UploadGate;
+        let gate = UploadGate::new(Some(1));
+        let big = fit_res_wire(2 << 20);
+        // Another reply holds the only permit for 800 ms.
+        let (holder_tx, holder_body) = channel_body();
+        let mut holder = Inbound::new(holder_body, gate.clone(), usize::MAX);
+        holder.begin_reply();
+        holder_tx.send(big[..100_000].to_vec()).unwrap();
+        let holder_task = tokio::spawn(async move { holder.message().await.map(|m| m.is_some()) });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let release = {
+            let rest = big[100_000..].to_vec();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                holder_tx.send(rest).unwrap();
+                holder_tx
+            })
+        };
+
+        // This stream's reply arrives whole at once but waits at the gate
+        // longer than its 300 ms round timeout.
+        let (tx, body) = channel_body();
+        let inbound = Inbound::new(body, gate.clone(), usize::MAX);
+        let (ins_tx, ins_rx) = mpsc::channel(2);
+        let (out_tx, mut out_rx) = mpsc::channel(4);
+        let task = StreamTask::new(
+            inbound,
+            ins_rx,
+            out_tx,
+            None,
+            usize::MAX,
+            Duration::from_secs(30),
+        );
+        let task = tokio::spawn(task.run());
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let fit = flower_core::ServerMessage::Fit(flower_core::FitIns {
+            parameters: flower_core::Parameters {
+                tensors: vec![],
+                tensor_type: "numpy.ndarray".into(),
+            },
+            config: Default::default(),
+        });
+        ins_tx
+            .send(Instruction {
+                message: OutgoingMessage::new(fit),
+                timeout: Some(Duration::from_millis(300)),
+                reply: Some(reply_tx),
+            })
+            .await
+            .unwrap();
+        assert!(
+            out_rx.recv().await.unwrap().is_ok(),
+            "the instruction went out"
+        );
+        tx.send(big.clone()).unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(10), reply_rx)
+            .await
+            .expect("bounded")
+            .unwrap();
+        assert!(reply.is_ok(), "{reply:?}");
+        assert!(holder_task.await.unwrap().unwrap());
+        drop((release.await, ins_tx, tx));
+        let _ = task.await;
     }
 }

@@ -32,6 +32,12 @@ use super::StreamError;
 use crate::client_manager::ClientManager;
 use crate::node::{ClientHandle, ExchangeError, OutgoingMessage};
 
+/// Clients refused at `--max-clients`, logged a few per interval.
+static CLIENT_LIMIT_REFUSALS: flower_auth::log_limit::LogLimiter =
+    flower_auth::log_limit::LogLimiter::new(Duration::from_secs(10), 3);
+/// The transport's name in metrics labels.
+const NAME: &str = "grpc-bidi";
+
 /// The Join service (a tower service for tonic's router).
 ///
 /// When the auth layer accepted the call, the stream remembers which token
@@ -42,6 +48,7 @@ pub struct FlowerTransport {
     manager: ClientManager,
     max_decoding_message_size: usize,
     max_encoding_message_size: usize,
+    upload_idle_timeout: Duration,
 }
 
 impl std::fmt::Debug for FlowerTransport {
@@ -60,7 +67,16 @@ impl FlowerTransport {
             manager,
             max_decoding_message_size: flower_proto::GRPC_MAX_MESSAGE_LENGTH,
             max_encoding_message_size: flower_proto::GRPC_MAX_MESSAGE_LENGTH,
+            upload_idle_timeout: super::serve::DEFAULT_UPLOAD_IDLE_TIMEOUT,
         }
+    }
+
+    /// Cuts a stream whose reply in progress has not progressed (64 KiB)
+    /// for this long (default 30 s).
+    #[must_use]
+    pub fn upload_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.upload_idle_timeout = timeout;
+        self
     }
 
     /// Sets the max message size, both ways.
@@ -102,8 +118,9 @@ impl FlowerTransport {
         let token = auth.as_ref().map(|p| p.fingerprint().to_string());
         let revoked = auth.map(|p| p.revocation_future().boxed());
 
+        let metrics = self.manager.metrics();
         let mut inbound = Inbound::new(
-            request.into_body(),
+            crate::metrics::CountingBody::new(request.into_body(), metrics.bytes_received(NAME)),
             self.manager.upload_gate().clone(),
             self.max_decoding_message_size,
         );
@@ -119,7 +136,9 @@ impl FlowerTransport {
             peer: peer.clone(),
         });
         let Some(id) = self.manager.register(handle) else {
-            warn!(%peer, "refusing client: connection limit reached");
+            if let Some(suppressed) = CLIENT_LIMIT_REFUSALS.admit() {
+                warn!(%peer, suppressed, "refusing client: client limit reached");
+            }
             return Status::from(StreamError::ClientLimit).into_http();
         };
         inbound.set_client(id);
@@ -127,18 +146,23 @@ impl FlowerTransport {
         let (out_tx, out_rx) = mpsc::channel(1);
         let manager = self.manager.clone();
         let max_out = self.max_encoding_message_size;
+        let idle = self.upload_idle_timeout;
         tokio::spawn(async move {
-            let end = StreamTask::new(inbound, ins_rx, out_tx, revoked, max_out)
+            let end = StreamTask::new(inbound, ins_rx, out_tx, revoked, max_out, idle)
                 .run()
                 .await;
             manager.unregister(id);
             info!(client = %id, %peer, reason = %end, connected = manager.len(), "client left");
         });
-        let mut response = http::Response::new(tonic::body::Body::new(JoinBody {
+        let body = JoinBody {
             outbound: out_rx,
             payload: None,
             done: false,
-        }));
+        };
+        let sent = self.manager.metrics().bytes_sent(NAME);
+        let mut response = http::Response::new(tonic::body::Body::new(
+            crate::metrics::CountingBody::new(body, sent),
+        ));
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/grpc"),
@@ -267,5 +291,9 @@ impl ClientHandle for GrpcClient {
 
     fn peer(&self) -> String {
         self.peer.clone()
+    }
+
+    fn transport(&self) -> &'static str {
+        NAME
     }
 }

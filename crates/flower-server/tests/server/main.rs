@@ -3,3 +3,4 @@
 
 mod builder;
 mod driver;
+mod metrics;

@@ -122,6 +122,15 @@ impl FedAvg {
         &self.opts
     }
 
+    /// [`MsgStrategy::streaming_key`] of FedAvg and the strategies built
+    /// on its mean.
+    pub(crate) fn mean_streaming_key(&self) -> Option<&str> {
+        self.opts
+            .train_metrics_aggr_fn
+            .is_none()
+            .then_some(self.opts.weighted_by_key.as_str())
+    }
+
     /// Samples the nodes of one phase (Flower's `sample_nodes`).
     pub(crate) fn sample(
         &self,
@@ -302,6 +311,10 @@ impl MsgStrategy for FedAvg {
         replies: Vec<Reply>,
     ) -> Result<Option<MetricRecord>, StrategyError> {
         self.aggregate_evaluate_records(&replies)
+    }
+
+    fn streaming_key(&self) -> Option<&str> {
+        self.mean_streaming_key()
     }
 }
 

@@ -67,6 +67,10 @@ impl FedProx {
 }
 
 impl MsgStrategy for FedProx {
+    fn streaming_key(&self) -> Option<&str> {
+        self.base.mean_streaming_key()
+    }
+
     fn name(&self) -> &str {
         "FedProx"
     }
@@ -127,6 +131,10 @@ impl FedAvgM {
 }
 
 impl MsgStrategy for FedAvgM {
+    fn streaming_key(&self) -> Option<&str> {
+        self.base.mean_streaming_key()
+    }
+
     fn name(&self) -> &str {
         "FedAvgM"
     }
@@ -311,6 +319,10 @@ fn aggregation(m: String) -> StrategyError {
 }
 
 impl MsgStrategy for FedOpt {
+    fn streaming_key(&self) -> Option<&str> {
+        self.base.mean_streaming_key()
+    }
+
     fn name(&self) -> &str {
         match self.kind {
             FedOptKind::FedOpt => "FedOpt",

@@ -30,12 +30,14 @@ mod fedavg;
 mod fedopt;
 mod records;
 mod robust;
+mod stream;
 mod xgb;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 pub use dp::DpWrapper;
+pub(crate) use fedavg::aggregate_metricrecords;
 pub use fedavg::{FedAvg, FedAvgOptions, MetricsAggrFn};
 pub use fedopt::{
     FedAvgM, FedOpt, FedOptKind, FedOptOptions, FedProx, Moments, QFedAvg, QFedAvgOptions,
@@ -45,6 +47,7 @@ pub use records::{
     Ordered, Record, RecordDict, Reply, ReplyError,
 };
 pub use robust::{Bulyan, FedMedian, MultiKrum};
+pub use stream::StreamingMean;
 pub use xgb::{FedXgbBagging, FedXgbCyclic};
 
 use crate::StrategyError;
@@ -112,6 +115,14 @@ pub trait MsgStrategy: Send + fmt::Debug {
         server_round: u64,
         replies: Vec<Reply>,
     ) -> Result<Option<MetricRecord>, StrategyError>;
+
+    /// The weight key when `aggregate_train` depends on the train replies
+    /// only through their weighted mean (the mean family without a custom
+    /// `train_metrics_aggr_fn`): a grid may then fold them as they arrive
+    /// ([`StreamingMean`]). `None` (the default): it needs every reply.
+    fn streaming_key(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl<S: MsgStrategy + ?Sized> MsgStrategy for Box<S> {
@@ -149,6 +160,9 @@ impl<S: MsgStrategy + ?Sized> MsgStrategy for Box<S> {
         replies: Vec<Reply>,
     ) -> Result<Option<MetricRecord>, StrategyError> {
         (**self).aggregate_evaluate(r, replies)
+    }
+    fn streaming_key(&self) -> Option<&str> {
+        (**self).streaming_key()
     }
 }
 

@@ -110,7 +110,7 @@ pub(super) const COMMON: &[Opt] = &[
     ),
 ];
 
-fn help_line(out: &mut String, indent: &str, name: &str, default: &str, help: &str) {
+pub(super) fn help_line(out: &mut String, indent: &str, name: &str, default: &str, help: &str) {
     let head = format!("{indent}{name} = {default}");
     if head.chars().count() < 46 {
         let _ = writeln!(out, "{head:<46}{help}");

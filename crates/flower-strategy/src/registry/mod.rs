@@ -14,6 +14,7 @@
 //! ```
 
 mod help;
+mod msg;
 mod options;
 mod table;
 
@@ -31,6 +32,7 @@ use options::Ctx;
 use table::ENTRIES;
 
 pub use help::catalog_help;
+pub use msg::{build_msg_strategy, msg_catalog_help, msg_strategy_names, MsgBuild};
 
 /// A strategy by name with its options (Flower's constructor keyword
 /// arguments, plus the CLI-level callbacks `fit_config`, `evaluate_config`,
@@ -159,12 +161,6 @@ struct Entry {
     build: Builder,
 }
 
-impl Entry {
-    fn defaults(&self) -> FedAvgOptions {
-        self.family.defaults()
-    }
-}
-
 /// The options `entry` takes: the common ones and its own.
 fn valid_options(entry: &Entry) -> Vec<&'static str> {
     let mut names: Vec<&'static str> = COMMON.iter().map(|o| o.name).collect();
@@ -223,7 +219,8 @@ fn build_composed(
         )));
     }
     let mut ctx = Ctx {
-        entry,
+        name: entry.name,
+        family: entry.family,
         options: &spec.options,
         common,
     };

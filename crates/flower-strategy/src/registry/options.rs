@@ -7,20 +7,23 @@ use std::collections::BTreeMap;
 use flower_core::{Config, Scalar};
 use serde_json::Value;
 
-use super::help::COMMON;
-use super::{build_composed, CommonOptions, Entry, StrategySpec, DEFAULT_INNER};
+use super::help::{Opt, COMMON};
+use super::{build_composed, CommonOptions, Family, StrategySpec, DEFAULT_INNER};
 use crate::aggregate::DynComposed;
 use crate::callbacks::{fixed_config, weighted_average, MetricSelection};
 use crate::{FedAvgOptions, StrategyError};
 
 /// Build context: the options being read and the caller's common options.
 pub(super) struct Ctx<'a> {
-    pub(super) entry: &'static Entry,
+    /// The registry name (for errors).
+    pub(super) name: &'static str,
+    /// Where the common options' defaults come from.
+    pub(super) family: Family,
     pub(super) options: &'a BTreeMap<String, Value>,
     pub(super) common: CommonOptions,
 }
 
-fn scalar_from_json(key: &str, v: &Value) -> Result<Scalar, StrategyError> {
+pub(super) fn scalar_from_json(key: &str, v: &Value) -> Result<Scalar, StrategyError> {
     Ok(match v {
         Value::Bool(b) => Scalar::Bool(*b),
         Value::String(s) => Scalar::String(s.clone()),
@@ -50,7 +53,10 @@ fn config_from_json(name: &str, v: &Value) -> Result<Config, StrategyError> {
         .collect()
 }
 
-fn metric_selection(name: &str, v: &Value) -> Result<Option<MetricSelection>, StrategyError> {
+pub(super) fn metric_selection(
+    name: &str,
+    v: &Value,
+) -> Result<Option<MetricSelection>, StrategyError> {
     match v {
         Value::String(s) if s == "all" => Ok(Some(MetricSelection::All)),
         Value::String(s) if s == "none" => Ok(None),
@@ -72,7 +78,7 @@ fn metric_selection(name: &str, v: &Value) -> Result<Option<MetricSelection>, St
 
 impl Ctx<'_> {
     pub(super) fn err(&self, m: String) -> StrategyError {
-        StrategyError::Config(format!("{}: {m}", self.entry.name))
+        StrategyError::Config(format!("{}: {m}", self.name))
     }
 
     pub(super) fn get(&self, key: &str) -> Option<&Value> {
@@ -118,6 +124,16 @@ impl Ctx<'_> {
             .ok_or_else(|| self.err(format!("option {key} is required")))
     }
 
+    pub(super) fn string_or(&self, key: &str, default: &str) -> Result<String, StrategyError> {
+        match self.get(key) {
+            None | Some(Value::Null) => Ok(default.to_owned()),
+            Some(v) => v
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| self.err(format!("{key} must be a string, got {v}"))),
+        }
+    }
+
     pub(super) fn bool_or(&self, key: &str, default: bool) -> Result<bool, StrategyError> {
         match self.get(key) {
             None | Some(Value::Null) => Ok(default),
@@ -133,7 +149,7 @@ impl Ctx<'_> {
         &mut self,
         takes_inplace: bool,
     ) -> Result<FedAvgOptions, StrategyError> {
-        let d = self.entry.defaults();
+        let d = self.family.defaults();
         let mut o = FedAvgOptions {
             fraction_fit: self.f64_or("fraction_fit", d.fraction_fit)?,
             fraction_evaluate: self.f64_or("fraction_evaluate", d.fraction_evaluate)?,
@@ -198,7 +214,7 @@ impl Ctx<'_> {
             Some(v) => serde_json::from_value::<StrategySpec>(v.clone())
                 .map_err(|e| self.err(format!("strategy must be {{ name, options }}: {e}")))?,
         };
-        pass_common_options(self.options, &mut spec.options).map_err(|m| self.err(m))?;
+        pass_common_options(self.options, &mut spec.options, COMMON).map_err(|m| self.err(m))?;
         let common = CommonOptions {
             seed: self.common.seed.map(|s| s.wrapping_add(1)),
             initial_parameters: self.common.initial_parameters.take(),
@@ -214,8 +230,9 @@ impl Ctx<'_> {
 pub(super) fn pass_common_options(
     top: &BTreeMap<String, Value>,
     inner: &mut BTreeMap<String, Value>,
+    common_options: &[Opt],
 ) -> Result<(), String> {
-    let common = |k: &str| COMMON.iter().any(|o| o.name == k);
+    let common = |k: &str| common_options.iter().any(|o| o.name == k);
     for (key, value) in top.iter().filter(|(k, _)| common(k)) {
         match inner.get(key) {
             Some(nested) if nested != value => {
@@ -246,13 +263,13 @@ mod tests {
         let top =
             map(json!({ "min_fit_clients": 3, "noise_multiplier": 0.5, "accept_failures": false }));
         let mut inner = map(json!({ "min_fit_clients": 3, "beta": 0.1 }));
-        pass_common_options(&top, &mut inner).unwrap();
+        pass_common_options(&top, &mut inner, COMMON).unwrap();
         assert_eq!(
             inner,
             map(json!({ "min_fit_clients": 3, "beta": 0.1, "accept_failures": false }))
         );
         let mut conflicting = map(json!({ "min_fit_clients": 4 }));
-        let e = pass_common_options(&top, &mut conflicting).unwrap_err();
+        let e = pass_common_options(&top, &mut conflicting, COMMON).unwrap_err();
         assert!(
             e.contains("min_fit_clients") && e.contains("top level"),
             "{e}"

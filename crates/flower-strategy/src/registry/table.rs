@@ -55,7 +55,7 @@ fn dpfedavg_fixed() -> DpFedAvgFixedOptions {
     DpFedAvgFixedOptions::new(1, 1.0)
 }
 
-const DP_ADAPTIVE: &[Opt] = &[
+pub(super) const DP_ADAPTIVE: &[Opt] = &[
     NOISE_MULTIPLIER,
     NUM_SAMPLED_CLIENTS,
     opt(
@@ -82,7 +82,7 @@ const DP_ADAPTIVE: &[Opt] = &[
     INNER,
 ];
 
-const DP_FIXED: &[Opt] = &[
+pub(super) const DP_FIXED: &[Opt] = &[
     NOISE_MULTIPLIER,
     opt("clipping_norm", required, "clipping norm C"),
     NUM_SAMPLED_CLIENTS,
@@ -91,19 +91,19 @@ const DP_FIXED: &[Opt] = &[
 
 /// The FedOpt family's options, each rendering its default from
 /// [`FedOptOptions::defaults`] of the strategy.
-const fn eta(default: fn() -> String) -> Opt {
+pub(super) const fn eta(default: fn() -> String) -> Opt {
     opt("eta", default, "server learning rate")
 }
-const fn eta_l(default: fn() -> String) -> Opt {
+pub(super) const fn eta_l(default: fn() -> String) -> Opt {
     opt("eta_l", default, "client learning rate (stored, unused)")
 }
-const fn beta_1(default: fn() -> String) -> Opt {
+pub(super) const fn beta_1(default: fn() -> String) -> Opt {
     opt("beta_1", default, "first-moment decay")
 }
-const fn beta_2(default: fn() -> String) -> Opt {
+pub(super) const fn beta_2(default: fn() -> String) -> Opt {
     opt("beta_2", default, "second-moment decay")
 }
-const fn tau(default: fn() -> String) -> Opt {
+pub(super) const fn tau(default: fn() -> String) -> Opt {
     opt("tau", default, "adaptivity")
 }
 

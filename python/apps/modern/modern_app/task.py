@@ -7,12 +7,17 @@ import numpy as np
 from flwr.app import Context
 
 
-def initial_arrays() -> dict[str, np.ndarray]:
-    """The model the ServerApp starts from: two named arrays."""
-    return {
+def initial_arrays(extra_elements: int = 0) -> dict[str, np.ndarray]:
+    """The model the ServerApp starts from: two named arrays, plus a float32
+    array `big` of `extra_elements` zeros when that is positive (to test
+    models larger than one 5 MiB object chunk)."""
+    arrays = {
         "w": np.arange(6, dtype=np.float32).reshape(2, 3),  # [[0,1,2],[3,4,5]]
         "b": np.array([0.5, -0.5], dtype=np.float64),
     }
+    if extra_elements > 0:
+        arrays["big"] = np.zeros(extra_elements, dtype=np.float32)
+    return arrays
 
 
 def node_factor(context: Context) -> float:
