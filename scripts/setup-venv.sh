@@ -4,6 +4,19 @@
 # ai4flwr and OpenBao (`bao`), used by the interop and Vault tests.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+python="${PYTHON:-python3}"
+# Stock SuperNodes from before 1.40 speak the gRPC Fleet API: the oldest and
+# the newest such release that install here, each in its own venv
+# (.venv-flwr-<version>), for the gRPC Fleet interop test.
+for version in 1.32.1 1.39.0; do
+  old="$root/.venv-flwr-$version"
+  if [ ! -x "$old/bin/flower-supernode" ]; then
+    echo "setup-venv: creating $old" >&2
+    rm -rf "$old"
+    "$python" -m venv "$old"
+    "$old/bin/python" -m pip install --quiet --disable-pip-version-check "flwr==$version"
+  fi
+done
 venv="$root/.venv"
 req="$root/python/requirements.txt"
 stamp="$venv/.requirements.sha256"
@@ -11,7 +24,6 @@ want="$(sha256sum "$req" | cut -d' ' -f1)"
 if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-python="${PYTHON:-python3}"
 echo "setup-venv: creating $venv with $("$python" --version)" >&2
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"

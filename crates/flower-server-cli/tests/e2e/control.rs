@@ -365,11 +365,26 @@ fn older_supernodes_join_over_grpc() {
     let Some(bin) = venv() else {
         return;
     };
-    let Some(bins) = std::env::var_os("FLOWER_OLD_FLWR_BINS") else {
-        eprintln!("SKIPPED: FLOWER_OLD_FLWR_BINS (bin/ of venvs with flwr <= 1.39) is not set");
-        return;
+    // FLOWER_OLD_FLWR_BINS names the bin/ of venvs with flwr <= 1.39;
+    // by default those scripts/setup-venv.sh creates.
+    let old_bins: Vec<PathBuf> = match std::env::var_os("FLOWER_OLD_FLWR_BINS") {
+        Some(bins) => std::env::split_paths(&bins).collect(),
+        None => ["1.32.1", "1.39.0"]
+            .iter()
+            .map(|v| flower_testkit::workspace_root().join(format!(".venv-flwr-{v}/bin")))
+            .filter(|bin| bin.join("flower-supernode").exists())
+            .collect(),
     };
-    for old_bin in std::env::split_paths(&bins) {
+    if old_bins.is_empty() {
+        assert!(
+            !flower_testkit::python::python_required(),
+            "FLOWER_REQUIRE_PYTHON=1 but no venv with flwr <= 1.39 \
+             (run scripts/setup-venv.sh or set FLOWER_OLD_FLWR_BINS)"
+        );
+        eprintln!("SKIPPED: no venv with flwr <= 1.39 (scripts/setup-venv.sh creates them)");
+        return;
+    }
+    for old_bin in old_bins {
         old_supernode_run(&bin, &old_bin);
     }
 }
@@ -453,7 +468,9 @@ fn old_supernode_run(bin: &Path, old_bin: &Path) {
     drop(new_node);
     // The group: the SuperNode and its SuperExec/ClientApp children.
     let _ = Command::new("kill")
-        .args(["-TERM", &format!("-{}", old.0.id())])
+        // `--`: without it kill(1) reads "-<pgid>" as an option and signals
+        // every process (pid -1).
+        .args(["-TERM", "--", &format!("-{}", old.0.id())])
         .status();
     drop(old);
     eprintln!(
