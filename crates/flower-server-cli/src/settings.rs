@@ -376,6 +376,22 @@ fn defaults() -> Vec<(&'static str, String)> {
 }
 
 const DEFAULT_STRATEGY: &str = "fedavg";
+/// The legacy catalog's names of the sampling flags (see `spec_with`).
+const LEGACY_SAMPLING_OPTIONS: [&str; 5] = [
+    "min_fit_clients",
+    "min_evaluate_clients",
+    "min_available_clients",
+    "fraction_fit",
+    "fraction_evaluate",
+];
+/// The message-API catalog's names of the same flags.
+const MSG_SAMPLING_OPTIONS: [&str; 5] = [
+    "min_train_nodes",
+    "min_evaluate_nodes",
+    "min_available_nodes",
+    "fraction_train",
+    "fraction_evaluate",
+];
 
 fn aggregation_order_name(order: AggregationOrder) -> &'static str {
     match order {
@@ -530,30 +546,7 @@ impl Settings {
     }
 
     pub(crate) fn strategy_spec(&self) -> StrategySpec {
-        let mut options = self.strategy_options.clone();
-        let mut put = |k: &str, v: Option<serde_json::Value>| {
-            if let Some(v) = v {
-                options.insert(k.to_string(), v);
-            }
-        };
-        put("min_fit_clients", self.min_fit_clients.map(Into::into));
-        put(
-            "min_evaluate_clients",
-            self.min_evaluate_clients.map(Into::into),
-        );
-        put(
-            "min_available_clients",
-            self.min_available_clients.map(Into::into),
-        );
-        put("fraction_fit", self.fraction_fit.map(Into::into));
-        put("fraction_evaluate", self.fraction_evaluate.map(Into::into));
-        StrategySpec {
-            name: self
-                .strategy
-                .clone()
-                .unwrap_or_else(|| DEFAULT_STRATEGY.into()),
-            options,
-        }
+        self.spec_with(LEGACY_SAMPLING_OPTIONS)
     }
 
     /// True with `--strategy-api message`.
@@ -564,23 +557,27 @@ impl Settings {
     /// The message-API strategy spec: `--strategy-option`s, and the
     /// sampling flags under their message-API names.
     pub(crate) fn msg_strategy_spec(&self) -> StrategySpec {
+        self.spec_with(MSG_SAMPLING_OPTIONS)
+    }
+
+    /// `--strategy` with its `--strategy-option`s, the sampling flags
+    /// (`--min-fit-clients`, `--min-evaluate-clients`,
+    /// `--min-available-clients`, `--fraction-fit`, `--fraction-evaluate`,
+    /// in that order) set under the catalog's option `names`.
+    fn spec_with(&self, names: [&str; 5]) -> StrategySpec {
         let mut options = self.strategy_options.clone();
-        let mut put = |k: &str, v: Option<serde_json::Value>| {
-            if let Some(v) = v {
-                options.insert(k.to_string(), v);
-            }
-        };
-        put("min_train_nodes", self.min_fit_clients.map(Into::into));
-        put(
-            "min_evaluate_nodes",
+        let flags: [Option<serde_json::Value>; 5] = [
+            self.min_fit_clients.map(Into::into),
             self.min_evaluate_clients.map(Into::into),
-        );
-        put(
-            "min_available_nodes",
             self.min_available_clients.map(Into::into),
-        );
-        put("fraction_train", self.fraction_fit.map(Into::into));
-        put("fraction_evaluate", self.fraction_evaluate.map(Into::into));
+            self.fraction_fit.map(Into::into),
+            self.fraction_evaluate.map(Into::into),
+        ];
+        for (name, value) in names.into_iter().zip(flags) {
+            if let Some(value) = value {
+                options.insert(name.to_string(), value);
+            }
+        }
         StrategySpec {
             name: self
                 .strategy
