@@ -6,8 +6,11 @@
 //!
 //! Memory stays O(model): inflated chunk bodies and single-chunk arrays are
 //! `Bytes` slices of the object contents (no copy); a multi-chunk array is
-//! copied once into one buffer. Deflating copies each chunk once (the head
-//! must precede it in the object).
+//! copied once into one buffer, and inflation lets go of each chunk as soon
+//! as the last array that uses it has copied it, so a source that hands over
+//! its contents (each object is fetched once) never holds a message's chunks
+//! and its assembled arrays at once. Deflating copies each chunk once (the
+//! head must precede it in the object).
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -247,6 +250,7 @@ pub fn inflate(
         objects,
         limits,
         memo: HashMap::new(),
+        parents: distinct_parents(tree),
         nodes: 0,
         path: Vec::with_capacity(crate::MAX_TREE_DEPTH),
     };
@@ -261,9 +265,31 @@ pub fn inflate(
     }
 }
 
+/// For every object, how many distinct parent objects list it: a chunk's
+/// bytes may go once that many arrays have been assembled from it.
+fn distinct_parents(tree: &ObjectTree) -> HashMap<ObjectId, usize> {
+    let mut counts = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![tree];
+    while let Some(t) = stack.pop() {
+        if !seen.insert(t.id) {
+            // A repeated subtree lists the same children again.
+            continue;
+        }
+        for child in &t.children {
+            *counts.entry(child.id).or_insert(0) += 1;
+            stack.push(child);
+        }
+    }
+    counts
+}
+
 /// An inflated object.
 enum Node {
     Chunk(Bytes),
+    /// A chunk every array using it has copied already: its class and
+    /// children stay in the memo for the tree checks, its bytes are gone.
+    SpentChunk,
     Array(Array),
     ArrayRecord(ArrayRecord),
     Config(ConfigRecord),
@@ -284,6 +310,8 @@ struct Inflater<'a, S> {
     objects: &'a S,
     limits: &'a Limits,
     memo: HashMap<ObjectId, Done>,
+    /// [`distinct_parents`], counted down as arrays are assembled.
+    parents: HashMap<ObjectId, usize>,
     nodes: usize,
     path: Vec<ObjectId>,
 }
@@ -368,6 +396,7 @@ impl<S: ObjectSource> Inflater<'_, S> {
         self.path.pop();
 
         let body = content.slice(head.body_offset..);
+        drop(content);
         let (node, size) = self.build(&id, head.class, &head.children, body)?;
         self.memo.insert(
             id,
@@ -399,7 +428,7 @@ impl<S: ObjectSource> Inflater<'_, S> {
     }
 
     fn build(
-        &self,
+        &mut self,
         id: &ObjectId,
         class: ObjectClass,
         children: &[ObjectId],
@@ -410,7 +439,10 @@ impl<S: ObjectSource> Inflater<'_, S> {
                 let size = body.len() as u64;
                 Ok((Node::Chunk(body), size))
             }
-            ObjectClass::Array => self.array(id, children, &body),
+            ObjectClass::Array => {
+                let chunks = self.take_chunks(children)?;
+                self.array(id, children, chunks, &body)
+            }
             ObjectClass::ArrayRecord | ObjectClass::RecordDict => {
                 self.named(id, class, children, &body)
             }
@@ -476,31 +508,59 @@ impl<S: ObjectSource> Inflater<'_, S> {
         }
     }
 
+    /// The chunks of an array about to be assembled, in head order: taken
+    /// out of the memo (leaving [`Node::SpentChunk`]) when this array is the
+    /// last to use them, so they are freed as they are copied.
+    fn take_chunks(&mut self, children: &[ObjectId]) -> Result<Vec<Bytes>, Error> {
+        let mut chunks = Vec::with_capacity(children.len());
+        for c in children {
+            let last_use = match self.parents.get_mut(c) {
+                Some(n) => {
+                    *n = n.saturating_sub(1);
+                    *n == 0
+                }
+                None => true,
+            };
+            let done = self
+                .memo
+                .get_mut(c)
+                .ok_or(Error::MissingObject { id: *c })?;
+            let bytes = match &mut done.node {
+                Node::Chunk(b) if last_use => {
+                    let b = std::mem::take(b);
+                    done.node = Node::SpentChunk;
+                    b
+                }
+                Node::Chunk(b) => b.clone(),
+                // Every array using the chunk was counted: not reached for
+                // a tree that passed the checks, still an error, not a panic.
+                _ => {
+                    return Err(Error::WrongClass {
+                        id: *c,
+                        expected: ObjectClass::Array.child_description(),
+                        found: done.class,
+                    })
+                }
+            };
+            chunks.push(bytes);
+        }
+        Ok(chunks)
+    }
+
     fn array(
         &self,
         id: &ObjectId,
         children: &[ObjectId],
+        chunks: Vec<Bytes>,
         body: &[u8],
     ) -> Result<(Node, u64), Error> {
         let class = ObjectClass::Array;
+        debug_assert_eq!(children.len(), chunks.len());
         let meta: ArrayBody = serde_json::from_slice(body).map_err(|source| Error::JsonBody {
             id: *id,
             class,
             source,
         })?;
-        let mut chunks: Vec<&Bytes> = Vec::with_capacity(children.len());
-        for c in children {
-            match &self.child(c)?.node {
-                Node::Chunk(b) => chunks.push(b),
-                _ => {
-                    return Err(Error::WrongClass {
-                        id: *c,
-                        expected: class.child_description(),
-                        found: self.child(c)?.class,
-                    })
-                }
-            }
-        }
         let mut used = vec![false; chunks.len()];
         let mut len: u64 = 0;
         for &index in &meta.arraychunk_ids {
@@ -531,9 +591,22 @@ impl<S: ObjectSource> Inflater<'_, S> {
             [] => Bytes::new(),
             [only] => chunks[*only as usize].clone(),
             ids => {
+                // Each chunk is dropped after its last place in the array,
+                // so the copy grows as the chunks go.
+                let mut last = vec![0; chunks.len()];
+                for (place, &i) in ids.iter().enumerate() {
+                    last[i as usize] = place;
+                }
+                let mut chunks: Vec<Option<Bytes>> = chunks.into_iter().map(Some).collect();
                 let mut buf = BytesMut::with_capacity(len as usize);
-                for &i in ids {
-                    buf.extend_from_slice(chunks[i as usize]);
+                for (place, &i) in ids.iter().enumerate() {
+                    let slot = &mut chunks[i as usize];
+                    if let Some(chunk) = slot {
+                        buf.extend_from_slice(chunk);
+                    }
+                    if last[i as usize] == place {
+                        *slot = None;
+                    }
                 }
                 buf.freeze()
             }
@@ -750,5 +823,94 @@ mod tests {
         // Structure is still checked: a missing object is an error.
         tampered.remove(&chunk_id);
         assert!(inflate(&d.tree, &VerifiedObjects(&tampered), &limits).is_err());
+    }
+
+    /// A source that hands each object over once (as the Fleet link's reply
+    /// store does) and notes, at every fetch, how many chunk buffers it
+    /// handed over are still alive.
+    struct HandOver {
+        objects: std::sync::Mutex<HashMap<ObjectId, Bytes>>,
+        live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        seen_live: std::sync::Mutex<Vec<usize>>,
+    }
+
+    /// Owns a chunk's bytes and counts itself alive.
+    struct Tracked(Vec<u8>, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl AsRef<[u8]> for Tracked {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.1.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl ObjectSource for HandOver {
+        fn object(&self, id: &ObjectId) -> Option<Bytes> {
+            let live = self.live.load(std::sync::atomic::Ordering::SeqCst);
+            self.seen_live.lock().ok()?.push(live);
+            let content = self.objects.lock().ok()?.remove(id)?;
+            if !content.starts_with(b"ArrayChunk ") {
+                return Some(content);
+            }
+            self.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Some(Bytes::from_owner(Tracked(
+                content.to_vec(),
+                self.live.clone(),
+            )))
+        }
+    }
+
+    #[test]
+    fn chunks_are_released_once_their_last_array_is_assembled() {
+        let four = NonZeroUsize::new(4).unwrap_or(NonZeroUsize::MIN);
+        let first: Vec<u8> = (0..12).collect();
+        // The second array shares its first chunk with the first array.
+        let second: Vec<u8> = (0..4).chain(100..108).collect();
+        let array = |data: Vec<u8>| Array {
+            dtype: "uint8".into(),
+            shape: vec![data.len()],
+            stype: "raw".into(),
+            data: data.into(),
+        };
+        let message = Message::new(
+            Metadata::default(),
+            RecordDict::new().with(
+                "r",
+                ArrayRecord::new()
+                    .with("a", array(first.clone()))
+                    .with("b", array(second.clone())),
+            ),
+        );
+        let d = deflate_with_chunk_size(&message, four);
+        let source = HandOver {
+            objects: std::sync::Mutex::new(
+                d.objects.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            ),
+            live: Default::default(),
+            seen_live: Default::default(),
+        };
+        let m = inflate(&d.tree, &source, &Limits::default()).expect("inflate");
+        let record = m
+            .content()
+            .and_then(|c| c.array_record("r"))
+            .expect("record");
+        assert_eq!(record.get("a").map(|a| a.data.to_vec()), Some(first));
+        assert_eq!(record.get("b").map(|a| a.data.to_vec()), Some(second));
+        let seen = source
+            .seen_live
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        // Objects are fetched parents first: message, dict, record, a, a's
+        // 3 chunks, b, b's 2 new chunks. When b is fetched a's own chunks
+        // are gone and only the shared one is alive (without the release
+        // all 3 would be).
+        assert_eq!(seen, [0, 0, 0, 0, 0, 1, 2, 1, 1, 2]);
+        assert_eq!(source.live.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 }
