@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::convert::{ContentOptions, MessageFormat};
 use crate::http::{self, NodeAuth, Service};
 use crate::node::{unix_now, RunInfo, Shared};
-use crate::state::{LinkState, StateConfig};
+use crate::state::{LinkState, SpillConfig, StateConfig};
 use crate::FleetError;
 
 /// The Flower app the SuperNodes run: a FAB (the zip `flwr build` writes)
@@ -122,6 +122,10 @@ pub struct FleetOptions {
     /// SuperNodes of flwr 1.13 to 1.39) on this address, with the same TLS
     /// and link state (default: none).
     pub grpc_address: Option<SocketAddr>,
+    /// When pushed reply contents spill to disk (default: past
+    /// [`SpillConfig::DEFAULT_MEMORY_LIMIT`], in the temporary directory;
+    /// `None`: never).
+    pub spill: Option<SpillConfig>,
 }
 
 impl std::fmt::Debug for FleetOptions {
@@ -141,6 +145,7 @@ impl std::fmt::Debug for FleetOptions {
             .field("max_request_bytes", &self.max_request_bytes)
             .field("grpc_address", &self.grpc_address)
             .field("listener", &self.listener)
+            .field("spill", &self.spill)
             .finish_non_exhaustive()
     }
 }
@@ -161,6 +166,7 @@ impl Default for FleetOptions {
             listener: ListenerOptions::default(),
             tick: Duration::from_secs(1),
             grpc_address: None,
+            spill: Some(SpillConfig::default()),
         }
     }
 }
@@ -232,6 +238,13 @@ impl FleetOptions {
     /// The connection-level limits.
     pub fn listener(mut self, listener: ListenerOptions) -> Self {
         self.listener = listener;
+        self
+    }
+
+    /// Where and past what memory pushed reply contents spill (`None`:
+    /// they never do).
+    pub fn spill(mut self, spill: Option<SpillConfig>) -> Self {
+        self.spill = spill;
         self
     }
 }
@@ -381,6 +394,7 @@ async fn start(
     let mut config = StateConfig::new(run.as_ref().map_or(0, |r| r.run.run_id));
     config.enable_supernode_auth = options.enable_supernode_auth;
     config.limits = options.limits.clone();
+    config.spill = options.spill.clone();
     let mut state = LinkState::new(config, seed);
     if let Some(run) = run {
         state.add_run(run.run, run.fab);

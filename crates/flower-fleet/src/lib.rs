@@ -47,6 +47,7 @@ pub use api::{FleetApi, FleetApp, FleetLink, FleetOptions, FleetServer};
 pub use convert::{ContentOptions, MessageFormat};
 pub use error::FleetError;
 pub use node::FleetNode;
+pub use state::SpillConfig;
 
 /// The rustls server configuration for the PEM certificate and key in
 /// `files`, as the Fleet API uses it (for services that share its TLS

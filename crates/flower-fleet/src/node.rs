@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flower_core::{ClientMessage, InstructionKind};
-use flower_message::{inflate, Limits, Message, VerifiedObjects};
+use flower_message::{inflate, Limits, Message};
 use flower_proto as pb;
 use flower_server::{
     ClientHandle, ClientId, ClientManager, ContentReply, ExchangeError, OutgoingContent,
@@ -153,6 +153,15 @@ impl Shared {
         }
     }
 
+    /// The driver's upload gate and the client id of `node_id`, when the
+    /// node is one of the driver's clients.
+    fn client_of(&self, node_id: u64) -> Option<(flower_server::UploadGate, ClientId)> {
+        let clients = self.clients.as_ref()?;
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let client = *registry.get(&node_id)?;
+        Some((clients.upload_gate().clone(), client))
+    }
+
     /// The end of the run (the driver's final `ReconnectIns`).
     fn finish(self: &Arc<Self>, node_id: u64) {
         self.with_state(LinkState::finish_run);
@@ -274,6 +283,14 @@ async fn round_trip(
         .map_err(|_| ExchangeError::Closed("the Fleet API stopped".into()))?
         .map_err(|failure| ExchangeError::Closed(failure.to_string()))?;
     let limits = shared.limits.clone();
+    // A reply is taken in at its turn in the driver's fold order (the
+    // grpc-bidi upload gate's rule): replies that complete early wait as
+    // pushed objects, which spill to disk past the memory limit, rather
+    // than as inflated arrays.
+    let _turn = match shared.client_of(node_id) {
+        Some((gate, client)) => gate.turn(client).await,
+        None => None,
+    };
     // Every pushed object was hashed against its id on arrival (and the
     // server's own objects come from its deflate), so inflation only parses
     // and assembles; still off the async threads, as it copies the arrays.
@@ -283,7 +300,8 @@ async fn round_trip(
         .await
         .map_err(|_| ExchangeError::Closed("the Fleet API stopped".into()))?;
     tokio::task::spawn_blocking(move || {
-        inflate(&reply.tree, &VerifiedObjects(&reply.objects), &limits)
+        let (tree, source) = reply.into_source();
+        inflate(&tree, &source, &limits)
     })
     .await
     .map_err(|e| ExchangeError::Protocol(format!("inflating the reply failed: {e}")))?

@@ -299,7 +299,8 @@ async fn fleet_options(
     let app = FleetApp::from_fab(&fab, &run_config);
     let mut fleet = FleetOptions::new(app)
         .address(address)
-        .listener(serve_options.listener.clone());
+        .listener(serve_options.listener.clone())
+        .spill(settings.fleet_spill()?);
     fleet = match (&serve_options.tls, insecure) {
         (Some(tls), _) => fleet.tls(tls.clone()),
         (None, _) => fleet.insecure(),
@@ -400,7 +401,8 @@ async fn run_superlink(settings: Settings) -> Result<(), String> {
     options.check_access().map_err(|e| error_chain(&e))?;
     let mut fleet = FleetOptions::default()
         .address(fleet_address)
-        .listener(serve_options.listener.clone());
+        .listener(serve_options.listener.clone())
+        .spill(settings.fleet_spill()?);
     fleet = match (&serve_options.tls, insecure) {
         (Some(tls), _) => fleet.tls(tls.clone()),
         (None, _) => fleet.insecure(),

@@ -212,6 +212,15 @@ pub(crate) struct Settings {
     /// `ClientApp(client_fn=...)` NumPyClient apps).
     #[arg(long, value_parser = ["modern", "legacy"])]
     pub(crate) fleet_message_format: Option<String>,
+    /// MiB of pushed SuperNode replies kept in memory; past it, further
+    /// reply objects go to unlinked files in --fleet-spill-dir until their
+    /// reply is aggregated (0: no limit, never spill).
+    #[arg(long, value_name = "MIB")]
+    pub(crate) fleet_reply_memory: Option<u64>,
+    /// Directory for spilled reply objects (the system's temporary
+    /// directory by default).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) fleet_spill_dir: Option<PathBuf>,
     /// Admit only SuperNodes whose public key is authorized
     /// (--authorized-keys and/or --vault-node-keys-path), as flwr's
     /// --enable-supernode-auth; otherwise SuperNodes self-register.
@@ -303,6 +312,30 @@ fn long_help() -> String {
     )
 }
 
+impl Settings {
+    /// The Fleet API's spill set-up from --fleet-reply-memory and
+    /// --fleet-spill-dir.
+    pub(crate) fn fleet_spill(&self) -> Result<Option<flower_fleet::SpillConfig>, String> {
+        let defaults = flower_fleet::SpillConfig::default();
+        let memory_limit = match self.fleet_reply_memory {
+            None => defaults.memory_limit,
+            Some(0) => return Ok(None),
+            Some(mib) => usize::try_from(mib)
+                .ok()
+                .and_then(|m| m.checked_mul(1 << 20))
+                .ok_or_else(|| format!("--fleet-reply-memory {mib}: too large"))?,
+        };
+        let dir = self.fleet_spill_dir.clone().unwrap_or(defaults.dir);
+        if !dir.is_dir() {
+            return Err(format!(
+                "--fleet-spill-dir {}: not a directory",
+                dir.display()
+            ));
+        }
+        Ok(Some(flower_fleet::SpillConfig { memory_limit, dir }))
+    }
+}
+
 /// Each flag's default, read from the library's `Default` impls (the only
 /// copy), shown in `--help` as `[default: ...]`.
 fn defaults() -> Vec<(&'static str, String)> {
@@ -318,6 +351,10 @@ fn defaults() -> Vec<(&'static str, String)> {
                 _ => "modern",
             }
             .into(),
+        ),
+        (
+            "fleet_reply_memory",
+            (flower_fleet::SpillConfig::DEFAULT_MEMORY_LIMIT >> 20).to_string(),
         ),
         ("max_message_size", serve.max_message_size.to_string()),
         ("keepalive_secs", serve.keepalive.as_secs().to_string()),

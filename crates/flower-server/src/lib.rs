@@ -44,7 +44,7 @@ pub use driver::reply::ReplyFailure;
 pub use driver::{DriverConfig, RoundDriver, RunOutcome};
 pub use error::{error_chain, ModelFileError, ServerError};
 pub use flower_strategy::ClientId;
-pub use grpc::{FlowerTransport, ServeOptions, StreamError, TlsFiles, UploadGate};
+pub use grpc::{FlowerTransport, ServeOptions, StreamError, TlsFiles, UploadGate, UploadTurn};
 pub use history::{scalar_to_json, Checkpoint, History, RoundRecord};
 pub use metrics::{Metrics, RunObserver};
 pub use model_file::{

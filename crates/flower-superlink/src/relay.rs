@@ -286,7 +286,9 @@ impl Relay {
             return;
         };
         let reply = match outcome {
-            Ok(objects) => match reply_from_objects(objects.tree, objects.objects) {
+            Ok(objects) => match read_all(objects.objects)
+                .and_then(|contents| reply_from_objects(objects.tree, contents))
+            {
                 Some(reply) => reply,
                 None => error_reply(
                     &metadata,
@@ -382,6 +384,18 @@ fn failure_code(failure: &flower_fleet::state::ExchangeFailure) -> i64 {
         F::NodeSilent(_) | F::NodeDeactivated(_) | F::NodeRemoved(_) => NODE_UNAVAILABLE,
         _ => REPLY_MESSAGE_UNAVAILABLE,
     }
+}
+
+/// The reply's contents in memory: the ServerApp pulls every object of
+/// the reply, so spilled ones are read back here; `None` when one cannot
+/// be (the caller then makes an error reply).
+fn read_all(
+    objects: HashMap<ObjectId, flower_fleet::state::Stored>,
+) -> Option<HashMap<ObjectId, Bytes>> {
+    objects
+        .into_iter()
+        .map(|(id, stored)| stored.read().ok().map(|b| (id, b)))
+        .collect()
 }
 
 /// The reply as the ServerApp lists it: the metadata from its `Message`
@@ -542,7 +556,10 @@ mod tests {
             &ins_id,
             Ok(ReplyObjects {
                 tree,
-                objects: ro.iter().cloned().collect(),
+                objects: ro
+                    .iter()
+                    .map(|(id, c)| (*id, flower_fleet::state::Stored::Memory(c.clone().into())))
+                    .collect(),
             }),
             T0 + 1.0,
         );

@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::oneshot;
 
-pub use store::{Content, Lookup, ObjectStore};
+pub use store::{Content, Lookup, ObjectStore, SpillConfig, SpilledContent, Stored};
 
 /// flwr's `HEARTBEAT_MIN_INTERVAL`, seconds.
 pub const HEARTBEAT_MIN_INTERVAL: f64 = 10.0;
@@ -123,8 +123,43 @@ pub enum ExchangeFailure {
 pub struct ReplyObjects {
     /// The reply's tree (root = the reply's `Message` object).
     pub tree: ObjectTree,
-    /// Content of every distinct object of the tree.
-    pub objects: HashMap<ObjectId, Bytes>,
+    /// Content of every distinct object of the tree (in memory or spilled).
+    pub objects: HashMap<ObjectId, Stored>,
+}
+
+impl ReplyObjects {
+    /// The objects as an inflation source that hands each one over on its
+    /// fetch (inflation fetches each object once), so a chunk's memory goes
+    /// as soon as its array is assembled.
+    pub fn into_source(self) -> (ObjectTree, ReplySource) {
+        (self.tree, ReplySource(std::sync::Mutex::new(self.objects)))
+    }
+}
+
+/// [`ReplyObjects::into_source`]: every content was hashed against its id
+/// when it was pushed.
+#[derive(Debug)]
+pub struct ReplySource(std::sync::Mutex<HashMap<ObjectId, Stored>>);
+
+impl flower_message::ObjectSource for ReplySource {
+    fn object(&self, id: &ObjectId) -> Option<Bytes> {
+        let stored = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)?;
+        match stored.read() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!(object_id = %id, error = %e, "reading a spilled object failed");
+                None
+            }
+        }
+    }
+
+    fn contents_verified(&self) -> bool {
+        true
+    }
 }
 
 /// How an exchange ended.
@@ -200,6 +235,8 @@ pub struct StateConfig {
     pub session_ttl: f64,
     /// Bounds on reply trees (node count, object sizes).
     pub limits: Limits,
+    /// When pushed contents spill to disk (default: never).
+    pub spill: Option<SpillConfig>,
 }
 
 impl StateConfig {
@@ -210,6 +247,7 @@ impl StateConfig {
             enable_supernode_auth: false,
             session_ttl: PUSH_SESSION_TTL,
             limits: Limits::default(),
+            spill: None,
         }
     }
 }
@@ -331,6 +369,7 @@ impl LinkState {
             );
         }
         LinkState {
+            store: ObjectStore::with_spill(config.spill.clone()),
             config,
             runs,
             nodes: HashMap::new(),
@@ -338,7 +377,6 @@ impl LinkState {
             exchanges: HashMap::new(),
             by_message: HashMap::new(),
             sessions: HashMap::new(),
-            store: ObjectStore::default(),
             events: VecDeque::new(),
             next_exchange: 1,
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -1010,9 +1048,9 @@ impl LinkState {
         };
         let mut objects = HashMap::with_capacity(reply.ids.len());
         for id in &reply.ids {
-            // Pushed objects are one part each: no copy.
-            if let Some(c) = self.store.content(id) {
-                objects.insert(*id, c.to_bytes());
+            // Pushed objects are one part each, or spilled: no copy.
+            if let Some(c) = self.store.stored(id) {
+                objects.insert(*id, c);
             }
         }
         let tree = reply.tree.clone();

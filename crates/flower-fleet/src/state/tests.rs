@@ -267,8 +267,11 @@ fn replies_are_preregistered_pushed_and_completed() {
     }
     assert_eq!(last, PushOutcome::Completed);
     let reply = rxa.try_recv().expect("outcome").expect("reply");
-    let m =
-        flower_message::inflate(&reply.tree, &reply.objects, &Limits::default()).expect("inflate");
+    let m = {
+        let (tree, source) = reply.into_source();
+        flower_message::inflate(&tree, &source, &Limits::default())
+    }
+    .expect("inflate");
     assert_eq!(m.metadata.src_node_id, a);
     // Pushing again after completion stores nothing.
     assert_eq!(

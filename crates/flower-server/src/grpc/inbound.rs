@@ -97,7 +97,15 @@ impl Drop for Waiting {
     }
 }
 
+/// A client's turn at the [`UploadGate`] ([`UploadGate::turn`]), given
+/// back when dropped.
+#[derive(Debug)]
+pub struct UploadTurn {
+    _permit: UploadPermit,
+}
+
 /// Held while a large upload is being received.
+#[derive(Debug)]
 struct UploadPermit {
     inner: Arc<GateInner>,
 }
@@ -170,6 +178,18 @@ impl UploadGate {
                 waiting: state.waiting,
                 pending: state.pending.len(),
             }
+        })
+    }
+
+    /// Waits until `client`'s large result may be taken in (by a transport
+    /// that receives it whole before decoding, e.g. the Fleet API
+    /// inflating a pushed reply): in the driver's fold order, at most `n`
+    /// at once. `None` at once when the gate has no limit; the turn lasts
+    /// until the returned value is dropped.
+    pub async fn turn(&self, client: ClientId) -> Option<UploadTurn> {
+        let inner = self.inner.clone()?;
+        Some(UploadTurn {
+            _permit: Self::admit(inner, Some(client)).await,
         })
     }
 
@@ -626,5 +646,30 @@ mod tests {
             assert!(buf.capacity() <= expected);
         }
         assert!(reallocations < 10, "{reallocations}");
+    }
+
+    #[tokio::test]
+    async fn turns_follow_the_fold_order() {
+        let (first, second) = (ClientId::new(1), ClientId::new(2));
+        let gate = UploadGate::new(Some(1));
+        gate.expect(&[first, second]);
+        // The second client's turn waits for the first to be folded.
+        let waiting = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.turn(second).await.is_some() }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        let turn = gate.turn(first).await;
+        assert!(turn.is_some());
+        drop(turn);
+        gate.done(first);
+        let admitted = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("admitted after the first was folded")
+            .expect("task");
+        assert!(admitted);
+        // No limit: no turn to wait for.
+        assert!(UploadGate::new(None).turn(first).await.is_none());
     }
 }

@@ -13,7 +13,7 @@ pub(crate) mod serve;
 mod stream;
 pub(crate) mod transport;
 
-pub use inbound::{GateLoad, UploadGate};
+pub use inbound::{GateLoad, UploadGate, UploadTurn};
 pub use serve::{ServeOptions, TlsFiles};
 pub use transport::FlowerTransport;
 
