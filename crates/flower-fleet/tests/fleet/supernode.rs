@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use flower_fleet::{FleetOptions, MessageFormat};
+use flower_fleet::{FleetOptions, MessageFormat, SpillConfig};
 
 use crate::support::{
     app, arrays, big_model, fab, fedavg, fedavg_server, kill, model, run, supernode, values,
@@ -47,13 +47,15 @@ async fn fedavg_over_two_insecure_supernodes_matches_the_expectation() {
 }
 
 /// TLS (certificates from the testkit) and a model larger than 5 MiB (two
-/// chunks each way), with the legacy NumPyClient app.
+/// chunks each way), with the legacy NumPyClient app; with a 1 MiB reply
+/// memory limit every pushed chunk goes through a spill file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_legacy_app_with_a_multi_chunk_model() {
     let Some(fab) = fab(AppKind::Legacy) else {
         return;
     };
     let certs = flower_testkit::DevCertificates::generate();
+    let spill_dir = tempfile::tempdir().expect("spill dir");
     // 1.6 M float32 = 6.4 MB: two 5 MiB chunks.
     let n = 1_600_000;
     let (_, initial) = big_model(n);
@@ -63,7 +65,11 @@ async fn tls_legacy_app_with_a_multi_chunk_model() {
             certs.cert(),
             certs.key(),
         ))
-        .message_format(MessageFormat::Legacy);
+        .message_format(MessageFormat::Legacy)
+        .spill(Some(SpillConfig {
+            memory_limit: 1 << 20,
+            dir: spill_dir.path().to_path_buf(),
+        }));
     let (server, addr) = fedavg_server(options, fedavg(2, initial), 1).await;
     let ca = certs.ca();
     let Some(a) = supernode(addr, "factor=1 examples=10", Some(&ca)) else {
