@@ -27,7 +27,8 @@ use crate::relay::Relay;
 use crate::servers::{free_port, server_has_flag, tail};
 use crate::{Env, EnvArgs};
 
-pub(crate) use events::{parse_flower_rs, parse_stock, Marker, Reading, Recorder};
+pub(crate) use events::{parse_flower_rs, parse_stock, Marker, Reading, Recorder, Seen};
+pub(crate) use report::{markdown_table, mib};
 use report::{FleetResult, NodeSummary, Outcome, Workload};
 
 /// Settings of `fleet`.
@@ -441,10 +442,10 @@ pub(crate) fn wait_for_run(
         let seen = recorder.seen();
         for r in &seen.rounds[reported.min(seen.rounds.len())..] {
             eprintln!(
-                "  round {} complete: fit {:.3} s, evaluate {:.3} s, server tree CPU so far {:.2} s",
+                "  round {} complete: fit {} s, evaluate {} s, server tree CPU so far {:.2} s",
                 r.round,
-                r.fit_s.unwrap_or(f64::NAN),
-                r.evaluate_s.unwrap_or(f64::NAN),
+                crate::report::opt(r.fit_s, 3),
+                crate::report::opt(r.evaluate_s, 3),
                 r.reading.tree.cpu_s
             );
         }

@@ -193,7 +193,8 @@ pub(crate) struct ServerFigures {
     pub(crate) errors: Vec<String>,
 }
 
-fn mib(kib: u64) -> f64 {
+/// KiB as MiB.
+pub(crate) fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
@@ -507,7 +508,7 @@ impl FleetResult {
 
 /// `| a | b |` rows with a `|---|` rule; first column left-aligned, the
 /// others right-aligned.
-fn markdown_table(header: &[String], rows: &[Vec<String>]) -> String {
+pub(crate) fn markdown_table(header: &[String], rows: &[Vec<String>]) -> String {
     let cols = header.len();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
