@@ -20,8 +20,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::process::ExitCode;
-
 use clap::Parser;
 use flower_client::app::{ClientApp, Context, Instruction, Reply};
 use flower_client::fleet::{run_supernode, shutdown_signal, SuperNodeOptions};
@@ -122,41 +120,21 @@ impl ClientApp for BenchApp {
     }
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
-    let mut options = SuperNodeOptions::new(&args.superlink);
+    let mut options = SuperNodeOptions::new(&args.superlink).node_config(&args.node_config)?;
     if args.insecure {
         options = options.insecure();
     }
-    let options = match options.node_config(&args.node_config) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run_supernode(options, BenchApp, shutdown_signal())) {
-        Ok(summary) => {
-            println!("bench-supernode finished: {summary:?}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let summary = run_supernode(options, BenchApp, shutdown_signal()).await?;
+    println!("bench-supernode finished: {summary:?}");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -34,6 +34,42 @@ pub(crate) struct Reading {
     pub(crate) to_nodes: u64,
 }
 
+impl Reading {
+    /// What changed from `base` (an earlier reading) to this one.
+    pub(crate) fn since(&self, base: &Reading) -> Delta {
+        Delta {
+            wall_s: self.at_s - base.at_s,
+            cpu_s: self.tree.cpu_s - base.tree.cpu_s,
+            wire_bytes: (self.to_server + self.to_nodes)
+                .saturating_sub(base.to_server + base.to_nodes),
+        }
+    }
+}
+
+/// What changed between two readings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Delta {
+    /// Wall seconds.
+    pub(crate) wall_s: f64,
+    /// Tree CPU seconds.
+    pub(crate) cpu_s: f64,
+    /// Relay bytes, both ways.
+    pub(crate) wire_bytes: u64,
+}
+
+/// Per round, from the previous round's end (round 1: `start`, when
+/// known) to its end, given the readings at the rounds' ends in order.
+pub(crate) fn round_deltas(start: Option<Reading>, ends: &[Reading]) -> Vec<Delta> {
+    let mut prev = start;
+    ends.iter()
+        .map(|end| {
+            let d = end.since(prev.as_ref().unwrap_or(end));
+            prev = Some(*end);
+            d
+        })
+        .collect()
+}
+
 /// One completed round.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct RoundEnd {

@@ -27,8 +27,10 @@ use crate::relay::Relay;
 use crate::servers::{free_port, server_has_flag, tail};
 use crate::{Env, EnvArgs};
 
-pub(crate) use events::{parse_flower_rs, parse_stock, Marker, Reading, Recorder, Seen};
-pub(crate) use report::{markdown_table, mib};
+pub(crate) use events::{
+    parse_flower_rs, parse_stock, round_deltas, Marker, Reading, Recorder, Seen,
+};
+pub(crate) use report::{markdown_table, mib, PeakRss};
 use report::{FleetResult, NodeSummary, Outcome, Workload};
 
 /// Settings of `fleet`.

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::{Kind, RoundReadings};
 use crate::compare::Machine;
-use crate::fleet::{markdown_table, mib, Reading, Seen};
+use crate::fleet::{markdown_table, mib, round_deltas, PeakRss, Reading, Seen};
 use crate::proctree::{Member, Totals};
 use crate::report::{opt, ratio};
 
@@ -108,12 +108,9 @@ pub(crate) struct NodeFigures {
     pub(crate) cpu_before_round1_s: Option<f64>,
     /// Tree CPU over the whole life, until stopped.
     pub(crate) total_cpu_s: f64,
-    /// Sum over the tree's processes of each one's `VmHWM`, MiB.
-    pub(crate) peak_rss_sum_hwm_mib: f64,
-    /// `VmHWM` of the largest single process, MiB.
-    pub(crate) peak_rss_max_hwm_mib: f64,
-    /// Largest summed `VmRSS` of the tree seen in one scan, MiB.
-    pub(crate) peak_rss_sum_rss_mib: f64,
+    /// Peak RSS of the tree.
+    #[serde(flatten)]
+    pub(crate) peak: PeakRss,
     /// Processes the tree had over its life.
     pub(crate) processes: usize,
     /// Relay bytes node → server, whole life.
@@ -131,27 +128,24 @@ impl NodeFigures {
     pub(crate) fn new(outcome: NodeOutcome, at: usize, readings: &RoundReadings) -> NodeFigures {
         let pick = |v: &Vec<Reading>| v.get(at).copied();
         let start = readings.starts.get(&1).and_then(pick);
-        let mut rounds = Vec::new();
-        let mut prev = start;
-        for (round, v) in &readings.ends {
-            let Some(r) = pick(v) else { continue };
-            let base = prev.unwrap_or(r);
-            rounds.push(NodeRound {
-                round: *round,
-                cpu_s: r.tree.cpu_s - base.tree.cpu_s,
-                wire_bytes: wire(&r).saturating_sub(wire(&base)),
-                wall_s: r.at_s - base.at_s,
-            });
-            prev = Some(r);
-        }
-        let last = readings.ends.last().and_then(|(_, v)| pick(v));
-        let (rounds_cpu_s, wire_rounds_bytes) = match (start, last) {
-            (Some(s), Some(l)) => (
-                Some(l.tree.cpu_s - s.tree.cpu_s),
-                Some(wire(&l).saturating_sub(wire(&s))),
-            ),
-            _ => (None, None),
-        };
+        let (numbers, ends): (Vec<u64>, Vec<Reading>) = readings
+            .ends
+            .iter()
+            .filter_map(|(round, v)| Some((*round, pick(v)?)))
+            .unzip();
+        let rounds: Vec<NodeRound> = numbers
+            .into_iter()
+            .zip(round_deltas(start, &ends))
+            .map(|(round, d)| NodeRound {
+                round,
+                cpu_s: d.cpu_s,
+                wire_bytes: d.wire_bytes,
+                wall_s: d.wall_s,
+            })
+            .collect();
+        let whole = start.zip(ends.last()).map(|(s, l)| l.since(&s));
+        let (rounds_cpu_s, wire_rounds_bytes) =
+            (whole.map(|d| d.cpu_s), whole.map(|d| d.wire_bytes));
         let completed = rounds.len();
         let t = outcome.final_totals;
         NodeFigures {
@@ -164,9 +158,7 @@ impl NodeFigures {
                 .map(|c| c / completed as f64),
             cpu_before_round1_s: start.map(|s| s.tree.cpu_s),
             total_cpu_s: t.cpu_s,
-            peak_rss_sum_hwm_mib: mib(t.sum_hwm_kib),
-            peak_rss_max_hwm_mib: mib(t.max_hwm_kib),
-            peak_rss_sum_rss_mib: mib(t.peak_sum_rss_kib),
+            peak: PeakRss::from(&t),
             processes: t.processes,
             wire_to_server_bytes: outcome.wire_to_server,
             wire_to_node_bytes: outcome.wire_to_node,
@@ -174,10 +166,6 @@ impl NodeFigures {
             outcome,
         }
     }
-}
-
-fn wire(r: &Reading) -> u64 {
-    r.to_server + r.to_nodes
 }
 
 /// Whether the run did the expected arithmetic.
@@ -407,7 +395,6 @@ const METHOD: &[&str] = &[
 
 impl NodeBenchResult {
     /// Computes the figures.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         workload: Workload,
         machine: Machine,
@@ -522,15 +509,15 @@ impl NodeBenchResult {
             ("CPU s, whole life", |n| Some(n.total_cpu_s), 2),
             (
                 "peak RSS MiB, tree sum of VmHWM",
-                |n| Some(n.peak_rss_sum_hwm_mib),
+                |n| Some(n.peak.sum_hwm_mib),
                 1,
             ),
             (
                 "peak RSS MiB, largest process",
-                |n| Some(n.peak_rss_max_hwm_mib),
+                |n| Some(n.peak.max_hwm_mib),
                 1,
             ),
-            ("peak summed VmRSS MiB", |n| Some(n.peak_rss_sum_rss_mib), 1),
+            ("peak summed VmRSS MiB", |n| Some(n.peak.sum_rss_mib), 1),
             ("processes in the tree", |n| Some(n.processes as f64), 0),
             (
                 "wire MB node -> server",
