@@ -14,6 +14,10 @@
 //!   against the stock `flower-superlink` 1.42 (its ServerApp running the
 //!   stock FedAvg) and against `flower-server`'s Fleet API; per server the
 //!   whole process tree's CPU and peak RSS, round times, wire bytes.
+//! * `node`: N Rust SuperNodes (`bench-supernode`) and N stock Python
+//!   SuperNodes in one `flower-server` run (message-API FedAvg, the same
+//!   FAB, the same replies); per node tree CPU per round, peak RSS, wire
+//!   bytes, and a check of the final model.
 //! * `clients`: the client process `compare` and `scale` spawn.
 //! * `aes`: only the AES-GCM baseline.
 //!
@@ -25,6 +29,7 @@ mod aes;
 mod clients;
 mod compare;
 mod fleet;
+mod node;
 mod process;
 mod procstat;
 mod proctree;
@@ -63,6 +68,10 @@ enum Cmd {
     /// (Python ServerApp, FedAvg) and against flower-server's Fleet API:
     /// round times, server-tree CPU, peak RSS, wire bytes, ratios.
     Fleet(fleet::FleetArgs),
+    /// N Rust SuperNodes and N stock Python SuperNodes in one flower-server
+    /// run (same rounds, same model, same replies): per node tree CPU per
+    /// round, peak RSS, wire bytes, ratios rust / stock.
+    Node(node::NodeArgs),
     /// Runs K Rust clients in this process (spawned by compare/scale).
     Clients(clients::ClientsArgs),
     /// Single-core AES-GCM sealing throughput only.
@@ -231,6 +240,7 @@ fn main() -> ExitCode {
         Cmd::Compare(a) => compare::run(a),
         Cmd::Scale(a) => scale::run(a),
         Cmd::Fleet(a) => fleet::run(a),
+        Cmd::Node(a) => node::run(a),
         Cmd::Clients(a) => clients::run(a),
         Cmd::Aes { secs } => {
             for aes256 in [true, false] {

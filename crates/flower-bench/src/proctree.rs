@@ -198,6 +198,13 @@ impl Watcher {
         self.totals(id)
     }
 
+    /// Scans once and returns the sums of several trees, all as of that
+    /// scan.
+    pub(crate) fn sample_many(&self, ids: &[TreeId]) -> Vec<Totals> {
+        scan(&self.state, self.started);
+        ids.iter().map(|id| self.totals(*id)).collect()
+    }
+
     /// The tree's sums as of the last scan.
     pub(crate) fn totals(&self, id: TreeId) -> Totals {
         self.lock()

@@ -5,7 +5,8 @@
 //!   round=N fit_start`, `... fit_s=X`, `... evaluate_s=X`, `done`), read from
 //!   the file named by run config `bench-log`; the SuperLink's own log for
 //!   `[Fleet.ActivateNode] Activated node_id=` lines;
-//! * flower-server: its JSON log lines `configure_fit` (round start),
+//! * flower-server: its JSON log lines `configure_fit` or, with a
+//!   message-API strategy, `configure_train` (round start),
 //!   `round complete` (`fit_s`, `evaluate_s`) and `run finished`.
 //!
 //! Each round start and round end takes a reading of the server's process
@@ -31,6 +32,42 @@ pub(crate) struct Reading {
     pub(crate) to_server: u64,
     /// Relay bytes server → nodes so far.
     pub(crate) to_nodes: u64,
+}
+
+impl Reading {
+    /// What changed from `base` (an earlier reading) to this one.
+    pub(crate) fn since(&self, base: &Reading) -> Delta {
+        Delta {
+            wall_s: self.at_s - base.at_s,
+            cpu_s: self.tree.cpu_s - base.tree.cpu_s,
+            wire_bytes: (self.to_server + self.to_nodes)
+                .saturating_sub(base.to_server + base.to_nodes),
+        }
+    }
+}
+
+/// What changed between two readings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Delta {
+    /// Wall seconds.
+    pub(crate) wall_s: f64,
+    /// Tree CPU seconds.
+    pub(crate) cpu_s: f64,
+    /// Relay bytes, both ways.
+    pub(crate) wire_bytes: u64,
+}
+
+/// Per round, from the previous round's end (round 1: `start`, when
+/// known) to its end, given the readings at the rounds' ends in order.
+pub(crate) fn round_deltas(start: Option<Reading>, ends: &[Reading]) -> Vec<Delta> {
+    let mut prev = start;
+    ends.iter()
+        .map(|end| {
+            let d = end.since(prev.as_ref().unwrap_or(end));
+            prev = Some(*end);
+            d
+        })
+        .collect()
 }
 
 /// One completed round.
@@ -142,7 +179,10 @@ pub(crate) fn parse_flower_rs(line: &str) -> Option<Marker> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     let fields = &v["fields"];
     match fields["message"].as_str() {
-        Some("configure_fit") => Some(Marker::RoundStart(fields["round"].as_u64()?)),
+        // `configure_train` with `--strategy-api message`.
+        Some("configure_fit" | "configure_train") => {
+            Some(Marker::RoundStart(fields["round"].as_u64()?))
+        }
         Some("round complete") => Some(Marker::RoundEnd(
             fields["round"].as_u64()?,
             json_f64(&fields["fit_s"]),
@@ -272,6 +312,12 @@ mod tests {
     fn flower_rs_lines() {
         let start = r#"{"level":"INFO","fields":{"message":"configure_fit","round":1,"sampled":4,"available":4}}"#;
         assert_eq!(parse_flower_rs(start), Some(Marker::RoundStart(1)));
+        let start =
+            r#"{"level":"INFO","fields":{"message":"configure_train","round":3,"sampled":2}}"#;
+        assert_eq!(parse_flower_rs(start), Some(Marker::RoundStart(3)));
+        let end =
+            r#"{"level":"INFO","fields":{"message":"round complete","round":3,"fit_results":2}}"#;
+        assert_eq!(parse_flower_rs(end), Some(Marker::RoundEnd(3, None, None)));
         let end = r#"{"level":"INFO","fields":{"message":"round complete","round":2,"fit_s":"1.250","evaluate_s":"0.125"}}"#;
         assert_eq!(
             parse_flower_rs(end),

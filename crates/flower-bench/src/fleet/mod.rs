@@ -27,7 +27,10 @@ use crate::relay::Relay;
 use crate::servers::{free_port, server_has_flag, tail};
 use crate::{Env, EnvArgs};
 
-use events::{parse_flower_rs, parse_stock, Recorder};
+pub(crate) use events::{
+    parse_flower_rs, parse_stock, round_deltas, Marker, Reading, Recorder, Seen,
+};
+pub(crate) use report::{markdown_table, mib, PeakRss};
 use report::{FleetResult, NodeSummary, Outcome, Workload};
 
 /// Settings of `fleet`.
@@ -91,28 +94,95 @@ struct Ctx {
 }
 
 impl Ctx {
-    /// A command for a venv program, with the venv first on `PATH` (the
-    /// SuperLink and the SuperNodes start `flower-superexec`, `flwr-serverapp`
-    /// and `flwr-clientapp` by name) and Flower's network features off.
     fn flwr_command(&self, program: &str, flwr_home: &Path) -> Command {
-        let mut c = Command::new(self.venv_bin.join(program));
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let mut paths = vec![self.venv_bin.clone()];
-        paths.extend(std::env::split_paths(&path));
-        if let Ok(p) = std::env::join_paths(paths) {
-            c.env("PATH", p);
+        flwr_command(&self.venv_bin, program, flwr_home)
+    }
+}
+
+/// A command for a program of the venv's `bin/`, with that directory first
+/// on `PATH` (the SuperLink and the SuperNodes start `flower-superexec`,
+/// `flwr-serverapp` and `flwr-clientapp` by name) and Flower's network
+/// features off.
+pub(crate) fn flwr_command(venv_bin: &Path, program: &str, flwr_home: &Path) -> Command {
+    let mut c = Command::new(venv_bin.join(program));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![venv_bin.to_path_buf()];
+    paths.extend(std::env::split_paths(&path));
+    if let Ok(p) = std::env::join_paths(paths) {
+        c.env("PATH", p);
+    }
+    c.env("FLWR_HOME", flwr_home)
+        .env("FLWR_DISABLE_UPDATE_CHECK", "1")
+        .env("FLWR_TELEMETRY_ENABLED", "0")
+        .env("PYTHONUNBUFFERED", "1");
+    c
+}
+
+/// The venv's `bin/` (the directory of `python`, taken as given: the venv's
+/// python may be a symlink out of the venv), checked to hold `programs`.
+pub(crate) fn venv_bin(env: &Env, programs: &[&str]) -> anyhow::Result<PathBuf> {
+    let python = env.python.clone().context(
+        "the pinned Python venv was not found (set FLOWER_PYTHON or run scripts/setup-venv.sh)",
+    )?;
+    let venv_bin = python
+        .parent()
+        .context("python has no parent directory")?
+        .to_path_buf();
+    for p in programs {
+        if !venv_bin.join(p).is_file() {
+            bail!("{} not found next to {}", p, python.display());
         }
-        c.env("FLWR_HOME", flwr_home)
-            .env("FLWR_DISABLE_UPDATE_CHECK", "1")
-            .env("FLWR_TELEMETRY_ENABLED", "0")
-            .env("PYTHONUNBUFFERED", "1");
-        c
+    }
+    Ok(venv_bin)
+}
+
+/// The app, the initial model and the FAB that a run serves.
+#[derive(Debug, Clone)]
+pub(crate) struct Bundle {
+    /// The app directory (`flwr build` / `flwr run` input).
+    pub(crate) app: PathBuf,
+    /// P float32 parameters in 4 arrays ([`crate::clients::model`]).
+    pub(crate) initial_npz: PathBuf,
+    /// The `.fab` file `flwr build` wrote.
+    pub(crate) fab: PathBuf,
+    /// Its SHA-256, hex.
+    pub(crate) fab_sha256: String,
+}
+
+impl Bundle {
+    /// Writes `<work>/initial.npz` (`params` float32) and builds the FAB of
+    /// `app` (default: ROOT/python/bench) into `<work>/fab/`.
+    pub(crate) fn prepare(
+        env: &Env,
+        venv_bin: &Path,
+        app: Option<&Path>,
+        params: usize,
+        work_dir: &Path,
+    ) -> anyhow::Result<Bundle> {
+        let app = match app {
+            Some(a) => a.to_path_buf(),
+            None => env.root.join("python/bench"),
+        };
+        let app = app
+            .canonicalize()
+            .with_context(|| format!("app directory {}", app.display()))?;
+        let initial_npz = work_dir.join("initial.npz");
+        flower_core::npz::write_npz_arrays(&initial_npz, &crate::clients::model(params))
+            .context("writing the initial model")?;
+        let (fab, fab_sha256) = build_fab(venv_bin, &app, work_dir)?;
+        eprintln!("FAB {} (sha256 {fab_sha256})", fab.display());
+        Ok(Bundle {
+            app,
+            initial_npz,
+            fab,
+            fab_sha256,
+        })
     }
 }
 
 /// A command line for the record: program and arguments (quoted when they
 /// hold spaces), without the environment.
-fn show(c: &Command) -> String {
+pub(crate) fn show(c: &Command) -> String {
     std::iter::once(c.get_program())
         .chain(c.get_args())
         .map(|a| {
@@ -133,52 +203,27 @@ pub(crate) fn run(args: FleetArgs) -> anyhow::Result<i32> {
         bail!("--nodes and --rounds must be at least 1 and --params at least 4");
     }
     let env = Env::resolve(&args.env)?;
-    let python = env.python.clone().context(
-        "the pinned Python venv was not found (set FLOWER_PYTHON or run scripts/setup-venv.sh)",
-    )?;
-    // The venv's python may be a symlink out of the venv: take bin/ as given.
-    let venv_bin = python
-        .parent()
-        .context("python has no parent directory")?
-        .to_path_buf();
-    for p in ["flower-superlink", "flower-supernode", "flwr"] {
-        if !venv_bin.join(p).is_file() {
-            bail!("{} not found next to {}", p, python.display());
-        }
-    }
+    let venv_bin = venv_bin(&env, &["flower-superlink", "flower-supernode", "flwr"])?;
     let machine = crate::compare::Machine::read();
     let (work_dir, _temp) = crate::work_dir(args.work_dir.clone())?;
     eprintln!("work directory: {}", work_dir.display());
-    let app = match &args.app {
-        Some(a) => a.clone(),
-        None => env.root.join("python/bench"),
-    };
-    let app = app
-        .canonicalize()
-        .with_context(|| format!("app directory {}", app.display()))?;
-    let initial_npz = work_dir.join("initial.npz");
-    flower_core::npz::write_npz_arrays(&initial_npz, &crate::clients::model(args.params))
-        .context("writing the initial model")?;
+    let bundle = Bundle::prepare(&env, &venv_bin, args.app.as_deref(), args.params, &work_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut ctx = Ctx {
+    let ctx = Ctx {
         args,
         env,
         venv_bin,
-        app,
+        app: bundle.app,
         work_dir,
-        initial_npz,
-        fab: PathBuf::new(),
-        fab_sha256: String::new(),
+        initial_npz: bundle.initial_npz,
+        fab: bundle.fab,
+        fab_sha256: bundle.fab_sha256,
         watcher: Arc::new(Watcher::start()),
         runtime,
     };
-    let (fab, sha) = build_fab(&ctx)?;
-    eprintln!("FAB {} (sha256 {sha})", fab.display());
-    ctx.fab = fab;
-    ctx.fab_sha256 = sha;
 
     let mut outcomes = Vec::new();
     if ctx.args.only.as_deref() != Some("flower-rs") {
@@ -223,13 +268,13 @@ pub(crate) fn run(args: FleetArgs) -> anyhow::Result<i32> {
 
 /// `flwr build --app APP` into `<work>/fab/`; returns the file and its
 /// SHA-256.
-fn build_fab(ctx: &Ctx) -> anyhow::Result<(PathBuf, String)> {
-    let dir = ctx.work_dir.join("fab");
+fn build_fab(venv_bin: &Path, app: &Path, work_dir: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let dir = work_dir.join("fab");
     std::fs::create_dir_all(&dir)?;
-    let home = ctx.work_dir.join("flwr-build-home");
+    let home = work_dir.join("flwr-build-home");
     std::fs::create_dir_all(&home)?;
-    let mut c = ctx.flwr_command("flwr", &home);
-    c.arg("build").arg("--app").arg(&ctx.app).current_dir(&dir);
+    let mut c = flwr_command(venv_bin, "flwr", &home);
+    c.arg("build").arg("--app").arg(app).current_dir(&dir);
     let log = dir.join("flwr-build.log");
     let mut p = Monitored::spawn("flwr build", c, &log, |_, _| {
         Arc::new(|_, _: &str| {}) as LineHandler
@@ -253,39 +298,55 @@ fn build_fab(ctx: &Ctx) -> anyhow::Result<(PathBuf, String)> {
 }
 
 /// A started SuperNode.
-struct Node {
-    process: Monitored,
-    tree: TreeId,
+pub(crate) struct Node {
+    /// Its root process.
+    pub(crate) process: Monitored,
+    /// Its process tree.
+    pub(crate) tree: TreeId,
 }
 
 /// Starts N SuperNodes dialing `dial`, each with its own FLWR_HOME under
 /// `dir` and its own Runtime API port.
 fn start_nodes(ctx: &Ctx, dial: SocketAddr, dir: &Path) -> anyhow::Result<Vec<Node>> {
-    let mut nodes = Vec::new();
-    for i in 0..ctx.args.nodes {
-        let home = dir.join(format!("node-{i}"));
-        std::fs::create_dir_all(&home)?;
-        let mut c = ctx.flwr_command("flower-supernode", &home);
-        let index = if ctx.args.identical_replies { 0 } else { i };
-        c.arg("--insecure")
-            .arg("--superlink")
-            .arg(dial.to_string())
-            .arg("--port")
-            .arg(free_port()?.to_string())
-            .arg("--node-config")
-            .arg(format!("index={index}"));
-        let log = dir.join(format!("node-{i}.log"));
-        let process = Monitored::spawn(&format!("supernode {i}"), c, &log, |_, _| {
-            Arc::new(|_, _: &str| {}) as LineHandler
-        })?;
-        let tree = ctx.watcher.add(process.pid);
-        nodes.push(Node { process, tree });
-    }
-    Ok(nodes)
+    (0..ctx.args.nodes)
+        .map(|i| {
+            let index = if ctx.args.identical_replies { 0 } else { i };
+            start_stock_node(&ctx.venv_bin, &ctx.watcher, dial, dir, i, index)
+        })
+        .collect()
+}
+
+/// Starts stock SuperNode `i` (`flower-supernode --insecure`, its own
+/// FLWR_HOME `<dir>/node-i` and Runtime API port, log `<dir>/node-i.log`)
+/// dialing `dial`, with node config `index=INDEX`, and watches its tree.
+pub(crate) fn start_stock_node(
+    venv_bin: &Path,
+    watcher: &Watcher,
+    dial: SocketAddr,
+    dir: &Path,
+    i: usize,
+    index: usize,
+) -> anyhow::Result<Node> {
+    let home = dir.join(format!("node-{i}"));
+    std::fs::create_dir_all(&home)?;
+    let mut c = flwr_command(venv_bin, "flower-supernode", &home);
+    c.arg("--insecure")
+        .arg("--superlink")
+        .arg(dial.to_string())
+        .arg("--port")
+        .arg(free_port()?.to_string())
+        .arg("--node-config")
+        .arg(format!("index={index}"));
+    let log = dir.join(format!("node-{i}.log"));
+    let process = Monitored::spawn(&format!("supernode {i}"), c, &log, |_, _| {
+        Arc::new(|_, _: &str| {}) as LineHandler
+    })?;
+    let tree = watcher.add(process.pid);
+    Ok(Node { process, tree })
 }
 
 /// Waits until `addr` accepts TCP connections (or `process` exits).
-fn wait_port(addr: SocketAddr, process: &Monitored, log: &Path) -> anyhow::Result<()> {
+pub(crate) fn wait_port(addr: SocketAddr, process: &Monitored, log: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + STARTUP;
     while Instant::now() < deadline {
         if process.has_exited() {
@@ -339,7 +400,7 @@ fn stop_pids(pids: &[u32]) {
 }
 
 /// Stops a root process and whatever is left of its tree.
-fn stop_tree(watcher: &Watcher, process: &mut Monitored, tree: TreeId) {
+pub(crate) fn stop_tree(watcher: &Watcher, process: &mut Monitored, tree: TreeId) {
     let descendants: Vec<u32> = watcher
         .alive(tree)
         .into_iter()
@@ -362,14 +423,14 @@ fn stop_nodes(ctx: &Ctx, nodes: Vec<Node>) -> NodeSummary {
 }
 
 /// Shared end of a run: wait for the end marker, bounded.
-enum Waited {
+pub(crate) enum Waited {
     Finished,
     ServerExited,
     NodesGone,
     TimedOut,
 }
 
-fn wait_for_run(
+pub(crate) fn wait_for_run(
     server: &Monitored,
     nodes: &[Node],
     recorder: &Recorder,
@@ -383,10 +444,10 @@ fn wait_for_run(
         let seen = recorder.seen();
         for r in &seen.rounds[reported.min(seen.rounds.len())..] {
             eprintln!(
-                "  round {} complete: fit {:.3} s, evaluate {:.3} s, server tree CPU so far {:.2} s",
+                "  round {} complete: fit {} s, evaluate {} s, server tree CPU so far {:.2} s",
                 r.round,
-                r.fit_s.unwrap_or(f64::NAN),
-                r.evaluate_s.unwrap_or(f64::NAN),
+                crate::report::opt(r.fit_s, 3),
+                crate::report::opt(r.evaluate_s, 3),
                 r.reading.tree.cpu_s
             );
         }
@@ -631,7 +692,7 @@ fn run_stock(ctx: &Ctx) -> anyhow::Result<Outcome> {
     })
 }
 
-fn waited_str(w: &Waited) -> &'static str {
+pub(crate) fn waited_str(w: &Waited) -> &'static str {
     match w {
         Waited::Finished => "run finished",
         Waited::ServerExited => "server exited before the run finished",
@@ -640,70 +701,143 @@ fn waited_str(w: &Waited) -> &'static str {
     }
 }
 
-/// Our side: flower-server with its Fleet API and the FAB.
-fn run_ours(ctx: &Ctx) -> anyhow::Result<Outcome> {
-    const LABEL: &str = "flower_rs";
-    let bin = ctx.env.server_bin()?;
-    for flag in ["--fleet-api-address", "--fab"] {
-        if !server_has_flag(&bin, flag)? {
-            bail!(
-                "{} has no {flag} flag (the Fleet API is not in this build)",
-                bin.display()
-            );
-        }
-    }
-    let dir = ctx.work_dir.join("flower-rs");
-    std::fs::create_dir_all(&dir)?;
-    let port = free_port()?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let n = ctx.args.nodes.to_string();
+/// The run `flower-server` serves over its Fleet API alone.
+pub(crate) struct FleetServer<'a> {
+    /// The Fleet API's address.
+    pub(crate) fleet_address: SocketAddr,
+    /// `--fab`.
+    pub(crate) fab: &'a Path,
+    /// `--initial-parameters`.
+    pub(crate) initial_npz: &'a Path,
+    /// `--rounds`.
+    pub(crate) rounds: u64,
+    /// Nodes every round waits for (all sampled, for train and evaluate).
+    pub(crate) nodes: usize,
+    /// `--output-dir`.
+    pub(crate) out_dir: &'a Path,
+    /// `--strategy-api` (`message`: flwr.serverapp.strategy.FedAvg), or
+    /// the binary's default catalog.
+    pub(crate) strategy_api: Option<&'a str>,
+}
+
+/// flower-server's arguments for `run`: plaintext, FedAvg, JSON log lines
+/// (which [`parse_flower_rs`] reads).
+pub(crate) fn server_args(bin: &Path, run: &FleetServer<'_>) -> anyhow::Result<Vec<OsString>> {
+    let n = run.nodes.to_string();
     let mut args: Vec<OsString> = vec![
         // No --address: the grpc-bidi port stays closed, the Fleet API is the only way in.
         "--insecure".into(),
         "--fleet-api-address".into(),
-        addr.to_string().into(),
+        run.fleet_address.to_string().into(),
         "--fab".into(),
-        ctx.fab.clone().into(),
+        run.fab.into(),
         "--initial-parameters".into(),
-        ctx.initial_npz.clone().into(),
-        "--strategy".into(),
-        "fedavg".into(),
-        "--rounds".into(),
-        ctx.args.rounds.to_string().into(),
-        "--min-fit-clients".into(),
-        n.clone().into(),
-        "--min-evaluate-clients".into(),
-        n.clone().into(),
-        "--min-available-clients".into(),
-        n.into(),
-        "--client-wait-timeout".into(),
-        STARTUP.as_secs().to_string().into(),
-        "--output-dir".into(),
-        dir.join("out").into(),
-        "--log-json".into(),
+        run.initial_npz.into(),
     ];
-    if server_has_flag(&bin, "--fleet-message-format")? {
+    if let Some(api) = run.strategy_api {
+        args.push("--strategy-api".into());
+        args.push(api.into());
+    }
+    args.extend(
+        [
+            "--strategy",
+            "fedavg",
+            "--rounds",
+            &run.rounds.to_string(),
+            "--min-fit-clients",
+            &n,
+            "--min-evaluate-clients",
+            &n,
+            "--min-available-clients",
+            &n,
+            "--client-wait-timeout",
+            &STARTUP.as_secs().to_string(),
+        ]
+        .map(OsString::from),
+    );
+    args.extend([
+        "--output-dir".into(),
+        run.out_dir.into(),
+        "--log-json".into(),
+    ]);
+    if server_has_flag(bin, "--fleet-message-format")? {
         // The bench ClientApp is a message-API app.
         args.push("--fleet-message-format".into());
         args.push("modern".into());
     }
-    args.extend(ctx.args.server_args.iter().map(OsString::from));
-    let mut c = Command::new(&bin);
-    c.args(&args).env("RUST_LOG", "info").current_dir(&dir);
+    Ok(args)
+}
+
+/// The release `flower-server` binary, checked to have `flags`.
+pub(crate) fn fleet_server_bin(env: &Env, flags: &[&str]) -> anyhow::Result<PathBuf> {
+    let bin = env.server_bin()?;
+    for flag in flags {
+        if !server_has_flag(&bin, flag)? {
+            bail!(
+                "{} has no {flag} flag (this build cannot serve the run)",
+                bin.display()
+            );
+        }
+    }
+    Ok(bin)
+}
+
+/// Starts `bin args` in `dir` (log `dir/flower-server.log`, `RUST_LOG=info`)
+/// with its JSON log lines fed to `recorder` (after `on_marker`, so a
+/// marker's other readings are taken first), and watches its tree. Returns
+/// the process, its tree, the command line and the log.
+pub(crate) fn spawn_flower_server(
+    bin: &Path,
+    args: &[OsString],
+    dir: &Path,
+    recorder: &Arc<Recorder>,
+    watcher: &Watcher,
+    on_marker: impl Fn(&Marker) + Send + Sync + 'static,
+) -> anyhow::Result<(Monitored, TreeId, String, PathBuf)> {
+    let mut c = Command::new(bin);
+    c.args(args).env("RUST_LOG", "info").current_dir(dir);
     let command = show(&c);
-    let recorder = Arc::new(Recorder::new(ctx.watcher.clone()));
     let log = dir.join("flower-server.log");
-    eprintln!("[{LABEL}] starting {} (Fleet API on {addr})", bin.display());
     let rec = recorder.clone();
-    let mut server = Monitored::spawn("flower-server", c, &log, move |_, _| {
+    let on_marker = Arc::new(on_marker);
+    let server = Monitored::spawn("flower-server", c, &log, move |_, _| {
         Arc::new(move |_, line: &str| {
             if let Some(m) = parse_flower_rs(line) {
+                on_marker(&m);
                 rec.on(m, line);
             }
         }) as LineHandler
     })?;
-    let tree = ctx.watcher.add(server.pid);
+    let tree = watcher.add(server.pid);
     recorder.set_tree(tree);
+    Ok((server, tree, command, log))
+}
+
+/// Our side: flower-server with its Fleet API and the FAB.
+fn run_ours(ctx: &Ctx) -> anyhow::Result<Outcome> {
+    const LABEL: &str = "flower_rs";
+    let bin = fleet_server_bin(&ctx.env, &["--fleet-api-address", "--fab"])?;
+    let dir = ctx.work_dir.join("flower-rs");
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut args = server_args(
+        &bin,
+        &FleetServer {
+            fleet_address: addr,
+            fab: &ctx.fab,
+            initial_npz: &ctx.initial_npz,
+            rounds: ctx.args.rounds,
+            nodes: ctx.args.nodes,
+            out_dir: &dir.join("out"),
+            strategy_api: None,
+        },
+    )?;
+    args.extend(ctx.args.server_args.iter().map(OsString::from));
+    let recorder = Arc::new(Recorder::new(ctx.watcher.clone()));
+    eprintln!("[{LABEL}] starting {} (Fleet API on {addr})", bin.display());
+    let (mut server, tree, command, log) =
+        spawn_flower_server(&bin, &args, &dir, &recorder, &ctx.watcher, |_| {})?;
     let deadline = Instant::now() + Duration::from_secs_f64(ctx.args.timeout_secs);
     wait_port(addr, &server, &log)?;
     let ready = recorder.read();

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::events::{Reading, Seen};
+use super::events::{round_deltas, Reading, Seen};
 use crate::compare::Machine;
 use crate::proctree::{Member, Totals};
 use crate::report::{opt, ratio, Target};
@@ -164,12 +164,9 @@ pub(crate) struct ServerFigures {
     pub(crate) cpu_before_round1_s: Option<f64>,
     /// Tree CPU over the whole life, until stopped.
     pub(crate) total_cpu_s: f64,
-    /// Peak RSS: sum over the tree's processes of each one's `VmHWM`, MiB.
-    pub(crate) peak_rss_sum_hwm_mib: f64,
-    /// Peak RSS of the largest single process (`VmHWM`), MiB.
-    pub(crate) peak_rss_max_hwm_mib: f64,
-    /// Largest summed `VmRSS` of the tree seen in one scan, MiB.
-    pub(crate) peak_rss_sum_rss_mib: f64,
+    /// Peak RSS of the tree.
+    #[serde(flatten)]
+    pub(crate) peak: PeakRss,
     /// Relay bytes nodes → server, whole run.
     pub(crate) wire_to_server_bytes: u64,
     /// Relay bytes server → nodes, whole run.
@@ -193,38 +190,61 @@ pub(crate) struct ServerFigures {
     pub(crate) errors: Vec<String>,
 }
 
-fn mib(kib: u64) -> f64 {
+/// Peak RSS of a process tree, MiB.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct PeakRss {
+    /// Sum over the tree's processes of each one's `VmHWM` (an upper
+    /// bound: the peaks need not coincide).
+    #[serde(rename = "peak_rss_sum_hwm_mib")]
+    pub(crate) sum_hwm_mib: f64,
+    /// `VmHWM` of the largest single process.
+    #[serde(rename = "peak_rss_max_hwm_mib")]
+    pub(crate) max_hwm_mib: f64,
+    /// Largest summed `VmRSS` of the tree seen in one scan (a lower bound).
+    #[serde(rename = "peak_rss_sum_rss_mib")]
+    pub(crate) sum_rss_mib: f64,
+}
+
+impl From<&Totals> for PeakRss {
+    fn from(t: &Totals) -> Self {
+        PeakRss {
+            sum_hwm_mib: mib(t.sum_hwm_kib),
+            max_hwm_mib: mib(t.max_hwm_kib),
+            sum_rss_mib: mib(t.peak_sum_rss_kib),
+        }
+    }
+}
+
+/// KiB as MiB.
+pub(crate) fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
 impl ServerFigures {
     fn from_outcome(o: Outcome) -> ServerFigures {
         let start = o.seen.starts.get(&1).copied();
-        let mut rounds = Vec::new();
-        let mut prev = start;
-        for r in &o.seen.rounds {
-            let base = prev.unwrap_or(r.reading);
-            rounds.push(RoundFigures {
+        let ends: Vec<Reading> = o.seen.rounds.iter().map(|r| r.reading).collect();
+        let rounds = o
+            .seen
+            .rounds
+            .iter()
+            .zip(round_deltas(start, &ends))
+            .map(|(r, d)| RoundFigures {
                 round: r.round,
                 fit_s: r.fit_s,
                 evaluate_s: r.evaluate_s,
-                wall_s: r.reading.at_s - base.at_s,
-                cpu_s: r.reading.tree.cpu_s - base.tree.cpu_s,
-                wire_bytes: (r.reading.to_server + r.reading.to_nodes)
-                    .saturating_sub(base.to_server + base.to_nodes),
+                wall_s: d.wall_s,
+                cpu_s: d.cpu_s,
+                wire_bytes: d.wire_bytes,
                 sum_hwm_mib: mib(r.reading.tree.sum_hwm_kib),
-            });
-            prev = Some(r.reading);
-        }
-        let last = o.seen.rounds.last().map(|r| r.reading);
-        let (rounds_cpu_s, wire_rounds_bytes, rounds_wall_s) = match (start, last) {
-            (Some(s), Some(l)) => (
-                Some(l.tree.cpu_s - s.tree.cpu_s),
-                Some((l.to_server + l.to_nodes).saturating_sub(s.to_server + s.to_nodes)),
-                Some(l.at_s - s.at_s),
-            ),
-            _ => (None, None, None),
-        };
+            })
+            .collect();
+        let whole = start.zip(ends.last()).map(|(s, l)| l.since(&s));
+        let (rounds_cpu_s, wire_rounds_bytes, rounds_wall_s) = (
+            whole.map(|d| d.cpu_s),
+            whole.map(|d| d.wire_bytes),
+            whole.map(|d| d.wall_s),
+        );
         let completed = o.seen.rounds.len();
         let t = o.final_totals;
         ServerFigures {
@@ -239,9 +259,7 @@ impl ServerFigures {
             startup_cpu_s: o.ready.map(|r| r.tree.cpu_s),
             cpu_before_round1_s: start.map(|r| r.tree.cpu_s),
             total_cpu_s: t.cpu_s,
-            peak_rss_sum_hwm_mib: mib(t.sum_hwm_kib),
-            peak_rss_max_hwm_mib: mib(t.max_hwm_kib),
-            peak_rss_sum_rss_mib: mib(t.peak_sum_rss_kib),
+            peak: PeakRss::from(&t),
             wire_to_server_bytes: o.wire_to_server,
             wire_to_nodes_bytes: o.wire_to_nodes,
             wire_total_bytes: o.wire_to_server + o.wire_to_nodes,
@@ -453,15 +471,15 @@ impl FleetResult {
             ("server CPU s, whole life", |s| Some(s.total_cpu_s), 2),
             (
                 "peak RSS MiB, tree sum of VmHWM",
-                |s| Some(s.peak_rss_sum_hwm_mib),
+                |s| Some(s.peak.sum_hwm_mib),
                 1,
             ),
             (
                 "peak RSS MiB, largest process",
-                |s| Some(s.peak_rss_max_hwm_mib),
+                |s| Some(s.peak.max_hwm_mib),
                 1,
             ),
-            ("peak summed VmRSS MiB", |s| Some(s.peak_rss_sum_rss_mib), 1),
+            ("peak summed VmRSS MiB", |s| Some(s.peak.sum_rss_mib), 1),
             (
                 "wire MB nodes -> server",
                 |s| Some(s.wire_to_server_bytes as f64 / 1e6),
@@ -507,7 +525,7 @@ impl FleetResult {
 
 /// `| a | b |` rows with a `|---|` rule; first column left-aligned, the
 /// others right-aligned.
-fn markdown_table(header: &[String], rows: &[Vec<String>]) -> String {
+pub(crate) fn markdown_table(header: &[String], rows: &[Vec<String>]) -> String {
     let cols = header.len();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
@@ -557,9 +575,9 @@ fn ratio_list(o: &ServerFigures, s: &ServerFigures) -> Vec<(String, Option<f64>)
         [
             ("cpu_per_round_s", x.cpu_per_round_s),
             ("total_cpu_s", Some(x.total_cpu_s)),
-            ("peak_rss_sum_hwm_mib", Some(x.peak_rss_sum_hwm_mib)),
-            ("peak_rss_max_hwm_mib", Some(x.peak_rss_max_hwm_mib)),
-            ("peak_rss_sum_rss_mib", Some(x.peak_rss_sum_rss_mib)),
+            ("peak_rss_sum_hwm_mib", Some(x.peak.sum_hwm_mib)),
+            ("peak_rss_max_hwm_mib", Some(x.peak.max_hwm_mib)),
+            ("peak_rss_sum_rss_mib", Some(x.peak.sum_rss_mib)),
             ("wire_total_bytes", Some(x.wire_total_bytes as f64)),
             ("rounds_wall_s", x.rounds_wall_s),
         ]
@@ -571,8 +589,8 @@ fn ratio_list(o: &ServerFigures, s: &ServerFigures) -> Vec<(String, Option<f64>)
 }
 
 fn targets(o: &ServerFigures, s: &ServerFigures) -> Vec<Target> {
-    let r = ratio(Some(o.peak_rss_sum_hwm_mib), Some(s.peak_rss_sum_hwm_mib));
-    let r_max = ratio(Some(o.peak_rss_max_hwm_mib), Some(s.peak_rss_max_hwm_mib));
+    let r = ratio(Some(o.peak.sum_hwm_mib), Some(s.peak.sum_hwm_mib));
+    let r_max = ratio(Some(o.peak.max_hwm_mib), Some(s.peak.max_hwm_mib));
     let c = ratio(o.cpu_per_round_s, s.cpu_per_round_s);
     vec![
         Target {
@@ -580,11 +598,11 @@ fn targets(o: &ServerFigures, s: &ServerFigures) -> Vec<Target> {
             goal: "flower-rs <= 1/5 of the stock SuperLink + ServerApp".into(),
             measured: format!(
                 "{:.1} MiB vs {:.1} MiB (ratio {}); largest single process {:.1} vs {:.1} MiB (ratio {})",
-                o.peak_rss_sum_hwm_mib,
-                s.peak_rss_sum_hwm_mib,
+                o.peak.sum_hwm_mib,
+                s.peak.sum_hwm_mib,
                 opt(r, 3),
-                o.peak_rss_max_hwm_mib,
-                s.peak_rss_max_hwm_mib,
+                o.peak.max_hwm_mib,
+                s.peak.max_hwm_mib,
                 opt(r_max, 3)
             ),
             met: r.map(|r| r <= 0.2),
