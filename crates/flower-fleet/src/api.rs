@@ -412,6 +412,7 @@ async fn start(
             authorized: options.authorized_keys.clone(),
         },
         max_request_bytes: options.max_request_bytes,
+        large_bodies: tokio::sync::Semaphore::new(crate::http::LARGE_BODY_READERS),
     });
     let listener = HardenedListener::bind(
         options.address,

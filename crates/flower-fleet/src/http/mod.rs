@@ -92,12 +92,26 @@ impl std::fmt::Debug for NodeAuth {
     }
 }
 
+/// Request bodies at least this large (pushed chunks, up to 5 MiB) are
+/// read [`LARGE_BODY_READERS`] at a time.
+const LARGE_BODY: usize = 1 << 20;
+
+/// Large bodies read at once: SuperNodes push two objects at a time each,
+/// so without a bound every node's chunks would be in memory together.
+pub(crate) const LARGE_BODY_READERS: usize = 2;
+
+/// A body read that receives nothing for this long is cut (it would
+/// otherwise keep a large-body permit).
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The service's shared parts.
 #[derive(Debug)]
 pub(crate) struct Service {
     pub(crate) shared: Arc<Shared>,
     pub(crate) auth: NodeAuth,
     pub(crate) max_request_bytes: usize,
+    /// Permits to read a large body ([`LARGE_BODY_READERS`]).
+    pub(crate) large_bodies: tokio::sync::Semaphore,
 }
 
 fn decode<M: prost::Message + Default>(body: &Bytes) -> Result<M, ApiError> {
@@ -143,7 +157,19 @@ impl Service {
         if !reply::is_protobuf(request.headers().get(header::CONTENT_TYPE)) {
             return Err(ApiError::Forbidden(ApiErrorCode::UnsupportedContentType));
         }
-        let body = read_body(request, self.max_request_bytes)
+        // Only signed requests get here; a large one waits its turn (the
+        // node waits for the response, its bytes wait in its socket).
+        let large = content_length(request.headers()).is_some_and(|n| n >= LARGE_BODY);
+        let _reading = match large {
+            true => Some(
+                self.large_bodies
+                    .acquire()
+                    .await
+                    .map_err(|_| ApiError::Unavailable)?,
+            ),
+            false => None,
+        };
+        let body = read_body(request, self.max_request_bytes, large)
             .await
             .ok_or(ApiError::Forbidden(ApiErrorCode::InvalidProtobufPayload))?;
         self.shared
@@ -416,24 +442,37 @@ impl Service {
     }
 }
 
-/// The request body in one buffer, read at most `limit` bytes: the frames
-/// are appended to one buffer that grows as they arrive, up to the announced
-/// length (a single frame is kept as it is), so a pushed object is never
-/// held twice and a Content-Length alone reserves nothing. `None` when the
-/// body is too long or the connection fails.
-async fn read_body(request: Request<Incoming>, limit: usize) -> Option<Bytes> {
-    let announced = request
-        .headers()
+fn content_length(headers: &http::HeaderMap) -> Option<usize> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
+/// The request body in one buffer, read at most `limit` bytes: the frames
+/// are appended to one buffer, so a pushed object is never held twice (a
+/// single frame is kept as it is). The buffer grows as bytes arrive, up to
+/// the announced length, so that a Content-Length alone reserves nothing;
+/// with `reserve` (a large body holding one of the few read permits, so
+/// the total is bounded) the announced length is reserved at once, which
+/// spares the growth's copies. A body that sends nothing for
+/// [`BODY_IDLE_TIMEOUT`] is cut. `None` when the body is too long, stalls
+/// or the connection fails.
+async fn read_body(request: Request<Incoming>, limit: usize, reserve: bool) -> Option<Bytes> {
+    let announced = content_length(request.headers());
     if announced.is_some_and(|n| n > limit) {
         return None;
     }
     let mut body = request.into_body();
     let mut first: Option<Bytes> = None;
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    let mut buf = match (reserve, announced) {
+        (true, Some(n)) => BytesMut::with_capacity(n),
+        _ => BytesMut::new(),
+    };
+    while let Some(frame) = tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame())
+        .await
+        .ok()?
+    {
         let Ok(data) = frame.ok()?.into_data() else {
             // Trailers carry nothing for us.
             continue;
@@ -443,7 +482,7 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Option<Bytes> {
             return None;
         }
         match first.take() {
-            None if buf.is_empty() => first = Some(data),
+            None if buf.is_empty() && buf.capacity() == 0 => first = Some(data),
             held => {
                 // Grown as bytes arrive (doubling, capped by the announced
                 // length), never reserved from the Content-Length alone.
