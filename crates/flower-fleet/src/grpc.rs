@@ -1,9 +1,12 @@
 //! The Fleet API over gRPC (`flwr.proto.Fleet`, tonic) for SuperNodes of
-//! flwr 1.13 to 1.39, which have no HTTP Fleet client. Every call is
-//! authenticated from the ≤ 1.39 binary metadata (`flwr-public-key-bin`:
-//! raw PEM, `flwr-signature-bin`: raw DER, `flwr-timestamp`) and then
-//! handled by the HTTP service's own handlers, so both transports share
-//! one link state and one set of rules.
+//! flwr 1.13 to 1.39, which have no HTTP Fleet client. The RPCs of 1.23+
+//! are authenticated from the ≤ 1.39 binary metadata
+//! (`flwr-public-key-bin`: raw PEM, `flwr-signature-bin`: raw DER,
+//! `flwr-timestamp`) and then handled by the HTTP service's own handlers,
+//! so both transports share one link state and one set of rules. The
+//! keyless RPCs of 1.13/1.14 (`CreateNode`, `Ping`, `PullTaskIns`, ...;
+//! `GetRun`/`GetFab` without signature metadata) are handled by
+//! [`legacy`] on the same link state.
 //!
 //! Refusals become gRPC statuses the way flwr's `grpc_rere` servicer
 //! aborts: `UNAUTHENTICATED` for identity failures (the SuperNode stops),
@@ -23,6 +26,8 @@ use tracing::debug;
 use crate::http::reply::ApiError;
 use crate::http::{Rpc, Service};
 
+mod legacy;
+
 /// flwr's ≤ 1.39 metadata keys.
 const PUBLIC_KEY_BIN: &str = "flwr-public-key-bin";
 const SIGNATURE_BIN: &str = "flwr-signature-bin";
@@ -31,7 +36,8 @@ const TIMESTAMP: &str = "flwr-timestamp";
 /// The gRPC face of the Fleet service.
 #[derive(Debug, Clone)]
 pub(crate) struct GrpcFleet {
-    pub(crate) service: Arc<Service>,
+    service: Arc<Service>,
+    keyless: Arc<legacy::KeylessNodes>,
 }
 
 fn status(e: ApiError) -> Status {
@@ -46,6 +52,14 @@ fn status(e: ApiError) -> Status {
 }
 
 impl GrpcFleet {
+    /// The gRPC service over `service`'s handlers and link state.
+    pub(crate) fn new(service: Arc<Service>) -> Self {
+        GrpcFleet {
+            service,
+            keyless: Arc::default(),
+        }
+    }
+
     fn authenticate(metadata: &MetadataMap) -> Result<NodePublicKey, Status> {
         let unauthenticated =
             || Status::unauthenticated(flower_auth::node::INVALID_NODE_AUTH_MESSAGE);
@@ -153,6 +167,12 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::GetRunResponse>, Status> {
+        if !legacy::is_keyed(request.metadata()) {
+            return self
+                .keyless
+                .get_run(&self.service.shared, request.get_ref())
+                .map(Response::new);
+        }
         self.call(Rpc::GetRun, request).await
     }
 
@@ -160,6 +180,12 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::GetFabRequest>,
     ) -> Result<Response<pb::GetFabResponse>, Status> {
+        if !legacy::is_keyed(request.metadata()) {
+            return self
+                .keyless
+                .get_fab(&self.service.shared, request.get_ref())
+                .map(Response::new);
+        }
         self.call(Rpc::GetFab, request).await
     }
 
@@ -182,5 +208,51 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         request: Request<pb::ConfirmMessageReceivedRequest>,
     ) -> Result<Response<pb::ConfirmMessageReceivedResponse>, Status> {
         self.call(Rpc::ConfirmMessageReceived, request).await
+    }
+
+    async fn create_node(
+        &self,
+        request: Request<pb::CreateNodeRequest>,
+    ) -> Result<Response<pb::CreateNodeResponse>, Status> {
+        self.keyless
+            .create_node(&self.service.shared, request.metadata(), request.get_ref())
+            .map(Response::new)
+    }
+
+    async fn delete_node(
+        &self,
+        request: Request<pb::DeleteNodeRequest>,
+    ) -> Result<Response<pb::DeleteNodeResponse>, Status> {
+        self.keyless
+            .delete_node(&self.service.shared, request.get_ref())
+            .map(Response::new)
+    }
+
+    async fn ping(
+        &self,
+        request: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
+        self.keyless
+            .ping(&self.service.shared, request.get_ref())
+            .map(Response::new)
+    }
+
+    async fn pull_task_ins(
+        &self,
+        request: Request<pb::PullTaskInsRequest>,
+    ) -> Result<Response<pb::PullTaskInsResponse>, Status> {
+        self.keyless
+            .pull_task_ins(&self.service.shared, request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    async fn push_task_res(
+        &self,
+        request: Request<pb::PushTaskResRequest>,
+    ) -> Result<Response<pb::PushTaskResResponse>, Status> {
+        self.keyless
+            .push_task_res(&self.service.shared, request.into_inner())
+            .map(Response::new)
     }
 }
