@@ -5,10 +5,11 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-python3}"
-# Stock SuperNodes from before 1.40 speak the gRPC Fleet API: the oldest and
-# the newest such release that install here, each in its own venv
-# (.venv-flwr-<version>), for the gRPC Fleet interop test.
-for version in 1.32.1 1.39.0; do
+# Stock SuperNodes from before 1.40 speak the gRPC Fleet API: the oldest
+# release that installs here (1.13.0, keyless, Task-based RPCs), 1.32.1 and
+# the newest (1.39.0), each in its own venv (.venv-flwr-<version>), for the
+# gRPC Fleet interop test.
+for version in 1.13.0 1.32.1 1.39.0; do
   old="$root/.venv-flwr-$version"
   if [ ! -x "$old/bin/flower-supernode" ]; then
     echo "setup-venv: creating $old" >&2
