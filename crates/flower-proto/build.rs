@@ -4,10 +4,12 @@
 //! files share the package `flwr.proto`, so everything lands in one module.
 //! The compiled descriptor set is kept for tests and reflection.
 //!
-//! `legacy_fleet.proto` (the RPCs of flwr 1.13/1.14 SuperNodes) is ours, not
-//! flwr 1.42's: its methods are appended to the generated `Fleet` service
-//! (one gRPC service name answers every era) and the file is left out of
-//! the kept descriptor set, which mirrors flwr 1.42 only.
+//! `legacy_fleet.proto` (what flwr 1.13-1.22 SuperNodes send that 1.42 no
+//! longer has) is ours, not flwr 1.42's: its methods are appended to the
+//! generated `Fleet` service (one gRPC service name answers every era),
+//! `PullMessages`/`PushMessages` are generated with its era-neutral
+//! superset messages, and the file is left out of the kept descriptor set,
+//! which mirrors flwr 1.42 only.
 
 use std::path::PathBuf;
 
@@ -84,6 +86,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enumerate()
         .find(|(_, s)| s.name() == "Fleet")
         .ok_or("no Fleet service")?;
+    // The era-neutral supersets (see legacy_fleet.proto).
+    for method in &mut fleet.method {
+        match method.name() {
+            "PullMessages" => {
+                method.output_type = Some(".flwr.proto.PullMessagesWireResponse".into());
+            }
+            "PushMessages" => {
+                method.input_type = Some(".flwr.proto.PushMessagesWireRequest".into());
+                method.output_type = Some(".flwr.proto.PushMessagesWireResponse".into());
+            }
+            _ => {}
+        }
+    }
     let first = fleet.method.len();
     let added = legacy_methods.len();
     fleet.method.extend(legacy_methods);

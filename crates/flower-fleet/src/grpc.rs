@@ -4,9 +4,9 @@
 //! (`flwr-public-key-bin`: raw PEM, `flwr-signature-bin`: raw DER,
 //! `flwr-timestamp`) and then handled by the HTTP service's own handlers,
 //! so both transports share one link state and one set of rules. The
-//! keyless RPCs of 1.13/1.14 (`CreateNode`, `Ping`, `PullTaskIns`, ...;
-//! `GetRun`/`GetFab` without signature metadata) are handled by
-//! [`legacy`] on the same link state.
+//! keyless SuperNodes of 1.13 to 1.22 (`CreateNode`, `Ping`,
+//! `PullTaskIns`, ..., and any RPC without signature metadata) are handled
+//! by [`legacy`] on the same link state.
 //!
 //! Refusals become gRPC statuses the way flwr's `grpc_rere` servicer
 //! aborts: `UNAUTHENTICATED` for identity failures (the SuperNode stops),
@@ -146,20 +146,39 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::SendNodeHeartbeatRequest>,
     ) -> Result<Response<pb::SendNodeHeartbeatResponse>, Status> {
+        if !legacy::is_keyed(request.metadata()) {
+            return self
+                .keyless
+                .send_node_heartbeat(&self.service.shared, request.get_ref())
+                .map(Response::new);
+        }
         self.call(Rpc::SendNodeHeartbeat, request).await
     }
 
     async fn pull_messages(
         &self,
         request: Request<pb::PullMessagesRequest>,
-    ) -> Result<Response<pb::PullMessagesResponse>, Status> {
+    ) -> Result<Response<pb::PullMessagesWireResponse>, Status> {
+        if !legacy::is_keyed(request.metadata()) {
+            return self
+                .keyless
+                .pull_messages(&self.service.shared, request.get_ref())
+                .await
+                .map(Response::new);
+        }
         self.call(Rpc::PullMessages, request).await
     }
 
     async fn push_messages(
         &self,
-        request: Request<pb::PushMessagesRequest>,
-    ) -> Result<Response<pb::PushMessagesResponse>, Status> {
+        request: Request<pb::PushMessagesWireRequest>,
+    ) -> Result<Response<pb::PushMessagesWireResponse>, Status> {
+        if !legacy::is_keyed(request.metadata()) {
+            return self
+                .keyless
+                .push_messages(&self.service.shared, request.into_inner())
+                .map(Response::new);
+        }
         self.call(Rpc::PushMessages, request).await
     }
 
@@ -193,6 +212,13 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::PushObjectRequest>,
     ) -> Result<Response<pb::PushObjectResponse>, Status> {
+        if !legacy::is_keyed(request.metadata()) {
+            return self
+                .keyless
+                .push_object(&self.service, request.into_inner())
+                .await
+                .map(Response::new);
+        }
         self.call(Rpc::PushObject, request).await
     }
 
@@ -200,6 +226,12 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::PullObjectRequest>,
     ) -> Result<Response<pb::PullObjectResponse>, Status> {
+        if !legacy::is_keyed(request.metadata()) {
+            return self
+                .keyless
+                .pull_object(&self.service.shared, request.get_ref())
+                .map(Response::new);
+        }
         self.call(Rpc::PullObject, request).await
     }
 
@@ -207,6 +239,12 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::ConfirmMessageReceivedRequest>,
     ) -> Result<Response<pb::ConfirmMessageReceivedResponse>, Status> {
+        if !legacy::is_keyed(request.metadata()) {
+            return self
+                .keyless
+                .confirm_message_received(&self.service.shared, request.get_ref())
+                .map(Response::new);
+        }
         self.call(Rpc::ConfirmMessageReceived, request).await
     }
 

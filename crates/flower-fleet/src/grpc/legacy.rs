@@ -1,6 +1,20 @@
-//! SuperNodes of flwr 1.13 and 1.14 over gRPC: `CreateNode`, `DeleteNode`,
-//! `Ping`, `PullTaskIns`, `PushTaskRes`, and `GetRun`/`GetFab` without a
-//! key (flwr's `grpc_rere` servicer and `message_handler.py` of 1.13).
+//! Keyless SuperNodes of flwr 1.13 to 1.22 over gRPC: `CreateNode`,
+//! `DeleteNode`, `Ping`, and, without signature metadata, the RPCs whose
+//! names 1.23+ kept (`PullMessages`, `GetRun`, ...), following flwr's
+//! `grpc_rere` servicer and `message_handler.py` of those releases. Three
+//! eras, each wire-compatible with its release's protos:
+//!
+//! * 1.13/1.14: `PullTaskIns`/`PushTaskRes`, the content inline as a
+//!   `RecordSet` in a `Task`; `Ping` as the heartbeat.
+//! * 1.15-1.18: `PullMessages`/`PushMessages` with the content inline as a
+//!   `RecordSet` in the `Message`; `Ping`.
+//! * 1.19-1.22: `PullMessages`/`PushMessages` with objects (listed in
+//!   `map<string, ObjectIDs>` fields), `PullObject`/`PushObject`/
+//!   `ConfirmMessageReceived`; `SendNodeHeartbeat`.
+//!
+//! `CreateNode` looks the same in every era: a node's era shows in its
+//! calls (`PullTaskIns`; `Ping` or `SendNodeHeartbeat` before its first
+//! `PullMessages`, which stays empty until then).
 //!
 //! Those nodes have no key unless started with `--auth-supernode-*`, whose
 //! scheme (an ECDH secret with the SuperLink's key, HMACs in `public-key`
@@ -8,13 +22,12 @@
 //! is refused with `UNAUTHENTICATED`, and so is every keyless node when
 //! SuperNode authentication is on. A keyless node is entered in the link
 //! state under a random stand-in key, so its id is derived as for every
-//! self-registered node ([`node_id_for_key`](crate::state::node_id_for_key)),
-//! and `Ping` is its heartbeat.
+//! self-registered node ([`node_id_for_key`](crate::state::node_id_for_key)).
 //!
-//! Instructions travel inline: the instruction's objects are inflated into
-//! the message and translated to a `TaskIns` (a `RecordDict` becomes a
-//! `RecordSet`); a `TaskRes` is translated back, deflated, and its objects
-//! stored through the same push session a 1.23+ SuperNode's reply uses.
+//! Inline instructions are inflated from the instruction's objects and
+//! translated (a `RecordDict` becomes a `RecordSet`); an inline reply is
+//! translated back, deflated, and its objects stored through the same push
+//! session a 1.23+ SuperNode's reply uses.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,13 +38,15 @@ use flower_message::{
     MetricRecord, MetricValue, ObjectId, ObjectTree, Payload, Record, RecordDict, VerifiedObjects,
 };
 use flower_proto as pb;
+use prost::Message as _;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
+use crate::http::Service;
 use crate::node::{unix_now, Shared};
 use crate::state::{
-    PushOutcome, HEARTBEAT_MAX_INTERVAL, HEARTBEAT_MIN_INTERVAL, SUPERLINK_NODE_ID,
+    Lookup, PushOutcome, HEARTBEAT_MAX_INTERVAL, HEARTBEAT_MIN_INTERVAL, SUPERLINK_NODE_ID,
 };
 use crate::FleetError;
 
@@ -56,6 +71,19 @@ struct KeylessNode {
     /// Runs the node was told about (`GetRun`): `GetFab` of flwr 1.13
     /// names only the FAB's hash.
     runs: Vec<u64>,
+    /// It called `Ping` (flwr ≤ 1.18).
+    pinged: bool,
+    /// It called `SendNodeHeartbeat` (flwr 1.19-1.22).
+    heartbeats: bool,
+}
+
+/// How a keyless node's `PullMessages`/`PushMessages` look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Era {
+    /// flwr 1.15-1.18: `RecordSet` content inline.
+    Inline,
+    /// flwr 1.19-1.22: objects.
+    Objects,
 }
 
 /// The keyless (flwr 1.13/1.14) nodes of the gRPC Fleet service.
@@ -84,6 +112,14 @@ fn run_refused() -> Status {
     Status::permission_denied("Run status not allowed.")
 }
 
+/// The 1.23+ `Node` of a request as flwr ≤ 1.22's.
+fn legacy_node(node: pb::Node) -> pb::LegacyNode {
+    pb::LegacyNode {
+        node_id: node.node_id,
+        anonymous: false,
+    }
+}
+
 /// flwr 1.13 accepts any ping interval; the link state takes [10, 1800] s.
 fn interval(seconds: f64) -> f64 {
     if seconds.is_nan() {
@@ -105,6 +141,26 @@ impl KeylessNodes {
             Ok(node_id)
         } else {
             Err(unknown_node(node_id))
+        }
+    }
+
+    /// The node's message era, once its heartbeat RPC told.
+    fn era(&self, node_id: u64) -> Option<Era> {
+        let nodes = self.lock();
+        let node = nodes.get(&node_id)?;
+        if node.heartbeats {
+            Some(Era::Objects)
+        } else if node.pinged {
+            Some(Era::Inline)
+        } else {
+            None
+        }
+    }
+
+    /// Remembers a delivered inline instruction (for its reply).
+    fn delivered(&self, node_id: u64, metadata: pb::Metadata) {
+        if let Some(node) = self.lock().get_mut(&node_id) {
+            node.delivered.insert(metadata.message_id.clone(), metadata);
         }
     }
 
@@ -188,11 +244,218 @@ impl KeylessNodes {
         req: &pb::PingRequest,
     ) -> Result<pb::PingResponse, Status> {
         let node_id = self.known(req.node)?;
+        if let Some(node) = self.lock().get_mut(&node_id) {
+            node.pinged = true;
+        }
         let seconds = interval(req.ping_interval);
         let success = shared
             .with_state(|s| s.heartbeat(node_id, seconds, unix_now()))
             .unwrap_or(false);
         Ok(pb::PingResponse { success })
+    }
+
+    /// `SendNodeHeartbeat` of a keyless node (flwr 1.19-1.22).
+    pub(crate) fn send_node_heartbeat(
+        &self,
+        shared: &Arc<Shared>,
+        req: &pb::SendNodeHeartbeatRequest,
+    ) -> Result<pb::SendNodeHeartbeatResponse, Status> {
+        let node_id = self.known(req.node.map(legacy_node))?;
+        if let Some(node) = self.lock().get_mut(&node_id) {
+            node.heartbeats = true;
+        }
+        let seconds = interval(req.heartbeat_interval);
+        let success = shared
+            .with_state(|s| s.heartbeat(node_id, seconds, unix_now()))
+            .unwrap_or(false);
+        Ok(pb::SendNodeHeartbeatResponse { success })
+    }
+
+    /// `PullMessages` of a keyless node: in its era's form, nothing while
+    /// its era is unknown.
+    pub(crate) async fn pull_messages(
+        &self,
+        shared: &Arc<Shared>,
+        req: &pb::PullMessagesRequest,
+    ) -> Result<pb::PullMessagesWireResponse, Status> {
+        let node_id = self.known(req.node.map(legacy_node))?;
+        match self.era(node_id) {
+            None => Ok(pb::PullMessagesWireResponse::default()),
+            Some(Era::Inline) => {
+                let Some(message) = next_instruction(shared, node_id).await else {
+                    return Ok(pb::PullMessagesWireResponse::default());
+                };
+                let legacy = match legacy_message(&message) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(node_id, error = %e, "instruction has no flwr 1.15 form");
+                        return Ok(pb::PullMessagesWireResponse::default());
+                    }
+                };
+                let metadata = pb::Metadata::from(&message.metadata);
+                let _ = shared
+                    .with_state(|s| s.confirm(node_id, metadata.run_id, &metadata.message_id));
+                self.delivered(node_id, metadata);
+                Ok(pb::PullMessagesWireResponse {
+                    reconnect: None,
+                    messages_list: vec![Bytes::from(legacy.encode_to_vec())],
+                    field_3: Vec::new(),
+                })
+            }
+            Some(Era::Objects) => {
+                let now = unix_now();
+                let Some((wire, tree)) = shared.with_state(|s| s.pull_messages(node_id, now))
+                else {
+                    return Ok(pb::PullMessagesWireResponse::default());
+                };
+                let root = tree.object_id.clone();
+                let object_ids = ObjectTree::from_proto(&tree, &shared.limits)
+                    .map(|t| {
+                        t.unique_ids()
+                            .iter()
+                            .filter(|id| **id != t.id)
+                            .map(ObjectId::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let entry = pb::ObjectIdsEntry {
+                    key: root,
+                    value: Some(pb::ObjectIDs { object_ids }),
+                };
+                Ok(pb::PullMessagesWireResponse {
+                    reconnect: None,
+                    messages_list: vec![Bytes::from(wire.encode_to_vec())],
+                    field_3: vec![Bytes::from(entry.encode_to_vec())],
+                })
+            }
+        }
+    }
+
+    /// `PushMessages` of a keyless node: an inline reply (1.15-1.18) or a
+    /// reply's object tree (1.19-1.22, told by its trees).
+    pub(crate) fn push_messages(
+        &self,
+        shared: &Arc<Shared>,
+        req: pb::PushMessagesWireRequest,
+    ) -> Result<pb::PushMessagesWireResponse, Status> {
+        let node_id = self.known(req.node)?;
+        let reconnect = Some(pb::Reconnect {
+            reconnect: RECONNECT_SECONDS,
+        });
+        let first = req
+            .messages_list
+            .first()
+            .ok_or_else(|| invalid("PushMessages without a message"))?;
+        if let Some(tree) = req.message_object_trees.first() {
+            let message = pb::Message::decode(first.clone()).map_err(invalid)?;
+            let tree = pb::ObjectTree::decode(tree.clone()).map_err(invalid)?;
+            let accepted = shared
+                .with_state(|s| s.push_messages(node_id, &message, &tree, unix_now()))
+                .map_err(|_| run_refused())?;
+            let mut objects_to_push = Vec::new();
+            if !accepted.objects_to_push.is_empty() {
+                let entry = pb::ObjectIdsEntry {
+                    key: accepted.message_id.clone(),
+                    value: Some(pb::ObjectIDs {
+                        object_ids: accepted.objects_to_push,
+                    }),
+                };
+                objects_to_push.push(Bytes::from(entry.encode_to_vec()));
+            }
+            return Ok(pb::PushMessagesWireResponse {
+                reconnect,
+                results: [(accepted.message_id, 0)].into_iter().collect(),
+                objects_to_push,
+                session_id: String::new(),
+            });
+        }
+        let message = pb::LegacyMessage::decode(first.clone()).map_err(invalid)?;
+        let reply_to = message
+            .metadata
+            .as_ref()
+            .map(|m| m.reply_to_message_id.clone())
+            .unwrap_or_default();
+        let results = match self.take_delivered(node_id, &reply_to) {
+            Some(instruction) => {
+                let reply = reply_message(LegacyReply::from(message), node_id, &instruction)
+                    .map_err(|e| {
+                        warn!(node_id, error = %e, "unreadable reply");
+                        invalid(e)
+                    })?;
+                let message_id = store_reply(shared, node_id, &reply)?;
+                [(message_id, 0)].into_iter().collect()
+            }
+            None => {
+                debug!(node_id, "reply answers no delivered instruction");
+                BTreeMap::new()
+            }
+        };
+        Ok(pb::PushMessagesWireResponse {
+            reconnect,
+            results,
+            objects_to_push: Vec::new(),
+            session_id: String::new(),
+        })
+    }
+
+    /// `PullObject` of a keyless node (flwr 1.19-1.22).
+    pub(crate) fn pull_object(
+        &self,
+        shared: &Arc<Shared>,
+        req: &pb::PullObjectRequest,
+    ) -> Result<pb::PullObjectResponse, Status> {
+        self.known(req.node.map(legacy_node))?;
+        let found = shared
+            .read_state(|s| s.pull_object(req.run_id, &req.object_id))
+            .map_err(|_| run_refused())?;
+        let (object_found, object_available, object_content) = match found {
+            Lookup::NotFound => (false, false, Bytes::new()),
+            Lookup::Pending => (true, false, Bytes::new()),
+            Lookup::Found(c) => (true, true, c.to_bytes()),
+        };
+        Ok(pb::PullObjectResponse {
+            object_found,
+            object_available,
+            object_content,
+        })
+    }
+
+    /// `PushObject` of a keyless node (flwr 1.19-1.22: no session id, so
+    /// the node's reply in progress).
+    pub(crate) async fn push_object(
+        &self,
+        service: &Service,
+        req: pb::PushObjectRequest,
+    ) -> Result<pb::PushObjectResponse, Status> {
+        let node_id = self.known(req.node.map(legacy_node))?;
+        service
+            .shared
+            .read_state(|s| s.check_running(req.run_id))
+            .map_err(|_| run_refused())?;
+        let stored = service
+            .push_object(node_id, req)
+            .await
+            .map_err(|_| Status::unavailable("Service unavailable."))?;
+        Ok(pb::PushObjectResponse { stored })
+    }
+
+    /// `ConfirmMessageReceived` of a keyless node (flwr 1.19-1.22).
+    pub(crate) fn confirm_message_received(
+        &self,
+        shared: &Arc<Shared>,
+        req: &pb::ConfirmMessageReceivedRequest,
+    ) -> Result<pb::ConfirmMessageReceivedResponse, Status> {
+        let node_id = self.known(req.node.map(legacy_node))?;
+        shared
+            .with_state(|s| s.confirm(node_id, req.run_id, &req.message_object_id))
+            .map_err(|_| run_refused())?;
+        Ok(pb::ConfirmMessageReceivedResponse {})
+    }
+
+    fn take_delivered(&self, node_id: u64, message_id: &str) -> Option<pb::Metadata> {
+        self.lock()
+            .get_mut(&node_id)
+            .and_then(|n| n.delivered.remove(message_id))
     }
 
     /// `GetRun` of a keyless node.
@@ -201,10 +464,7 @@ impl KeylessNodes {
         shared: &Arc<Shared>,
         req: &pb::GetRunRequest,
     ) -> Result<pb::GetRunResponse, Status> {
-        let node_id = self.known(req.node.map(|n| pb::LegacyNode {
-            node_id: n.node_id,
-            anonymous: false,
-        }))?;
+        let node_id = self.known(req.node.map(legacy_node))?;
         let run = shared
             .read_state(|s| s.run_info(req.run_id).cloned())
             .ok_or_else(run_refused)?;
@@ -223,10 +483,7 @@ impl KeylessNodes {
         shared: &Arc<Shared>,
         req: &pb::GetFabRequest,
     ) -> Result<pb::GetFabResponse, Status> {
-        let node_id = self.known(req.node.map(|n| pb::LegacyNode {
-            node_id: n.node_id,
-            anonymous: false,
-        }))?;
+        let node_id = self.known(req.node.map(legacy_node))?;
         let mut runs = self
             .lock()
             .get(&node_id)
@@ -269,9 +526,7 @@ impl KeylessNodes {
         // The node now has the whole instruction: its objects need not wait
         // for a `ConfirmMessageReceived` that never comes.
         let _ = shared.with_state(|s| s.confirm(node_id, metadata.run_id, &metadata.message_id));
-        if let Some(node) = self.lock().get_mut(&node_id) {
-            node.delivered.insert(metadata.message_id.clone(), metadata);
-        }
+        self.delivered(node_id, metadata);
         Ok(pb::PullTaskInsResponse {
             reconnect: None,
             task_ins_list: vec![task_ins],
@@ -297,11 +552,7 @@ impl KeylessNodes {
             .and_then(|t| t.ancestry.first())
             .cloned()
             .unwrap_or_default();
-        let instruction = self
-            .lock()
-            .get_mut(&node_id)
-            .and_then(|n| n.delivered.remove(&reply_to));
-        let Some(instruction) = instruction else {
+        let Some(instruction) = self.take_delivered(node_id, &reply_to) else {
             // Like flwr, a reply to nothing known is dropped.
             debug!(node_id, "TaskRes answers no delivered instruction");
             return Ok(pb::PushTaskResResponse {
@@ -311,7 +562,7 @@ impl KeylessNodes {
                 results: BTreeMap::new(),
             });
         };
-        let reply = reply_from_task_res(res, node_id, &instruction).map_err(|e| {
+        let reply = reply_message(LegacyReply::from(res), node_id, &instruction).map_err(|e| {
             warn!(node_id, error = %e, "unreadable TaskRes");
             invalid(e)
         })?;
@@ -510,35 +761,93 @@ pub(crate) fn task_ins(message: &Message, node_id: u64) -> Result<pb::TaskIns, F
     })
 }
 
-/// A node's `TaskRes` as the reply to `instruction`: from the node to the
-/// SuperLink, with the instruction's task ids swapped (as flwr 1.42's
+/// An instruction as flwr 1.15-1.18's SuperLink sends it: the `Message`
+/// with its content inline as a `RecordSet`.
+pub(crate) fn legacy_message(message: &Message) -> Result<pb::LegacyMessage, FleetError> {
+    let (content, error) = match &message.payload {
+        Payload::Content(c) => (Some(record_set(c)?), None),
+        Payload::Error(e) => (None, Some(pb::Error::from(e))),
+    };
+    Ok(pb::LegacyMessage {
+        metadata: Some(pb::Metadata::from(&message.metadata)),
+        content,
+        error,
+    })
+}
+
+/// What a reply of flwr ≤ 1.18 says, from a `TaskRes` or a `Message`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LegacyReply {
+    /// The node that sent it.
+    producer: u64,
+    run_id: u64,
+    group_id: String,
+    ttl: f64,
+    message_type: String,
+    created_at: f64,
+    content: Option<pb::RecordSet>,
+    error: Option<pb::Error>,
+}
+
+impl From<pb::TaskRes> for LegacyReply {
+    fn from(res: pb::TaskRes) -> Self {
+        let task = res.task.unwrap_or_default();
+        LegacyReply {
+            producer: task.producer.unwrap_or_default().node_id,
+            run_id: res.run_id,
+            group_id: res.group_id,
+            ttl: task.ttl,
+            message_type: task.task_type,
+            created_at: task.created_at,
+            content: task.recordset,
+            error: task.error,
+        }
+    }
+}
+
+impl From<pb::LegacyMessage> for LegacyReply {
+    fn from(m: pb::LegacyMessage) -> Self {
+        let md = m.metadata.unwrap_or_default();
+        LegacyReply {
+            producer: md.src_node_id,
+            run_id: md.run_id,
+            group_id: md.group_id,
+            ttl: md.ttl,
+            message_type: md.message_type,
+            created_at: md.created_at,
+            content: m.content,
+            error: m.error,
+        }
+    }
+}
+
+/// A node's reply to `instruction`: from the node to the SuperLink, with
+/// the instruction's task ids swapped (as flwr 1.42's
 /// `Message.create_reply` sets them).
-pub(crate) fn reply_from_task_res(
-    res: pb::TaskRes,
+pub(crate) fn reply_message(
+    reply: LegacyReply,
     node_id: u64,
     instruction: &pb::Metadata,
 ) -> Result<Message, FleetError> {
-    let task = res.task.unwrap_or_default();
-    let producer = task.producer.unwrap_or_default().node_id;
-    if producer != node_id {
+    if reply.producer != node_id {
         return Err(FleetError::Codec(flower_message::Error::InvalidValue(
-            format!("TaskRes of node {producer} pushed by node {node_id}"),
+            format!("reply of node {} pushed by node {node_id}", reply.producer),
         )));
     }
     let metadata = Metadata {
-        run_id: res.run_id,
+        run_id: reply.run_id,
         message_id: String::new(),
         src_node_id: node_id,
         dst_node_id: SUPERLINK_NODE_ID,
         reply_to_message_id: instruction.message_id.clone(),
-        group_id: res.group_id,
-        ttl: task.ttl,
-        message_type: task.task_type,
-        created_at: task.created_at,
+        group_id: reply.group_id,
+        ttl: reply.ttl,
+        message_type: reply.message_type,
+        created_at: reply.created_at,
         src_task_id: instruction.dst_task_id,
         dst_task_id: instruction.src_task_id,
     };
-    Ok(match (task.recordset, task.error) {
+    Ok(match (reply.content, reply.error) {
         (_, Some(e)) => Message::with_error(metadata, MessageError::from(e)),
         (Some(set), None) => Message::new(metadata, record_dict(set)?),
         (None, None) => Message::new(metadata, RecordDict::new()),

@@ -386,7 +386,7 @@ impl Service {
 
     /// Stores one pushed object if its session awaits it and it is valid
     /// (hash and head); a node pushing a bad object fails its exchange.
-    async fn push_object(
+    pub(crate) async fn push_object(
         &self,
         node_id: u64,
         req: pb::PushObjectRequest,

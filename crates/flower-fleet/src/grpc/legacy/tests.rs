@@ -92,7 +92,7 @@ fn task_ins_and_task_res_follow_flwr_1_13() {
         }),
     };
     let instruction = pb::Metadata::from(&metadata);
-    let reply = reply_from_task_res(res.clone(), 42, &instruction).expect("reply");
+    let reply = reply_message(LegacyReply::from(res.clone()), 42, &instruction).expect("reply");
     assert_eq!(reply.metadata.src_node_id, 42);
     assert_eq!(reply.metadata.dst_node_id, SUPERLINK_NODE_ID);
     assert_eq!(reply.metadata.reply_to_message_id, metadata.message_id);
@@ -101,7 +101,7 @@ fn task_ins_and_task_res_follow_flwr_1_13() {
     assert_eq!(reply.metadata.ttl, 599.0);
     assert_eq!(reply.content(), Some(&content()));
     // Another node's TaskRes is refused.
-    assert!(reply_from_task_res(res.clone(), 43, &instruction).is_err());
+    assert!(reply_message(LegacyReply::from(res.clone()), 43, &instruction).is_err());
 
     // An error reply stays an error.
     let mut failed = res;
@@ -112,7 +112,7 @@ fn task_ins_and_task_res_follow_flwr_1_13() {
             reason: "boom".into(),
         });
     }
-    let reply = reply_from_task_res(failed, 42, &instruction).expect("error reply");
+    let reply = reply_message(LegacyReply::from(failed), 42, &instruction).expect("error reply");
     assert_eq!(reply.error().map(|e| e.code), Some(4));
 }
 
