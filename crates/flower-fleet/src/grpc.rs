@@ -4,9 +4,10 @@
 //! (`flwr-public-key-bin`: raw PEM, `flwr-signature-bin`: raw DER,
 //! `flwr-timestamp`) and then handled by the HTTP service's own handlers,
 //! so both transports share one link state and one set of rules. The
-//! keyless SuperNodes of 1.13 to 1.22 (`CreateNode`, `Ping`,
-//! `PullTaskIns`, ..., and any RPC without signature metadata) are handled
-//! by [`legacy`] on the same link state.
+//! SuperNodes of 1.13 to 1.22 (`CreateNode`, `Ping`, `PullTaskIns`, ...,
+//! and every call of a node created with `CreateNode` or without signature
+//! metadata) are answered by [`legacy`] in their release's wire form, on
+//! the same link state.
 //!
 //! Refusals become gRPC statuses the way flwr's `grpc_rere` servicer
 //! aborts: `UNAUTHENTICATED` for identity failures (the SuperNode stops),
@@ -28,27 +29,72 @@ use crate::http::{Rpc, Service};
 
 mod legacy;
 
-/// flwr's ≤ 1.39 metadata keys.
-const PUBLIC_KEY_BIN: &str = "flwr-public-key-bin";
-const SIGNATURE_BIN: &str = "flwr-signature-bin";
-const TIMESTAMP: &str = "flwr-timestamp";
+/// The metadata names of a node's signature (public key PEM, DER
+/// signature, timestamp): flwr 1.16+, then flwr 1.15.
+const SIGNATURE_NAMES: [(&str, &str, &str); 2] = [
+    (
+        "flwr-public-key-bin",
+        "flwr-signature-bin",
+        "flwr-timestamp",
+    ),
+    ("public-key-bin", "signature-bin", "timestamp"),
+];
 
 /// The gRPC face of the Fleet service.
 #[derive(Debug, Clone)]
 pub(crate) struct GrpcFleet {
     service: Arc<Service>,
-    keyless: Arc<legacy::KeylessNodes>,
+    old: Arc<legacy::OldNodes>,
 }
 
 fn status(e: ApiError) -> Status {
     match e {
-        ApiError::Unauthenticated => {
-            Status::unauthenticated(flower_auth::node::INVALID_NODE_AUTH_MESSAGE)
-        }
+        ApiError::Unauthenticated => unauthenticated(),
         ApiError::Refused(code) => Status::unauthenticated(code.message()),
         ApiError::Forbidden(code) => Status::permission_denied(code.message()),
         ApiError::Unavailable => Status::unavailable("Service unavailable."),
     }
+}
+
+fn unauthenticated() -> Status {
+    Status::unauthenticated(flower_auth::node::INVALID_NODE_AUTH_MESSAGE)
+}
+
+/// The verified signer of a request; `None` when it carries no signature
+/// metadata (flwr 1.13/1.14 nodes).
+fn signer(metadata: &MetadataMap) -> Result<Option<NodePublicKey>, Status> {
+    for (key_name, signature_name, timestamp_name) in SIGNATURE_NAMES {
+        let Some(key) = metadata.get_bin(key_name) else {
+            continue;
+        };
+        let key = key.to_bytes().map_err(|_| unauthenticated())?;
+        let signature = metadata
+            .get_bin(signature_name)
+            .and_then(|v| v.to_bytes().ok())
+            .ok_or_else(unauthenticated)?;
+        let timestamp = metadata.get(timestamp_name).ok_or_else(unauthenticated)?;
+        return verify_node_signature_raw(
+            &key,
+            timestamp.as_bytes(),
+            &signature,
+            SystemTime::now(),
+        )
+        .map(Some)
+        .map_err(|e| {
+            // Only the reason, never a key or signature.
+            debug!(error = %e, "grpc node authentication failed");
+            unauthenticated()
+        });
+    }
+    Ok(None)
+}
+
+/// Who answers an RPC whose name flwr ≤ 1.22 and 1.23+ share.
+enum Route {
+    /// A node created with `CreateNode`, or an unsigned call.
+    Old(Option<NodePublicKey>),
+    /// A 1.23+ node: the HTTP service's handler.
+    Current(NodePublicKey),
 }
 
 impl GrpcFleet {
@@ -56,30 +102,19 @@ impl GrpcFleet {
     pub(crate) fn new(service: Arc<Service>) -> Self {
         GrpcFleet {
             service,
-            keyless: Arc::default(),
+            old: Arc::default(),
         }
     }
 
-    fn authenticate(metadata: &MetadataMap) -> Result<NodePublicKey, Status> {
-        let unauthenticated =
-            || Status::unauthenticated(flower_auth::node::INVALID_NODE_AUTH_MESSAGE);
-        let key = metadata
-            .get_bin(PUBLIC_KEY_BIN)
-            .and_then(|v| v.to_bytes().ok())
-            .ok_or_else(unauthenticated)?;
-        let signature = metadata
-            .get_bin(SIGNATURE_BIN)
-            .and_then(|v| v.to_bytes().ok())
-            .ok_or_else(unauthenticated)?;
-        let timestamp = metadata.get(TIMESTAMP).ok_or_else(unauthenticated)?;
-        verify_node_signature_raw(&key, timestamp.as_bytes(), &signature, SystemTime::now())
-            .map_err(|e| {
-                // Only the reason, never a key or signature.
-                debug!(error = %e, "grpc node authentication failed");
-                unauthenticated()
-            })
+    fn route(&self, metadata: &MetadataMap) -> Result<Route, Status> {
+        Ok(match signer(metadata)? {
+            None => Route::Old(None),
+            Some(key) if self.old.owns(&key) => Route::Old(Some(key)),
+            Some(key) => Route::Current(key),
+        })
     }
 
+    /// A 1.23+ RPC: authenticated, then the HTTP service's handler.
     async fn call<Req, Resp>(
         &self,
         rpc: Rpc,
@@ -89,10 +124,23 @@ impl GrpcFleet {
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        let key = Self::authenticate(request.metadata())?;
+        let key = signer(request.metadata())?.ok_or_else(unauthenticated)?;
+        self.call_as(rpc, &key, request).await
+    }
+
+    async fn call_as<Req, Resp>(
+        &self,
+        rpc: Rpc,
+        key: &NodePublicKey,
+        request: Request<Req>,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
         let body = Bytes::from(request.into_inner().encode_to_vec());
         let out = if rpc == Rpc::PullObject {
-            let parts = self.service.pull_object(&key, &body).map_err(status)?;
+            let parts = self.service.pull_object(key, &body).map_err(status)?;
             let mut joined = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
             for part in parts {
                 joined.extend_from_slice(&part);
@@ -101,7 +149,7 @@ impl GrpcFleet {
         } else {
             Bytes::from(
                 self.service
-                    .dispatch(rpc, &key, &body)
+                    .dispatch(rpc, key, &body)
                     .await
                     .map_err(status)?,
             )
@@ -146,114 +194,125 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::SendNodeHeartbeatRequest>,
     ) -> Result<Response<pb::SendNodeHeartbeatResponse>, Status> {
-        if !legacy::is_keyed(request.metadata()) {
-            return self
-                .keyless
-                .send_node_heartbeat(&self.service.shared, request.get_ref())
-                .map(Response::new);
+        match self.route(request.metadata())? {
+            Route::Old(caller) => self
+                .old
+                .send_node_heartbeat(&self.service.shared, caller.as_ref(), request.get_ref())
+                .map(Response::new),
+            Route::Current(key) => self.call_as(Rpc::SendNodeHeartbeat, &key, request).await,
         }
-        self.call(Rpc::SendNodeHeartbeat, request).await
     }
 
     async fn pull_messages(
         &self,
         request: Request<pb::PullMessagesRequest>,
     ) -> Result<Response<pb::PullMessagesWireResponse>, Status> {
-        if !legacy::is_keyed(request.metadata()) {
-            return self
-                .keyless
-                .pull_messages(&self.service.shared, request.get_ref())
+        match self.route(request.metadata())? {
+            Route::Old(caller) => self
+                .old
+                .pull_messages(&self.service.shared, caller.as_ref(), request.get_ref())
                 .await
-                .map(Response::new);
+                .map(Response::new),
+            Route::Current(key) => self.call_as(Rpc::PullMessages, &key, request).await,
         }
-        self.call(Rpc::PullMessages, request).await
     }
 
     async fn push_messages(
         &self,
         request: Request<pb::PushMessagesWireRequest>,
     ) -> Result<Response<pb::PushMessagesWireResponse>, Status> {
-        if !legacy::is_keyed(request.metadata()) {
-            return self
-                .keyless
-                .push_messages(&self.service.shared, request.into_inner())
-                .map(Response::new);
+        match self.route(request.metadata())? {
+            Route::Old(caller) => self
+                .old
+                .push_messages(&self.service.shared, caller.as_ref(), request.into_inner())
+                .map(Response::new),
+            Route::Current(key) => self.call_as(Rpc::PushMessages, &key, request).await,
         }
-        self.call(Rpc::PushMessages, request).await
     }
 
     async fn get_run(
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::GetRunResponse>, Status> {
-        if !legacy::is_keyed(request.metadata()) {
-            return self
-                .keyless
-                .get_run(&self.service.shared, request.get_ref())
-                .map(Response::new);
+        match self.route(request.metadata())? {
+            Route::Old(caller) => self
+                .old
+                .get_run(&self.service.shared, caller.as_ref(), request.get_ref())
+                .map(Response::new),
+            Route::Current(key) => self.call_as(Rpc::GetRun, &key, request).await,
         }
-        self.call(Rpc::GetRun, request).await
     }
 
     async fn get_fab(
         &self,
         request: Request<pb::GetFabRequest>,
     ) -> Result<Response<pb::GetFabResponse>, Status> {
-        if !legacy::is_keyed(request.metadata()) {
-            return self
-                .keyless
-                .get_fab(&self.service.shared, request.get_ref())
-                .map(Response::new);
+        match self.route(request.metadata())? {
+            Route::Old(caller) => self
+                .old
+                .get_fab(&self.service.shared, caller.as_ref(), request.get_ref())
+                .map(Response::new),
+            Route::Current(key) => self.call_as(Rpc::GetFab, &key, request).await,
         }
-        self.call(Rpc::GetFab, request).await
     }
 
     async fn push_object(
         &self,
         request: Request<pb::PushObjectRequest>,
     ) -> Result<Response<pb::PushObjectResponse>, Status> {
-        if !legacy::is_keyed(request.metadata()) {
-            return self
-                .keyless
-                .push_object(&self.service, request.into_inner())
+        match self.route(request.metadata())? {
+            Route::Old(caller) => self
+                .old
+                .push_object(&self.service, caller.as_ref(), request.into_inner())
                 .await
-                .map(Response::new);
+                .map(Response::new),
+            Route::Current(key) => self.call_as(Rpc::PushObject, &key, request).await,
         }
-        self.call(Rpc::PushObject, request).await
     }
 
     async fn pull_object(
         &self,
         request: Request<pb::PullObjectRequest>,
     ) -> Result<Response<pb::PullObjectResponse>, Status> {
-        if !legacy::is_keyed(request.metadata()) {
-            return self
-                .keyless
-                .pull_object(&self.service.shared, request.get_ref())
-                .map(Response::new);
+        match self.route(request.metadata())? {
+            Route::Old(caller) => self
+                .old
+                .pull_object(&self.service.shared, caller.as_ref(), request.get_ref())
+                .map(Response::new),
+            Route::Current(key) => self.call_as(Rpc::PullObject, &key, request).await,
         }
-        self.call(Rpc::PullObject, request).await
     }
 
     async fn confirm_message_received(
         &self,
         request: Request<pb::ConfirmMessageReceivedRequest>,
     ) -> Result<Response<pb::ConfirmMessageReceivedResponse>, Status> {
-        if !legacy::is_keyed(request.metadata()) {
-            return self
-                .keyless
-                .confirm_message_received(&self.service.shared, request.get_ref())
-                .map(Response::new);
+        match self.route(request.metadata())? {
+            Route::Old(caller) => self
+                .old
+                .confirm_message_received(&self.service.shared, caller.as_ref(), request.get_ref())
+                .map(Response::new),
+            Route::Current(key) => {
+                self.call_as(Rpc::ConfirmMessageReceived, &key, request)
+                    .await
+            }
         }
-        self.call(Rpc::ConfirmMessageReceived, request).await
     }
 
     async fn create_node(
         &self,
         request: Request<pb::CreateNodeRequest>,
     ) -> Result<Response<pb::CreateNodeResponse>, Status> {
-        self.keyless
-            .create_node(&self.service.shared, request.metadata(), request.get_ref())
+        let caller = signer(request.metadata())?;
+        let authorized = caller.as_ref().is_some_and(|k| self.service.authorized(k));
+        self.old
+            .create_node(
+                &self.service.shared,
+                request.metadata(),
+                caller.as_ref(),
+                authorized,
+                request.get_ref(),
+            )
             .map(Response::new)
     }
 
@@ -261,8 +320,9 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::DeleteNodeRequest>,
     ) -> Result<Response<pb::DeleteNodeResponse>, Status> {
-        self.keyless
-            .delete_node(&self.service.shared, request.get_ref())
+        let caller = signer(request.metadata())?;
+        self.old
+            .delete_node(&self.service.shared, caller.as_ref(), request.get_ref())
             .map(Response::new)
     }
 
@@ -270,8 +330,9 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::PingRequest>,
     ) -> Result<Response<pb::PingResponse>, Status> {
-        self.keyless
-            .ping(&self.service.shared, request.get_ref())
+        let caller = signer(request.metadata())?;
+        self.old
+            .ping(&self.service.shared, caller.as_ref(), request.get_ref())
             .map(Response::new)
     }
 
@@ -279,8 +340,9 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::PullTaskInsRequest>,
     ) -> Result<Response<pb::PullTaskInsResponse>, Status> {
-        self.keyless
-            .pull_task_ins(&self.service.shared, request.get_ref())
+        let caller = signer(request.metadata())?;
+        self.old
+            .pull_task_ins(&self.service.shared, caller.as_ref(), request.get_ref())
             .await
             .map(Response::new)
     }
@@ -289,8 +351,9 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::PushTaskResRequest>,
     ) -> Result<Response<pb::PushTaskResResponse>, Status> {
-        self.keyless
-            .push_task_res(&self.service.shared, request.into_inner())
+        let caller = signer(request.metadata())?;
+        self.old
+            .push_task_res(&self.service.shared, caller.as_ref(), request.into_inner())
             .map(Response::new)
     }
 }

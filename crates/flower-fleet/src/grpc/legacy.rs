@@ -1,8 +1,8 @@
-//! Keyless SuperNodes of flwr 1.13 to 1.22 over gRPC: `CreateNode`,
-//! `DeleteNode`, `Ping`, and, without signature metadata, the RPCs whose
-//! names 1.23+ kept (`PullMessages`, `GetRun`, ...), following flwr's
-//! `grpc_rere` servicer and `message_handler.py` of those releases. Three
-//! eras, each wire-compatible with its release's protos:
+//! SuperNodes of flwr 1.13 to 1.22 over gRPC: `CreateNode`, `DeleteNode`,
+//! `Ping`, and, for the nodes created so, the RPCs whose names 1.23+ kept
+//! (`PullMessages`, `GetRun`, ...), following flwr's `grpc_rere` servicer
+//! and `message_handler.py` of those releases. Three eras, each
+//! wire-compatible with its release's protos:
 //!
 //! * 1.13/1.14: `PullTaskIns`/`PushTaskRes`, the content inline as a
 //!   `RecordSet` in a `Task`; `Ping` as the heartbeat.
@@ -16,13 +16,20 @@
 //! calls (`PullTaskIns`; `Ping` or `SendNodeHeartbeat` before its first
 //! `PullMessages`, which stays empty until then).
 //!
-//! Those nodes have no key unless started with `--auth-supernode-*`, whose
-//! scheme (an ECDH secret with the SuperLink's key, HMACs in `public-key`
-//! and `auth-token` metadata) this server does not implement: such a node
-//! is refused with `UNAUTHENTICATED`, and so is every keyless node when
+//! Keys: 1.15 signs every call as 1.23+ does under other metadata names
+//! (`public-key-bin`, `signature-bin`, `timestamp`), 1.16-1.22 under the
+//! same names (`flwr-public-key-bin`, ...), with a key of their own or one
+//! generated at start: such a node is registered and activated under its
+//! key at `CreateNode` (with SuperNode authentication on, only an
+//! authorized key), and every later call must be signed by it. 1.13/1.14
+//! nodes have no key unless started with `--auth-supernode-*`, whose scheme
+//! (an ECDH secret with the SuperLink's key, HMACs in `public-key` and
+//! `auth-token` metadata) this server does not implement: such a node is
+//! refused with `UNAUTHENTICATED`, and so is every keyless node when
 //! SuperNode authentication is on. A keyless node is entered in the link
 //! state under a random stand-in key, so its id is derived as for every
-//! self-registered node ([`node_id_for_key`](crate::state::node_id_for_key)).
+//! self-registered node ([`node_id_for_key`](crate::state::node_id_for_key)),
+//! and its calls must carry no signature.
 //!
 //! Inline instructions are inflated from the instruction's objects and
 //! translated (a `RecordDict` becomes a `RecordSet`); an inline reply is
@@ -33,6 +40,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use flower_auth::node::{NodePublicKey, INVALID_NODE_AUTH_MESSAGE};
 use flower_message::{
     deflate, inflate, ArrayRecord, ConfigRecord, ConfigValue, Message, MessageError, Metadata,
     MetricRecord, MetricValue, ObjectId, ObjectTree, Payload, Record, RecordDict, VerifiedObjects,
@@ -60,11 +68,14 @@ const RECONNECT_SECONDS: u64 = 5;
 /// (those start with 0x02, 0x03 or 0x04), so never one a keyed node has.
 const STAND_IN_PREFIX: &[u8] = b"flwr-keyless-node:";
 
-/// What is kept per keyless node besides the link state's entry.
+/// What is kept per node of flwr ≤ 1.22 besides the link state's entry.
 #[derive(Debug, Default)]
-struct KeylessNode {
-    /// The stand-in key the link state knows the node by.
+struct OldNode {
+    /// The key the link state knows the node by: its public key's SEC1
+    /// bytes, or a keyless node's stand-in.
     key: Vec<u8>,
+    /// Whether `key` is the node's public key (its calls are signed).
+    keyed: bool,
     /// Delivered instructions by message id: their metadata, for the
     /// reply's task ids.
     delivered: HashMap<String, pb::Metadata>,
@@ -86,16 +97,11 @@ enum Era {
     Objects,
 }
 
-/// The keyless (flwr 1.13/1.14) nodes of the gRPC Fleet service.
+/// The nodes of the gRPC Fleet service created with `CreateNode` (flwr
+/// ≤ 1.22).
 #[derive(Debug, Default)]
-pub(crate) struct KeylessNodes {
-    nodes: Mutex<HashMap<u64, KeylessNode>>,
-}
-
-/// Whether the request carries the ≤ 1.39 signature metadata (a keyed
-/// SuperNode); keyless calls of 1.13/1.14 carry none.
-pub(crate) fn is_keyed(metadata: &MetadataMap) -> bool {
-    metadata.get_bin(super::PUBLIC_KEY_BIN).is_some()
+pub(crate) struct OldNodes {
+    nodes: Mutex<HashMap<u64, OldNode>>,
 }
 
 /// A peer's malformed request.
@@ -128,20 +134,42 @@ fn interval(seconds: f64) -> f64 {
     seconds.clamp(HEARTBEAT_MIN_INTERVAL, HEARTBEAT_MAX_INTERVAL)
 }
 
-impl KeylessNodes {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, KeylessNode>> {
+impl OldNodes {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, OldNode>> {
         // The map is only ever changed by whole-entry operations.
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The node id of a keyless request, if it is a keyless node's.
-    fn known(&self, node: Option<pb::LegacyNode>) -> Result<u64, Status> {
+    /// The node id of a request from `caller` (`None`: unsigned), if it
+    /// names an old node that `caller` may speak for.
+    fn known(
+        &self,
+        node: Option<pb::LegacyNode>,
+        caller: Option<&NodePublicKey>,
+    ) -> Result<u64, Status> {
         let node_id = node.unwrap_or_default().node_id;
-        if self.lock().contains_key(&node_id) {
+        let nodes = self.lock();
+        let Some(entry) = nodes.get(&node_id) else {
+            return Err(unknown_node(node_id));
+        };
+        let allowed = match caller {
+            Some(key) => entry.keyed && entry.key == key.sec1_bytes(),
+            None => !entry.keyed,
+        };
+        if allowed {
             Ok(node_id)
         } else {
-            Err(unknown_node(node_id))
+            debug!(node_id, "call not signed by the node's key");
+            Err(Status::unauthenticated(INVALID_NODE_AUTH_MESSAGE))
         }
+    }
+
+    /// Whether `key` belongs to a node created with `CreateNode` (whose
+    /// calls are answered in its era's form).
+    pub(crate) fn owns(&self, key: &NodePublicKey) -> bool {
+        self.lock()
+            .values()
+            .any(|n| n.keyed && n.key == key.sec1_bytes())
     }
 
     /// The node's message era, once its heartbeat RPC told.
@@ -164,12 +192,15 @@ impl KeylessNodes {
         }
     }
 
-    /// `CreateNode`: a keyless node, online at once (flwr ≤ 1.22 has no
-    /// separate activation).
+    /// `CreateNode`: a node online at once (flwr ≤ 1.22 has no separate
+    /// activation), under `caller`'s key (`authorized`: in the authorized
+    /// set) or, unsigned, keyless.
     pub(crate) fn create_node(
         &self,
         shared: &Arc<Shared>,
         metadata: &MetadataMap,
+        caller: Option<&NodePublicKey>,
+        authorized: bool,
         req: &pb::CreateNodeRequest,
     ) -> Result<pb::CreateNodeResponse, Status> {
         if OLD_AUTH_KEYS.iter().any(|k| metadata.contains_key(*k)) {
@@ -182,6 +213,9 @@ impl KeylessNodes {
             return Err(Status::unauthenticated(
                 "SuperNode authentication of flwr <= 1.22 is not supported by this server",
             ));
+        }
+        if let Some(key) = caller {
+            return self.create_keyed_node(shared, key, authorized, req);
         }
         if shared.read_state(|s| s.supernode_auth_enabled()) {
             warn!(
@@ -208,12 +242,55 @@ impl KeylessNodes {
             })?;
         self.lock().insert(
             node_id,
-            KeylessNode {
+            OldNode {
                 key,
-                ..KeylessNode::default()
+                ..OldNode::default()
             },
         );
         info!(node_id, "keyless SuperNode (flwr <= 1.22) created");
+        Ok(pb::CreateNodeResponse {
+            node: Some(pb::LegacyNode {
+                node_id,
+                anonymous: false,
+            }),
+        })
+    }
+
+    fn create_keyed_node(
+        &self,
+        shared: &Arc<Shared>,
+        key: &NodePublicKey,
+        authorized: bool,
+        req: &pb::CreateNodeRequest,
+    ) -> Result<pb::CreateNodeResponse, Status> {
+        let sec1 = key.sec1_bytes().to_vec();
+        let now = unix_now();
+        let seconds = interval(req.ping_interval);
+        let node_id = shared
+            .with_state(|s| {
+                // A node restarted with the same key is taken back.
+                if !s.supernode_auth_enabled() && s.node_for_key(&sec1).is_none() {
+                    s.register(&sec1)?;
+                }
+                s.activate(&sec1, seconds, authorized, now)
+            })
+            .map_err(|e| {
+                warn!(key = key.fingerprint(), error = %e, "SuperNode (flwr <= 1.22) refused");
+                Status::unauthenticated(INVALID_NODE_AUTH_MESSAGE)
+            })?;
+        self.lock().insert(
+            node_id,
+            OldNode {
+                key: sec1,
+                keyed: true,
+                ..OldNode::default()
+            },
+        );
+        info!(
+            node_id,
+            key = key.fingerprint(),
+            "SuperNode (flwr <= 1.22) created"
+        );
         Ok(pb::CreateNodeResponse {
             node: Some(pb::LegacyNode {
                 node_id,
@@ -226,13 +303,14 @@ impl KeylessNodes {
     pub(crate) fn delete_node(
         &self,
         shared: &Arc<Shared>,
+        caller: Option<&NodePublicKey>,
         req: &pb::DeleteNodeRequest,
     ) -> Result<pb::DeleteNodeResponse, Status> {
-        let node_id = self.known(req.node)?;
+        let node_id = self.known(req.node, caller)?;
         let removed = self.lock().remove(&node_id);
         if let Some(node) = removed {
             shared.with_state(|s| s.revoke_key(&node.key));
-            info!(node_id, "keyless SuperNode deleted");
+            info!(node_id, "SuperNode (flwr <= 1.22) deleted");
         }
         Ok(pb::DeleteNodeResponse {})
     }
@@ -241,9 +319,10 @@ impl KeylessNodes {
     pub(crate) fn ping(
         &self,
         shared: &Arc<Shared>,
+        caller: Option<&NodePublicKey>,
         req: &pb::PingRequest,
     ) -> Result<pb::PingResponse, Status> {
-        let node_id = self.known(req.node)?;
+        let node_id = self.known(req.node, caller)?;
         if let Some(node) = self.lock().get_mut(&node_id) {
             node.pinged = true;
         }
@@ -258,9 +337,10 @@ impl KeylessNodes {
     pub(crate) fn send_node_heartbeat(
         &self,
         shared: &Arc<Shared>,
+        caller: Option<&NodePublicKey>,
         req: &pb::SendNodeHeartbeatRequest,
     ) -> Result<pb::SendNodeHeartbeatResponse, Status> {
-        let node_id = self.known(req.node.map(legacy_node))?;
+        let node_id = self.known(req.node.map(legacy_node), caller)?;
         if let Some(node) = self.lock().get_mut(&node_id) {
             node.heartbeats = true;
         }
@@ -276,9 +356,10 @@ impl KeylessNodes {
     pub(crate) async fn pull_messages(
         &self,
         shared: &Arc<Shared>,
+        caller: Option<&NodePublicKey>,
         req: &pb::PullMessagesRequest,
     ) -> Result<pb::PullMessagesWireResponse, Status> {
-        let node_id = self.known(req.node.map(legacy_node))?;
+        let node_id = self.known(req.node.map(legacy_node), caller)?;
         match self.era(node_id) {
             None => Ok(pb::PullMessagesWireResponse::default()),
             Some(Era::Inline) => {
@@ -336,9 +417,10 @@ impl KeylessNodes {
     pub(crate) fn push_messages(
         &self,
         shared: &Arc<Shared>,
+        caller: Option<&NodePublicKey>,
         req: pb::PushMessagesWireRequest,
     ) -> Result<pb::PushMessagesWireResponse, Status> {
-        let node_id = self.known(req.node)?;
+        let node_id = self.known(req.node, caller)?;
         let reconnect = Some(pb::Reconnect {
             reconnect: RECONNECT_SECONDS,
         });
@@ -402,9 +484,10 @@ impl KeylessNodes {
     pub(crate) fn pull_object(
         &self,
         shared: &Arc<Shared>,
+        caller: Option<&NodePublicKey>,
         req: &pb::PullObjectRequest,
     ) -> Result<pb::PullObjectResponse, Status> {
-        self.known(req.node.map(legacy_node))?;
+        self.known(req.node.map(legacy_node), caller)?;
         let found = shared
             .read_state(|s| s.pull_object(req.run_id, &req.object_id))
             .map_err(|_| run_refused())?;
@@ -425,9 +508,10 @@ impl KeylessNodes {
     pub(crate) async fn push_object(
         &self,
         service: &Service,
+        caller: Option<&NodePublicKey>,
         req: pb::PushObjectRequest,
     ) -> Result<pb::PushObjectResponse, Status> {
-        let node_id = self.known(req.node.map(legacy_node))?;
+        let node_id = self.known(req.node.map(legacy_node), caller)?;
         service
             .shared
             .read_state(|s| s.check_running(req.run_id))
@@ -443,9 +527,10 @@ impl KeylessNodes {
     pub(crate) fn confirm_message_received(
         &self,
         shared: &Arc<Shared>,
+        caller: Option<&NodePublicKey>,
         req: &pb::ConfirmMessageReceivedRequest,
     ) -> Result<pb::ConfirmMessageReceivedResponse, Status> {
-        let node_id = self.known(req.node.map(legacy_node))?;
+        let node_id = self.known(req.node.map(legacy_node), caller)?;
         shared
             .with_state(|s| s.confirm(node_id, req.run_id, &req.message_object_id))
             .map_err(|_| run_refused())?;
@@ -462,9 +547,10 @@ impl KeylessNodes {
     pub(crate) fn get_run(
         &self,
         shared: &Arc<Shared>,
+        caller: Option<&NodePublicKey>,
         req: &pb::GetRunRequest,
     ) -> Result<pb::GetRunResponse, Status> {
-        let node_id = self.known(req.node.map(legacy_node))?;
+        let node_id = self.known(req.node.map(legacy_node), caller)?;
         let run = shared
             .read_state(|s| s.run_info(req.run_id).cloned())
             .ok_or_else(run_refused)?;
@@ -481,9 +567,10 @@ impl KeylessNodes {
     pub(crate) fn get_fab(
         &self,
         shared: &Arc<Shared>,
+        caller: Option<&NodePublicKey>,
         req: &pb::GetFabRequest,
     ) -> Result<pb::GetFabResponse, Status> {
-        let node_id = self.known(req.node.map(legacy_node))?;
+        let node_id = self.known(req.node.map(legacy_node), caller)?;
         let mut runs = self
             .lock()
             .get(&node_id)
@@ -508,9 +595,10 @@ impl KeylessNodes {
     pub(crate) async fn pull_task_ins(
         &self,
         shared: &Arc<Shared>,
+        caller: Option<&NodePublicKey>,
         req: &pb::PullTaskInsRequest,
     ) -> Result<pb::PullTaskInsResponse, Status> {
-        let node_id = self.known(req.node)?;
+        let node_id = self.known(req.node, caller)?;
         let Some(message) = next_instruction(shared, node_id).await else {
             return Ok(pb::PullTaskInsResponse::default());
         };
@@ -538,9 +626,10 @@ impl KeylessNodes {
     pub(crate) fn push_task_res(
         &self,
         shared: &Arc<Shared>,
+        caller: Option<&NodePublicKey>,
         req: pb::PushTaskResRequest,
     ) -> Result<pb::PushTaskResResponse, Status> {
-        let node_id = self.known(req.node)?;
+        let node_id = self.known(req.node, caller)?;
         let res = req
             .task_res_list
             .into_iter()

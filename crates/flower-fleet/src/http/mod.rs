@@ -219,7 +219,7 @@ impl Service {
         }
     }
 
-    fn authorized(&self, key: &NodePublicKey) -> bool {
+    pub(crate) fn authorized(&self, key: &NodePublicKey) -> bool {
         self.auth
             .authorized
             .as_ref()
