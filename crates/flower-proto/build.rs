@@ -94,7 +94,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             "PushMessages" => {
                 method.input_type = Some(".flwr.proto.PushMessagesWireRequest".into());
-                method.output_type = Some(".flwr.proto.PushMessagesWireResponse".into());
             }
             _ => {}
         }

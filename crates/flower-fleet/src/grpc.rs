@@ -106,11 +106,17 @@ impl GrpcFleet {
         }
     }
 
-    fn route(&self, metadata: &MetadataMap) -> Result<Route, Status> {
+    /// flwr 1.20-1.22 nodes exchange messages as 1.23+ (`objects`): their
+    /// `PullMessages`/`PushMessages` go to the HTTP service's handlers once
+    /// their heartbeat told their era; other old nodes' to [`legacy`].
+    fn route(&self, metadata: &MetadataMap, objects: bool) -> Result<Route, Status> {
         Ok(match signer(metadata)? {
             None => Route::Old(None),
-            Some(key) if self.old.owns(&key) => Route::Old(Some(key)),
-            Some(key) => Route::Current(key),
+            Some(key) => match self.old.owner(&key) {
+                Some(Some(legacy::Era::Objects)) if objects => Route::Current(key),
+                Some(_) => Route::Old(Some(key)),
+                None => Route::Current(key),
+            },
         })
     }
 
@@ -194,7 +200,7 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::SendNodeHeartbeatRequest>,
     ) -> Result<Response<pb::SendNodeHeartbeatResponse>, Status> {
-        match self.route(request.metadata())? {
+        match self.route(request.metadata(), false)? {
             Route::Old(caller) => self
                 .old
                 .send_node_heartbeat(&self.service.shared, caller.as_ref(), request.get_ref())
@@ -207,7 +213,7 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::PullMessagesRequest>,
     ) -> Result<Response<pb::PullMessagesWireResponse>, Status> {
-        match self.route(request.metadata())? {
+        match self.route(request.metadata(), true)? {
             Route::Old(caller) => self
                 .old
                 .pull_messages(&self.service.shared, caller.as_ref(), request.get_ref())
@@ -220,8 +226,8 @@ impl pb::fleet_server::Fleet for GrpcFleet {
     async fn push_messages(
         &self,
         request: Request<pb::PushMessagesWireRequest>,
-    ) -> Result<Response<pb::PushMessagesWireResponse>, Status> {
-        match self.route(request.metadata())? {
+    ) -> Result<Response<pb::PushMessagesResponse>, Status> {
+        match self.route(request.metadata(), true)? {
             Route::Old(caller) => self
                 .old
                 .push_messages(&self.service.shared, caller.as_ref(), request.into_inner())
@@ -234,7 +240,7 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::GetRunResponse>, Status> {
-        match self.route(request.metadata())? {
+        match self.route(request.metadata(), false)? {
             Route::Old(caller) => self
                 .old
                 .get_run(&self.service.shared, caller.as_ref(), request.get_ref())
@@ -247,7 +253,7 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::GetFabRequest>,
     ) -> Result<Response<pb::GetFabResponse>, Status> {
-        match self.route(request.metadata())? {
+        match self.route(request.metadata(), false)? {
             Route::Old(caller) => self
                 .old
                 .get_fab(&self.service.shared, caller.as_ref(), request.get_ref())
@@ -260,43 +266,24 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::PushObjectRequest>,
     ) -> Result<Response<pb::PushObjectResponse>, Status> {
-        match self.route(request.metadata())? {
-            Route::Old(caller) => self
-                .old
-                .push_object(&self.service, caller.as_ref(), request.into_inner())
-                .await
-                .map(Response::new),
-            Route::Current(key) => self.call_as(Rpc::PushObject, &key, request).await,
-        }
+        // Only 1.20+ nodes use objects; they sign every call.
+        self.call(Rpc::PushObject, request).await
     }
 
     async fn pull_object(
         &self,
         request: Request<pb::PullObjectRequest>,
     ) -> Result<Response<pb::PullObjectResponse>, Status> {
-        match self.route(request.metadata())? {
-            Route::Old(caller) => self
-                .old
-                .pull_object(&self.service.shared, caller.as_ref(), request.get_ref())
-                .map(Response::new),
-            Route::Current(key) => self.call_as(Rpc::PullObject, &key, request).await,
-        }
+        // Only 1.20+ nodes use objects; they sign every call.
+        self.call(Rpc::PullObject, request).await
     }
 
     async fn confirm_message_received(
         &self,
         request: Request<pb::ConfirmMessageReceivedRequest>,
     ) -> Result<Response<pb::ConfirmMessageReceivedResponse>, Status> {
-        match self.route(request.metadata())? {
-            Route::Old(caller) => self
-                .old
-                .confirm_message_received(&self.service.shared, caller.as_ref(), request.get_ref())
-                .map(Response::new),
-            Route::Current(key) => {
-                self.call_as(Rpc::ConfirmMessageReceived, &key, request)
-                    .await
-            }
-        }
+        // Only 1.20+ nodes use objects; they sign every call.
+        self.call(Rpc::ConfirmMessageReceived, request).await
     }
 
     async fn create_node(

@@ -8,13 +8,13 @@
 //!   `RecordSet` in a `Task`; `Ping` as the heartbeat.
 //! * 1.15-1.18: `PullMessages`/`PushMessages` with the content inline as a
 //!   `RecordSet` in the `Message`; `Ping`.
-//! * 1.19-1.22: `PullMessages`/`PushMessages` with objects (listed in
-//!   `map<string, ObjectIDs>` fields), `PullObject`/`PushObject`/
-//!   `ConfirmMessageReceived`; `SendNodeHeartbeat`.
+//! * 1.20-1.22: the messages and objects of 1.23+, answered by the HTTP
+//!   service's handlers (see [`super`]); `SendNodeHeartbeat`.
 //!
 //! `CreateNode` looks the same in every era: a node's era shows in its
 //! calls (`PullTaskIns`; `Ping` or `SendNodeHeartbeat` before its first
-//! `PullMessages`, which stays empty until then).
+//! `PullMessages`, which stays empty until then). flwr 1.19 (object maps,
+//! arrays without chunks) is not served: it would be taken for 1.20.
 //!
 //! Keys: 1.15 signs every call as 1.23+ does under other metadata names
 //! (`public-key-bin`, `signature-bin`, `timestamp`), 1.16-1.22 under the
@@ -51,10 +51,9 @@ use tonic::metadata::MetadataMap;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
-use crate::http::Service;
 use crate::node::{unix_now, Shared};
 use crate::state::{
-    Lookup, PushOutcome, HEARTBEAT_MAX_INTERVAL, HEARTBEAT_MIN_INTERVAL, SUPERLINK_NODE_ID,
+    PushOutcome, HEARTBEAT_MAX_INTERVAL, HEARTBEAT_MIN_INTERVAL, SUPERLINK_NODE_ID,
 };
 use crate::FleetError;
 
@@ -88,12 +87,12 @@ struct OldNode {
     heartbeats: bool,
 }
 
-/// How a keyless node's `PullMessages`/`PushMessages` look.
+/// How an old node's `PullMessages`/`PushMessages` look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Era {
+pub(crate) enum Era {
     /// flwr 1.15-1.18: `RecordSet` content inline.
     Inline,
-    /// flwr 1.19-1.22: objects.
+    /// flwr 1.20-1.22: objects, as 1.23+.
     Objects,
 }
 
@@ -164,18 +163,17 @@ impl OldNodes {
         }
     }
 
-    /// Whether `key` belongs to a node created with `CreateNode` (whose
-    /// calls are answered in its era's form).
-    pub(crate) fn owns(&self, key: &NodePublicKey) -> bool {
-        self.lock()
-            .values()
-            .any(|n| n.keyed && n.key == key.sec1_bytes())
+    /// Whether `key` belongs to a node created with `CreateNode`, and its
+    /// era once known.
+    pub(crate) fn owner(&self, key: &NodePublicKey) -> Option<Option<Era>> {
+        let nodes = self.lock();
+        let (_, node) = nodes
+            .iter()
+            .find(|(_, n)| n.keyed && n.key == key.sec1_bytes())?;
+        Some(Self::era_of(node))
     }
 
-    /// The node's message era, once its heartbeat RPC told.
-    fn era(&self, node_id: u64) -> Option<Era> {
-        let nodes = self.lock();
-        let node = nodes.get(&node_id)?;
+    fn era_of(node: &OldNode) -> Option<Era> {
         if node.heartbeats {
             Some(Era::Objects)
         } else if node.pinged {
@@ -183,6 +181,11 @@ impl OldNodes {
         } else {
             None
         }
+    }
+
+    /// The node's message era, once its heartbeat RPC told.
+    fn era(&self, node_id: u64) -> Option<Era> {
+        self.lock().get(&node_id).and_then(Self::era_of)
     }
 
     /// Remembers a delivered inline instruction (for its reply).
@@ -333,7 +336,7 @@ impl OldNodes {
         Ok(pb::PingResponse { success })
     }
 
-    /// `SendNodeHeartbeat` of a keyless node (flwr 1.19-1.22).
+    /// `SendNodeHeartbeat` of an old node (flwr 1.20-1.22).
     pub(crate) fn send_node_heartbeat(
         &self,
         shared: &Arc<Shared>,
@@ -351,8 +354,8 @@ impl OldNodes {
         Ok(pb::SendNodeHeartbeatResponse { success })
     }
 
-    /// `PullMessages` of a keyless node: in its era's form, nothing while
-    /// its era is unknown.
+    /// `PullMessages` of an old node: in its era's form, nothing while its
+    /// era is unknown.
     pub(crate) async fn pull_messages(
         &self,
         shared: &Arc<Shared>,
@@ -380,77 +383,26 @@ impl OldNodes {
                 Ok(pb::PullMessagesWireResponse {
                     reconnect: None,
                     messages_list: vec![Bytes::from(legacy.encode_to_vec())],
-                    field_3: Vec::new(),
+                    message_object_trees: Vec::new(),
                 })
             }
-            Some(Era::Objects) => {
-                let now = unix_now();
-                let Some((wire, tree)) = shared.with_state(|s| s.pull_messages(node_id, now))
-                else {
-                    return Ok(pb::PullMessagesWireResponse::default());
-                };
-                let root = tree.object_id.clone();
-                let object_ids = ObjectTree::from_proto(&tree, &shared.limits)
-                    .map(|t| {
-                        t.unique_ids()
-                            .iter()
-                            .filter(|id| **id != t.id)
-                            .map(ObjectId::to_string)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let entry = pb::ObjectIdsEntry {
-                    key: root,
-                    value: Some(pb::ObjectIDs { object_ids }),
-                };
-                Ok(pb::PullMessagesWireResponse {
-                    reconnect: None,
-                    messages_list: vec![Bytes::from(wire.encode_to_vec())],
-                    field_3: vec![Bytes::from(entry.encode_to_vec())],
-                })
-            }
+            // Routed to the 1.23+ handler (see `super`).
+            Some(Era::Objects) => Ok(pb::PullMessagesWireResponse::default()),
         }
     }
 
-    /// `PushMessages` of a keyless node: an inline reply (1.15-1.18) or a
-    /// reply's object tree (1.19-1.22, told by its trees).
+    /// `PushMessages` of a flwr 1.15-1.18 node: its reply inline.
     pub(crate) fn push_messages(
         &self,
         shared: &Arc<Shared>,
         caller: Option<&NodePublicKey>,
         req: pb::PushMessagesWireRequest,
-    ) -> Result<pb::PushMessagesWireResponse, Status> {
+    ) -> Result<pb::PushMessagesResponse, Status> {
         let node_id = self.known(req.node, caller)?;
-        let reconnect = Some(pb::Reconnect {
-            reconnect: RECONNECT_SECONDS,
-        });
         let first = req
             .messages_list
             .first()
             .ok_or_else(|| invalid("PushMessages without a message"))?;
-        if let Some(tree) = req.message_object_trees.first() {
-            let message = pb::Message::decode(first.clone()).map_err(invalid)?;
-            let tree = pb::ObjectTree::decode(tree.clone()).map_err(invalid)?;
-            let accepted = shared
-                .with_state(|s| s.push_messages(node_id, &message, &tree, unix_now()))
-                .map_err(|_| run_refused())?;
-            let mut objects_to_push = Vec::new();
-            if !accepted.objects_to_push.is_empty() {
-                let entry = pb::ObjectIdsEntry {
-                    key: accepted.message_id.clone(),
-                    value: Some(pb::ObjectIDs {
-                        object_ids: accepted.objects_to_push,
-                    }),
-                };
-                objects_to_push.push(Bytes::from(entry.encode_to_vec()));
-            }
-            return Ok(pb::PushMessagesWireResponse {
-                reconnect,
-                results: [(accepted.message_id, 0)].into_iter().collect(),
-                objects_to_push,
-                session_id: String::new(),
-            });
-        }
         let message = pb::LegacyMessage::decode(first.clone()).map_err(invalid)?;
         let reply_to = message
             .metadata
@@ -472,69 +424,14 @@ impl OldNodes {
                 BTreeMap::new()
             }
         };
-        Ok(pb::PushMessagesWireResponse {
-            reconnect,
+        Ok(pb::PushMessagesResponse {
+            reconnect: Some(pb::Reconnect {
+                reconnect: RECONNECT_SECONDS,
+            }),
             results,
             objects_to_push: Vec::new(),
             session_id: String::new(),
         })
-    }
-
-    /// `PullObject` of a keyless node (flwr 1.19-1.22).
-    pub(crate) fn pull_object(
-        &self,
-        shared: &Arc<Shared>,
-        caller: Option<&NodePublicKey>,
-        req: &pb::PullObjectRequest,
-    ) -> Result<pb::PullObjectResponse, Status> {
-        self.known(req.node.map(legacy_node), caller)?;
-        let found = shared
-            .read_state(|s| s.pull_object(req.run_id, &req.object_id))
-            .map_err(|_| run_refused())?;
-        let (object_found, object_available, object_content) = match found {
-            Lookup::NotFound => (false, false, Bytes::new()),
-            Lookup::Pending => (true, false, Bytes::new()),
-            Lookup::Found(c) => (true, true, c.to_bytes()),
-        };
-        Ok(pb::PullObjectResponse {
-            object_found,
-            object_available,
-            object_content,
-        })
-    }
-
-    /// `PushObject` of a keyless node (flwr 1.19-1.22: no session id, so
-    /// the node's reply in progress).
-    pub(crate) async fn push_object(
-        &self,
-        service: &Service,
-        caller: Option<&NodePublicKey>,
-        req: pb::PushObjectRequest,
-    ) -> Result<pb::PushObjectResponse, Status> {
-        let node_id = self.known(req.node.map(legacy_node), caller)?;
-        service
-            .shared
-            .read_state(|s| s.check_running(req.run_id))
-            .map_err(|_| run_refused())?;
-        let stored = service
-            .push_object(node_id, req)
-            .await
-            .map_err(|_| Status::unavailable("Service unavailable."))?;
-        Ok(pb::PushObjectResponse { stored })
-    }
-
-    /// `ConfirmMessageReceived` of a keyless node (flwr 1.19-1.22).
-    pub(crate) fn confirm_message_received(
-        &self,
-        shared: &Arc<Shared>,
-        caller: Option<&NodePublicKey>,
-        req: &pb::ConfirmMessageReceivedRequest,
-    ) -> Result<pb::ConfirmMessageReceivedResponse, Status> {
-        let node_id = self.known(req.node.map(legacy_node), caller)?;
-        shared
-            .with_state(|s| s.confirm(node_id, req.run_id, &req.message_object_id))
-            .map_err(|_| run_refused())?;
-        Ok(pb::ConfirmMessageReceivedResponse {})
     }
 
     fn take_delivered(&self, node_id: u64, message_id: &str) -> Option<pb::Metadata> {

@@ -522,7 +522,7 @@ fn keyless_supernode_run(old_bin: &Path, version: &str) {
     assert!(
         server
             .log_text()
-            .contains("keyless SuperNode (flwr <= 1.22) created"),
+            .contains("SuperNode (flwr <= 1.22) created"),
         "the old SuperNode did not join over gRPC"
     );
     drop(new_node);
