@@ -12,8 +12,9 @@
 //! through `--fleet-grpc-address` beside a 1.42 one, one run per version
 //! (only when `FLOWER_OLD_FLWR_BINS` lists, `:`-separated, the `bin/` of
 //! venvs such as `python -m venv v && v/bin/pip install flwr==1.39.0`;
-//! 1.13.0, 1.32.1 and 1.39.0 pass, 1.13.0 as a keyless SuperNode in a
-//! `--fab` run of the legacy app; the test says SKIPPED otherwise); a non-loopback Control address without TLS and
+//! 1.13.0, 1.14.0, 1.15.0, 1.18.0, 1.20.0, 1.22.0, 1.32.1 and 1.39.0 pass,
+//! those before 1.23 (`CreateNode` SuperNodes) in a `--fab` run of the
+//! legacy app; 1.19 is not served; the test says SKIPPED otherwise); a non-loopback Control address without TLS and
 //! `--allow-remote-control` is refused at start-up (no Python needed).
 
 use std::io::{BufRead, BufReader};
@@ -370,7 +371,7 @@ fn older_supernodes_join_over_grpc() {
     // by default those scripts/setup-venv.sh creates.
     let old_bins: Vec<PathBuf> = match std::env::var_os("FLOWER_OLD_FLWR_BINS") {
         Some(bins) => std::env::split_paths(&bins).collect(),
-        None => ["1.13.0", "1.32.1", "1.39.0"]
+        None => ["1.13.0", "1.15.0", "1.18.0", "1.20.0", "1.32.1", "1.39.0"]
             .iter()
             .map(|v| flower_testkit::workspace_root().join(format!(".venv-flwr-{v}/bin")))
             .filter(|bin| bin.join("flower-supernode").exists())
@@ -387,8 +388,8 @@ fn older_supernodes_join_over_grpc() {
     }
     for old_bin in old_bins {
         let version = flwr_version(&old_bin);
-        if keyless_era(&version) {
-            keyless_supernode_run(&old_bin, &version);
+        if create_node_era(&version) {
+            create_node_supernode_run(&old_bin, &version);
         } else {
             old_supernode_run(&bin, &old_bin);
         }
@@ -407,21 +408,21 @@ fn flwr_version(old_bin: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// flwr 1.13 to 1.22: keyless SuperNodes (`CreateNode`), no `flwr.app`
-/// API for the ClientApp.
-fn keyless_era(version: &str) -> bool {
+/// flwr 1.13 to 1.22: SuperNodes that join with `CreateNode`; no
+/// `flwr.app` API for the ClientApp.
+fn create_node_era(version: &str) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     major == 1 && minor < 23
 }
 
-/// A keyless SuperNode (flwr <= 1.22) on gRPC beside a 1.42 one on HTTP,
+/// A `CreateNode` SuperNode (flwr <= 1.22) on gRPC beside a 1.42 one on HTTP,
 /// in a `--fab` run of the legacy app (a `client_fn` NumPyClient, which
 /// those releases can run) with `--fleet-message-format legacy`. The FAB
 /// is built by the old release's own `flwr build` code (1.13 installs the
 /// wheel that its FABs carry, which 1.42's FABs lack; 1.42 installs either
 /// form). One round: D = (10*1 + 30*3) / 40 = 2.5.
-fn keyless_supernode_run(old_bin: &Path, version: &str) {
+fn create_node_supernode_run(old_bin: &Path, version: &str) {
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
     let app = dir.path().join("legacy");
@@ -472,7 +473,7 @@ fn keyless_supernode_run(old_bin: &Path, version: &str) {
         ]
         .map(String::from),
     );
-    let mut server = crate::fleet::FleetServer::start(&args, dir.path(), "keyless");
+    let mut server = crate::fleet::FleetServer::start(&args, dir.path(), "create-node");
     let grpc = server.grpc_fleet_address();
     let Some(new_node) = crate::fleet::supernode(&server, None, None, "factor=1 examples=10")
     else {
