@@ -36,7 +36,7 @@
 //! translated back, deflated, and its objects stored through the same push
 //! session a 1.23+ SuperNode's reply uses.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -67,6 +67,10 @@ const RECONNECT_SECONDS: u64 = 5;
 /// (those start with 0x02, 0x03 or 0x04), so never one a keyed node has.
 const STAND_IN_PREFIX: &[u8] = b"flwr-keyless-node:";
 
+/// Instructions remembered per node for their replies: a node works on one
+/// at a time, so older ones were abandoned (their exchanges expire).
+const MAX_AWAITED: usize = 8;
+
 /// What is kept per node of flwr ≤ 1.22 besides the link state's entry.
 #[derive(Debug, Default)]
 struct OldNode {
@@ -75,9 +79,9 @@ struct OldNode {
     key: Vec<u8>,
     /// Whether `key` is the node's public key (its calls are signed).
     keyed: bool,
-    /// Delivered instructions by message id: their metadata, for the
-    /// reply's task ids.
-    delivered: HashMap<String, pb::Metadata>,
+    /// Delivered instructions awaiting a reply, oldest first: their
+    /// metadata, for the reply's task ids (at most [`MAX_AWAITED`]).
+    delivered: VecDeque<pb::Metadata>,
     /// Runs the node was told about (`GetRun`): `GetFab` of flwr 1.13
     /// names only the FAB's hash.
     runs: Vec<u64>,
@@ -191,7 +195,10 @@ impl OldNodes {
     /// Remembers a delivered inline instruction (for its reply).
     fn delivered(&self, node_id: u64, metadata: pb::Metadata) {
         if let Some(node) = self.lock().get_mut(&node_id) {
-            node.delivered.insert(metadata.message_id.clone(), metadata);
+            if node.delivered.len() >= MAX_AWAITED {
+                node.delivered.pop_front();
+            }
+            node.delivered.push_back(metadata);
         }
     }
 
@@ -435,9 +442,13 @@ impl OldNodes {
     }
 
     fn take_delivered(&self, node_id: u64, message_id: &str) -> Option<pb::Metadata> {
-        self.lock()
-            .get_mut(&node_id)
-            .and_then(|n| n.delivered.remove(message_id))
+        self.lock().get_mut(&node_id).and_then(|n| {
+            let at = n
+                .delivered
+                .iter()
+                .position(|m| m.message_id == message_id)?;
+            n.delivered.remove(at)
+        })
     }
 
     /// `GetRun` of a keyless node.
