@@ -87,7 +87,7 @@ struct OldNode {
     runs: Vec<u64>,
     /// It called `Ping` (flwr ≤ 1.18).
     pinged: bool,
-    /// It called `SendNodeHeartbeat` (flwr 1.19-1.22).
+    /// It called `SendNodeHeartbeat` (flwr 1.20-1.22).
     heartbeats: bool,
 }
 
@@ -113,7 +113,10 @@ fn invalid(what: impl std::fmt::Display) -> Status {
 }
 
 fn unknown_node(node_id: u64) -> Status {
-    debug!(node_id, "keyless call for a node this server does not know");
+    debug!(
+        node_id,
+        "flwr <= 1.22 call for a node this server does not know"
+    );
     Status::unauthenticated("unknown node")
 }
 
