@@ -481,7 +481,7 @@ async fn grpc_server(
         .await
         .map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
-    let fleet = pb::fleet_server::FleetServer::new(crate::grpc::GrpcFleet { service })
+    let fleet = pb::fleet_server::FleetServer::new(crate::grpc::GrpcFleet::new(service))
         .max_decoding_message_size(options.max_request_bytes)
         .max_encoding_message_size(pb::GRPC_MAX_MESSAGE_LENGTH);
     let mut builder = tonic::transport::Server::builder();

@@ -1,9 +1,13 @@
 //! The Fleet API over gRPC (`flwr.proto.Fleet`, tonic) for SuperNodes of
-//! flwr 1.13 to 1.39, which have no HTTP Fleet client. Every call is
-//! authenticated from the ≤ 1.39 binary metadata (`flwr-public-key-bin`:
-//! raw PEM, `flwr-signature-bin`: raw DER, `flwr-timestamp`) and then
-//! handled by the HTTP service's own handlers, so both transports share
-//! one link state and one set of rules.
+//! flwr 1.13 to 1.39, which have no HTTP Fleet client. The RPCs of 1.23+
+//! are authenticated from the ≤ 1.39 binary metadata
+//! (`flwr-public-key-bin`: raw PEM, `flwr-signature-bin`: raw DER,
+//! `flwr-timestamp`) and then handled by the HTTP service's own handlers,
+//! so both transports share one link state and one set of rules. The
+//! SuperNodes of 1.13 to 1.22 (`CreateNode`, `Ping`, `PullTaskIns`, ...,
+//! and every call of a node created with `CreateNode` or without signature
+//! metadata) are answered by [`legacy`] in their release's wire form, on
+//! the same link state.
 //!
 //! Refusals become gRPC statuses the way flwr's `grpc_rere` servicer
 //! aborts: `UNAUTHENTICATED` for identity failures (the SuperNode stops),
@@ -23,49 +27,100 @@ use tracing::debug;
 use crate::http::reply::ApiError;
 use crate::http::{Rpc, Service};
 
-/// flwr's ≤ 1.39 metadata keys.
-const PUBLIC_KEY_BIN: &str = "flwr-public-key-bin";
-const SIGNATURE_BIN: &str = "flwr-signature-bin";
-const TIMESTAMP: &str = "flwr-timestamp";
+mod legacy;
+
+/// The metadata names of a node's signature (public key PEM, DER
+/// signature, timestamp): flwr 1.16+, then flwr 1.15.
+const SIGNATURE_NAMES: [(&str, &str, &str); 2] = [
+    (
+        "flwr-public-key-bin",
+        "flwr-signature-bin",
+        "flwr-timestamp",
+    ),
+    ("public-key-bin", "signature-bin", "timestamp"),
+];
 
 /// The gRPC face of the Fleet service.
 #[derive(Debug, Clone)]
 pub(crate) struct GrpcFleet {
-    pub(crate) service: Arc<Service>,
+    service: Arc<Service>,
+    old: Arc<legacy::OldNodes>,
 }
 
 fn status(e: ApiError) -> Status {
     match e {
-        ApiError::Unauthenticated => {
-            Status::unauthenticated(flower_auth::node::INVALID_NODE_AUTH_MESSAGE)
-        }
+        ApiError::Unauthenticated => unauthenticated(),
         ApiError::Refused(code) => Status::unauthenticated(code.message()),
         ApiError::Forbidden(code) => Status::permission_denied(code.message()),
         ApiError::Unavailable => Status::unavailable("Service unavailable."),
     }
 }
 
-impl GrpcFleet {
-    fn authenticate(metadata: &MetadataMap) -> Result<NodePublicKey, Status> {
-        let unauthenticated =
-            || Status::unauthenticated(flower_auth::node::INVALID_NODE_AUTH_MESSAGE);
-        let key = metadata
-            .get_bin(PUBLIC_KEY_BIN)
-            .and_then(|v| v.to_bytes().ok())
-            .ok_or_else(unauthenticated)?;
+fn unauthenticated() -> Status {
+    Status::unauthenticated(flower_auth::node::INVALID_NODE_AUTH_MESSAGE)
+}
+
+/// The verified signer of a request; `None` when it carries no signature
+/// metadata (flwr 1.13/1.14 nodes).
+fn signer(metadata: &MetadataMap) -> Result<Option<NodePublicKey>, Status> {
+    for (key_name, signature_name, timestamp_name) in SIGNATURE_NAMES {
+        let Some(key) = metadata.get_bin(key_name) else {
+            continue;
+        };
+        let key = key.to_bytes().map_err(|_| unauthenticated())?;
         let signature = metadata
-            .get_bin(SIGNATURE_BIN)
+            .get_bin(signature_name)
             .and_then(|v| v.to_bytes().ok())
             .ok_or_else(unauthenticated)?;
-        let timestamp = metadata.get(TIMESTAMP).ok_or_else(unauthenticated)?;
-        verify_node_signature_raw(&key, timestamp.as_bytes(), &signature, SystemTime::now())
-            .map_err(|e| {
-                // Only the reason, never a key or signature.
-                debug!(error = %e, "grpc node authentication failed");
-                unauthenticated()
-            })
+        let timestamp = metadata.get(timestamp_name).ok_or_else(unauthenticated)?;
+        return verify_node_signature_raw(
+            &key,
+            timestamp.as_bytes(),
+            &signature,
+            SystemTime::now(),
+        )
+        .map(Some)
+        .map_err(|e| {
+            // Only the reason, never a key or signature.
+            debug!(error = %e, "grpc node authentication failed");
+            unauthenticated()
+        });
+    }
+    Ok(None)
+}
+
+/// Who answers an RPC whose name flwr ≤ 1.22 and 1.23+ share.
+enum Route {
+    /// A node created with `CreateNode`, or an unsigned call.
+    Old(Option<NodePublicKey>),
+    /// A 1.23+ node: the HTTP service's handler.
+    Current(NodePublicKey),
+}
+
+impl GrpcFleet {
+    /// The gRPC service over `service`'s handlers and link state.
+    pub(crate) fn new(service: Arc<Service>) -> Self {
+        GrpcFleet {
+            service,
+            old: Arc::default(),
+        }
     }
 
+    /// flwr 1.20-1.22 nodes exchange messages as 1.23+ (`objects`): their
+    /// `PullMessages`/`PushMessages` go to the HTTP service's handlers once
+    /// their heartbeat told their era; other old nodes' to [`legacy`].
+    fn route(&self, metadata: &MetadataMap, objects: bool) -> Result<Route, Status> {
+        Ok(match signer(metadata)? {
+            None => Route::Old(None),
+            Some(key) => match self.old.owner(&key) {
+                Some(Some(legacy::Era::Objects)) if objects => Route::Current(key),
+                Some(_) => Route::Old(Some(key)),
+                None => Route::Current(key),
+            },
+        })
+    }
+
+    /// A 1.23+ RPC: authenticated, then the HTTP service's handler.
     async fn call<Req, Resp>(
         &self,
         rpc: Rpc,
@@ -75,10 +130,23 @@ impl GrpcFleet {
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        let key = Self::authenticate(request.metadata())?;
+        let key = signer(request.metadata())?.ok_or_else(unauthenticated)?;
+        self.call_as(rpc, &key, request).await
+    }
+
+    async fn call_as<Req, Resp>(
+        &self,
+        rpc: Rpc,
+        key: &NodePublicKey,
+        request: Request<Req>,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
         let body = Bytes::from(request.into_inner().encode_to_vec());
         let out = if rpc == Rpc::PullObject {
-            let parts = self.service.pull_object(&key, &body).map_err(status)?;
+            let parts = self.service.pull_object(key, &body).map_err(status)?;
             let mut joined = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
             for part in parts {
                 joined.extend_from_slice(&part);
@@ -87,7 +155,7 @@ impl GrpcFleet {
         } else {
             Bytes::from(
                 self.service
-                    .dispatch(rpc, &key, &body)
+                    .dispatch(rpc, key, &body)
                     .await
                     .map_err(status)?,
             )
@@ -132,41 +200,73 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::SendNodeHeartbeatRequest>,
     ) -> Result<Response<pb::SendNodeHeartbeatResponse>, Status> {
-        self.call(Rpc::SendNodeHeartbeat, request).await
+        match self.route(request.metadata(), false)? {
+            Route::Old(caller) => self
+                .old
+                .send_node_heartbeat(&self.service.shared, caller.as_ref(), request.get_ref())
+                .map(Response::new),
+            Route::Current(key) => self.call_as(Rpc::SendNodeHeartbeat, &key, request).await,
+        }
     }
 
     async fn pull_messages(
         &self,
         request: Request<pb::PullMessagesRequest>,
-    ) -> Result<Response<pb::PullMessagesResponse>, Status> {
-        self.call(Rpc::PullMessages, request).await
+    ) -> Result<Response<pb::PullMessagesWireResponse>, Status> {
+        match self.route(request.metadata(), true)? {
+            Route::Old(caller) => self
+                .old
+                .pull_messages(&self.service.shared, caller.as_ref(), request.get_ref())
+                .await
+                .map(Response::new),
+            Route::Current(key) => self.call_as(Rpc::PullMessages, &key, request).await,
+        }
     }
 
     async fn push_messages(
         &self,
-        request: Request<pb::PushMessagesRequest>,
+        request: Request<pb::PushMessagesWireRequest>,
     ) -> Result<Response<pb::PushMessagesResponse>, Status> {
-        self.call(Rpc::PushMessages, request).await
+        match self.route(request.metadata(), true)? {
+            Route::Old(caller) => self
+                .old
+                .push_messages(&self.service.shared, caller.as_ref(), request.into_inner())
+                .map(Response::new),
+            Route::Current(key) => self.call_as(Rpc::PushMessages, &key, request).await,
+        }
     }
 
     async fn get_run(
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::GetRunResponse>, Status> {
-        self.call(Rpc::GetRun, request).await
+        match self.route(request.metadata(), false)? {
+            Route::Old(caller) => self
+                .old
+                .get_run(&self.service.shared, caller.as_ref(), request.get_ref())
+                .map(Response::new),
+            Route::Current(key) => self.call_as(Rpc::GetRun, &key, request).await,
+        }
     }
 
     async fn get_fab(
         &self,
         request: Request<pb::GetFabRequest>,
     ) -> Result<Response<pb::GetFabResponse>, Status> {
-        self.call(Rpc::GetFab, request).await
+        match self.route(request.metadata(), false)? {
+            Route::Old(caller) => self
+                .old
+                .get_fab(&self.service.shared, caller.as_ref(), request.get_ref())
+                .map(Response::new),
+            Route::Current(key) => self.call_as(Rpc::GetFab, &key, request).await,
+        }
     }
 
     async fn push_object(
         &self,
         request: Request<pb::PushObjectRequest>,
     ) -> Result<Response<pb::PushObjectResponse>, Status> {
+        // Only 1.20+ nodes use objects; they sign every call.
         self.call(Rpc::PushObject, request).await
     }
 
@@ -174,6 +274,7 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::PullObjectRequest>,
     ) -> Result<Response<pb::PullObjectResponse>, Status> {
+        // Only 1.20+ nodes use objects; they sign every call.
         self.call(Rpc::PullObject, request).await
     }
 
@@ -181,6 +282,65 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::ConfirmMessageReceivedRequest>,
     ) -> Result<Response<pb::ConfirmMessageReceivedResponse>, Status> {
+        // Only 1.20+ nodes use objects; they sign every call.
         self.call(Rpc::ConfirmMessageReceived, request).await
+    }
+
+    async fn create_node(
+        &self,
+        request: Request<pb::CreateNodeRequest>,
+    ) -> Result<Response<pb::CreateNodeResponse>, Status> {
+        let caller = signer(request.metadata())?;
+        let authorized = caller.as_ref().is_some_and(|k| self.service.authorized(k));
+        self.old
+            .create_node(
+                &self.service.shared,
+                request.metadata(),
+                caller.as_ref(),
+                authorized,
+                request.get_ref(),
+            )
+            .map(Response::new)
+    }
+
+    async fn delete_node(
+        &self,
+        request: Request<pb::DeleteNodeRequest>,
+    ) -> Result<Response<pb::DeleteNodeResponse>, Status> {
+        let caller = signer(request.metadata())?;
+        self.old
+            .delete_node(&self.service.shared, caller.as_ref(), request.get_ref())
+            .map(Response::new)
+    }
+
+    async fn ping(
+        &self,
+        request: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
+        let caller = signer(request.metadata())?;
+        self.old
+            .ping(&self.service.shared, caller.as_ref(), request.get_ref())
+            .map(Response::new)
+    }
+
+    async fn pull_task_ins(
+        &self,
+        request: Request<pb::PullTaskInsRequest>,
+    ) -> Result<Response<pb::PullTaskInsResponse>, Status> {
+        let caller = signer(request.metadata())?;
+        self.old
+            .pull_task_ins(&self.service.shared, caller.as_ref(), request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    async fn push_task_res(
+        &self,
+        request: Request<pb::PushTaskResRequest>,
+    ) -> Result<Response<pb::PushTaskResResponse>, Status> {
+        let caller = signer(request.metadata())?;
+        self.old
+            .push_task_res(&self.service.shared, caller.as_ref(), request.into_inner())
+            .map(Response::new)
     }
 }

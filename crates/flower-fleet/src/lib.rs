@@ -11,7 +11,9 @@
 //!   Control and Runtime APIs of `flower-superlink`).
 //! * [`FleetOptions::grpc_address`]: the same handlers over gRPC
 //!   (`flwr.proto.Fleet`, tonic, `-bin` auth metadata) for SuperNodes of
-//!   flwr 1.13 to 1.39.
+//!   flwr 1.13 to 1.39; those before 1.23 (`CreateNode`, `Ping`, inline
+//!   `TaskIns`/`RecordSet` messages) in their own wire forms, on the same
+//!   link state.
 //! * [`state`]: the sans-I/O link state (nodes and heartbeats, the runs,
 //!   per-node instruction queues, push sessions, the reference-counted
 //!   object store), driven with injected time.

@@ -13,7 +13,10 @@
 //!   — tonic service and client for `flwr.proto.FlowerService/Join`.
 //! * [`flwr::proto::fleet_server`] / [`flwr::proto::fleet_client`] — tonic
 //!   service and client for `flwr.proto.Fleet` (the gRPC form used by
-//!   SuperNodes up to 1.39; 1.40+ send the same messages over HTTP/1.1).
+//!   SuperNodes up to 1.39; 1.40+ send the same messages over HTTP/1.1),
+//!   with the RPCs of flwr 1.13-1.22 (`CreateNode`, `Ping`, `PullTaskIns`,
+//!   ...) from `legacy_fleet.proto`, and `PullMessages`/`PushMessages` on
+//!   its era-neutral `PullMessagesWireResponse`/`PushMessagesWireRequest`.
 
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 

@@ -245,7 +245,7 @@ impl Service {
         }
     }
 
-    fn authorized(&self, key: &NodePublicKey) -> bool {
+    pub(crate) fn authorized(&self, key: &NodePublicKey) -> bool {
         self.auth
             .authorized
             .as_ref()
@@ -412,7 +412,7 @@ impl Service {
 
     /// Stores one pushed object if its session awaits it and it is valid
     /// (hash and head); a node pushing a bad object fails its exchange.
-    async fn push_object(
+    pub(crate) async fn push_object(
         &self,
         node_id: u64,
         req: pb::PushObjectRequest,

@@ -4,6 +4,7 @@
 //! protocol-level tests with a Rust HTTP client.
 
 mod hardening;
+mod old_grpc;
 mod protocol;
 mod supernode;
 mod support;

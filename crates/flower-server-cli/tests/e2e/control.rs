@@ -12,7 +12,9 @@
 //! through `--fleet-grpc-address` beside a 1.42 one, one run per version
 //! (only when `FLOWER_OLD_FLWR_BINS` lists, `:`-separated, the `bin/` of
 //! venvs such as `python -m venv v && v/bin/pip install flwr==1.39.0`;
-//! 1.32.1 and 1.39.0 pass; the test says SKIPPED otherwise); a non-loopback Control address without TLS and
+//! 1.13.0, 1.14.0, 1.15.0, 1.18.0, 1.20.0, 1.22.0, 1.32.1 and 1.39.0 pass,
+//! those before 1.23 (`CreateNode` SuperNodes) in a `--fab` run of the
+//! legacy app; 1.19 is not served; the test says SKIPPED otherwise); a non-loopback Control address without TLS and
 //! `--allow-remote-control` is refused at start-up (no Python needed).
 
 use std::io::{BufRead, BufReader};
@@ -369,7 +371,7 @@ fn older_supernodes_join_over_grpc() {
     // by default those scripts/setup-venv.sh creates.
     let old_bins: Vec<PathBuf> = match std::env::var_os("FLOWER_OLD_FLWR_BINS") {
         Some(bins) => std::env::split_paths(&bins).collect(),
-        None => ["1.32.1", "1.39.0"]
+        None => ["1.13.0", "1.15.0", "1.18.0", "1.20.0", "1.32.1", "1.39.0"]
             .iter()
             .map(|v| flower_testkit::workspace_root().join(format!(".venv-flwr-{v}/bin")))
             .filter(|bin| bin.join("flower-supernode").exists())
@@ -385,8 +387,156 @@ fn older_supernodes_join_over_grpc() {
         return;
     }
     for old_bin in old_bins {
-        old_supernode_run(&bin, &old_bin);
+        let version = flwr_version(&old_bin);
+        if create_node_era(&version) {
+            create_node_supernode_run(&old_bin, &version);
+        } else {
+            old_supernode_run(&bin, &old_bin);
+        }
     }
+}
+
+/// The flwr version installed beside `old_bin`'s `flower-supernode`.
+fn flwr_version(old_bin: &Path) -> String {
+    let out = Command::new(old_bin.join("python"))
+        .args([
+            "-c",
+            "from importlib.metadata import version; print(version('flwr'))",
+        ])
+        .output()
+        .expect("python of the old venv");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// flwr 1.13 to 1.22: SuperNodes that join with `CreateNode`; no
+/// `flwr.app` API for the ClientApp.
+fn create_node_era(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    major == 1 && minor < 23
+}
+
+/// A `CreateNode` SuperNode (flwr <= 1.22) on gRPC beside a 1.42 one on HTTP,
+/// in a `--fab` run of the legacy app (a `client_fn` NumPyClient, which
+/// those releases can run) with `--fleet-message-format legacy`. The FAB
+/// is built by the old release's own `flwr build` code (1.13 installs the
+/// wheel that its FABs carry, which 1.42's FABs lack; 1.42 installs either
+/// form). One round: D = (10*1 + 30*3) / 40 = 2.5.
+fn create_node_supernode_run(old_bin: &Path, version: &str) {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let app = dir.path().join("legacy");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(app_dir("legacy"))
+        .arg(&app)
+        .status()
+        .expect("cp");
+    assert!(status.success(), "copying the app failed");
+    let _ = std::fs::remove_dir_all(app.join("legacy_app/__pycache__"));
+    // `flwr build`'s function: 1.13's `flwr` command fails to start with
+    // the click release that pip installs beside it today.
+    let mut build = Command::new(old_bin.join("python"));
+    build
+        .args([
+            "-c",
+            "from pathlib import Path\nfrom flwr.cli.build import build\nbuild(app=Path('.'))",
+        ])
+        .current_dir(&app)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    flwr_env(&mut build, old_bin, &dir.path().join("build-flwr-home"));
+    let mut child = ChildGuard(build.spawn().expect("flwr build"));
+    let built = child.wait_timeout(Duration::from_secs(120));
+    assert!(
+        built.is_some_and(|s| s.success()),
+        "flwr {version} build failed"
+    );
+    let fab = std::fs::read_dir(&app)
+        .expect("app dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "fab"))
+        .expect("the built FAB");
+
+    let init = crate::fleet::write_init(dir.path());
+    let out = dir.path().join("out");
+    let mut args = crate::fleet::base_args(&fab, &init, &out, 1, 2, true);
+    args.extend(
+        [
+            "--insecure",
+            "--fleet-message-format",
+            "legacy",
+            "--fleet-grpc-address",
+            "127.0.0.1:0",
+        ]
+        .map(String::from),
+    );
+    let mut server = crate::fleet::FleetServer::start(&args, dir.path(), "create-node");
+    let grpc = server.grpc_fleet_address();
+    let Some(new_node) = crate::fleet::supernode(&server, None, None, "factor=1 examples=10")
+    else {
+        return;
+    };
+    let old_home = dir.path().join("old-flwr-home");
+    std::fs::create_dir_all(&old_home).expect("old FLWR_HOME");
+    let old_log = dir.path().join("old-supernode.log");
+    let port = flower_testkit::free_port();
+    let mut cmd = Command::new(old_bin.join("flower-supernode"));
+    cmd.args([
+        "--insecure",
+        "--superlink",
+        &grpc,
+        "--node-config",
+        "factor=3 examples=30",
+        "--clientappio-api-address",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .stdin(Stdio::null())
+    .stdout(std::fs::File::create(&old_log).expect("log"))
+    .stderr(std::fs::File::create(dir.path().join("old-supernode.err")).expect("log"));
+    // Its own venv first on PATH: the SuperNode starts `flwr-clientapp`
+    // (and 1.13 pip-installs the FAB's wheel) from there.
+    flwr_env(&mut cmd, old_bin, &old_home);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let old = ChildGuard(cmd.spawn().expect("start the old flower-supernode"));
+    let exit = server.wait_exit();
+    let old_text = std::fs::read_to_string(&old_log).unwrap_or_default()
+        + &std::fs::read_to_string(dir.path().join("old-supernode.err")).unwrap_or_default();
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "server ended with {exit:?}; log:\n{}\n--- flwr {version} SuperNode ---\n{old_text}\n--- 1.42 SuperNode ---\n{}",
+        server.log_text(),
+        new_node.log()
+    );
+    crate::common::assert_close(
+        &crate::fleet::final_model(&out),
+        &crate::fleet::shifted(2.5),
+        0.0,
+    );
+    let h = crate::common::history(&out);
+    assert_eq!(h["rounds"][0]["fit_results"], 2, "{h}");
+    assert_eq!(h["rounds"][0]["fit_failures"], 0, "{h}");
+    let loss = h["losses_distributed"][0][1].as_f64().expect("loss");
+    assert!((loss - 4.375).abs() < 1e-9, "{h}");
+    assert!(
+        server
+            .log_text()
+            .contains("SuperNode (flwr <= 1.22) created"),
+        "the old SuperNode did not join over gRPC"
+    );
+    drop(new_node);
+    // `--`: without it kill(1) reads "-<pgid>" as an option.
+    let _ = Command::new("kill")
+        .args(["-TERM", "--", &format!("-{}", old.0.id())])
+        .status();
+    drop(old);
+    eprintln!(
+        "SuperNode of flwr {version} ({}): run over gRPC in {:.1?}",
+        old_bin.display(),
+        started.elapsed()
+    );
 }
 
 /// One run with a 1.42 SuperNode on HTTP and the SuperNode of `old_bin`

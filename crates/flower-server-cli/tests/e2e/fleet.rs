@@ -144,6 +144,34 @@ impl FleetServer {
         }
     }
 
+    /// The gRPC Fleet address (`--fleet-grpc-address`), from the log
+    /// (bounded wait).
+    pub(crate) fn grpc_fleet_address(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.log_text().lines().find_map(|l| {
+                l.split("fleet api (grpc, flwr <= 1.39) listening on ")
+                    .nth(1)
+                    .and_then(|a| a.split_whitespace().next())
+                    .map(str::to_owned)
+            });
+            if let Some(address) = found {
+                return address;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no gRPC Fleet address in the log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (bounded) for the server to exit.
+    pub(crate) fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.wait_timeout(RUN_LIMIT)
+    }
+
     /// Waits (bounded) for a successful exit.
     pub(crate) fn wait_success(&mut self, nodes: &[&SuperNode]) {
         match self.child.wait_timeout(RUN_LIMIT) {
