@@ -10,7 +10,7 @@ use bytes::Bytes;
 use flower_auth::node::AuthorizedNodeKeys;
 use flower_message::{Limits, ObjectId};
 use flower_proto as pb;
-use flower_server::listener::{HardenedListener, ListenerOptions, Protocol};
+use flower_server::listener::{server_tls_config, HardenedListener, ListenerOptions, Protocol};
 use flower_server::{BoundTransport, ClientManager, ServerError, TlsFiles, Transport};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -476,29 +476,27 @@ async fn grpc_server(
     service: Arc<Service>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, BoxFuture<'static, ()>), FleetError> {
-    let bind_error = |source| FleetError::Bind { address, source };
-    let listener = tokio::net::TcpListener::bind(address)
+    // The same hardened listener as the other ports (connection cap,
+    // handshake timeout, fd back-off), doing TLS with ALPN `h2`.
+    let tls = match &options.tls {
+        Some(files) => Some(
+            server_tls_config(files, &[b"h2"], false)
+                .map_err(|e| FleetError::Tls(flower_server::error_chain(&e)))?,
+        ),
+        None => None,
+    };
+    let listener = HardenedListener::bind(address, options.listener.clone(), tls, Protocol::Http2)
         .await
-        .map_err(bind_error)?;
-    let local = listener.local_addr().map_err(bind_error)?;
+        .map_err(|e| match e {
+            ServerError::Bind { address, source } => FleetError::Bind { address, source },
+            other => FleetError::Config(flower_server::error_chain(&other)),
+        })?;
+    let local = listener.local_addr();
+    let incoming = listener.incoming();
     let fleet = pb::fleet_server::FleetServer::new(crate::grpc::GrpcFleet::new(service))
         .max_decoding_message_size(options.max_request_bytes)
         .max_encoding_message_size(pb::GRPC_MAX_MESSAGE_LENGTH);
     let mut builder = tonic::transport::Server::builder();
-    if let Some(files) = &options.tls {
-        let read = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|source| FleetError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        };
-        let identity =
-            tonic::transport::Identity::from_pem(read(&files.certfile)?, read(&files.keyfile)?);
-        builder = builder
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .map_err(|e| FleetError::Tls(e.to_string()))?;
-    }
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let router = builder.add_service(fleet);
     let serve = async move {
         let shutdown = async move {

@@ -586,15 +586,16 @@ async fn next_instruction(shared: &Arc<Shared>, node_id: u64) -> Option<Message>
         let contents: Vec<_> = tree
             .unique_ids()
             .into_iter()
-            .filter_map(|id| s.store().content(&id).map(|c| (id, c)))
+            .filter_map(|id| s.store().stored(&id).map(|c| (id, c)))
             .collect();
         Some((tree, contents))
     })?;
     // Joining a chunk's parts and parsing the arrays: off the async threads.
     let inflated = tokio::task::spawn_blocking(move || {
+        // Instruction objects are the server's own, in memory.
         let objects: BTreeMap<ObjectId, Bytes> = contents
             .into_iter()
-            .map(|(id, c)| (id, c.to_bytes()))
+            .filter_map(|(id, c)| c.read().ok().map(|b| (id, b)))
             .collect();
         // Our own instruction's objects, made by `deflate`.
         inflate(&tree, &VerifiedObjects(&objects), &limits)
