@@ -36,7 +36,7 @@ pub use error::{Error, Result};
 pub use id::ObjectId;
 pub use message::{Message, MessageError, Metadata, Payload};
 pub use object::{
-    encode_object, parse_head, validate_object, ObjectClass, ObjectHead, ObjectSource,
+    encode_object, parse_head, validate_object, HandOver, ObjectClass, ObjectHead, ObjectSource,
     VerifiedObjects,
 };
 pub use records::{

@@ -232,6 +232,26 @@ impl<S: ObjectSource> ObjectSource for VerifiedObjects<'_, S> {
     }
 }
 
+/// An [`ObjectSource`] that hands each object over on its fetch:
+/// [`inflate`](crate::inflate) fetches every object once, and then frees
+/// each chunk as soon as the last array using it is assembled, so a message
+/// is never held as chunks and as arrays at once.
+#[derive(Debug, Default)]
+pub struct HandOver(std::sync::Mutex<std::collections::HashMap<ObjectId, Bytes>>);
+
+impl HandOver {
+    /// Hands over `objects`.
+    pub fn new(objects: std::collections::HashMap<ObjectId, Bytes>) -> Self {
+        HandOver(std::sync::Mutex::new(objects))
+    }
+}
+
+impl ObjectSource for HandOver {
+    fn object(&self, id: &ObjectId) -> Option<Bytes> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id)
+    }
+}
+
 impl<S: std::hash::BuildHasher> ObjectSource for std::collections::HashMap<ObjectId, Bytes, S> {
     fn object(&self, id: &ObjectId) -> Option<Bytes> {
         self.get(id).cloned()
@@ -317,4 +337,13 @@ mod tests {
             Err(Error::IdMismatch { .. })
         ));
     }
+
+    #[test]
+    fn hand_over_gives_each_object_once() {
+        let source = HandOver::new([(id(), Bytes::from_static(b"x"))].into_iter().collect());
+        assert_eq!(source.object(&id()), Some(Bytes::from_static(b"x")));
+        assert_eq!(source.object(&id()), None);
+        assert!(!source.contents_verified());
+    }
+
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use flower_fab::{Fab, RunConfig, UserConfig};
-use flower_message::{deflate, inflate, Limits, Message, Metadata, ObjectId, ObjectTree, Payload};
+use flower_message::{
+    deflate, inflate, HandOver, Limits, Message, Metadata, ObjectId, ObjectTree, Payload,
+};
 use flower_proto as pb;
 use futures::{StreamExt, TryStreamExt};
 use http::StatusCode;
@@ -384,9 +386,9 @@ impl Node {
             self.runs.insert(run_id, info);
         }
         let objects = self.pull_objects(run_id, &tree).await?;
-        let message = inflate(&tree, &objects, &limits)
+        // Handed over: each chunk goes once its array is assembled.
+        let message = inflate(&tree, &HandOver::new(objects), &limits)
             .map_err(|e| Step::Drop(format!("cannot rebuild message {}: {e}", tree.id)))?;
-        drop(objects);
         let _: pb::ConfirmMessageReceivedResponse = self
             .invoke(
                 "confirm-message-received",
