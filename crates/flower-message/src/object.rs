@@ -345,5 +345,4 @@ mod tests {
         assert_eq!(source.object(&id()), None);
         assert!(!source.contents_verified());
     }
-
 }

@@ -18,7 +18,9 @@ use settings::Settings;
 use tracing::{error, info};
 
 /// jemalloc returns freed model-sized buffers to the OS; glibc's malloc
-/// keeps them once its dynamic mmap threshold has grown past a chunk.
+/// keeps them once its dynamic mmap threshold has grown past a chunk. Its
+/// background thread purges freed pages after a second (`.cargo/config.toml`
+/// sets the decay at build time).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

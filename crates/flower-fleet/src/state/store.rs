@@ -91,8 +91,9 @@ pub struct SpillConfig {
 }
 
 impl SpillConfig {
-    /// The default limit: 64 MiB of pushed contents in memory.
-    pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
+    /// The default limit: 16 MiB of pushed contents in memory (three flwr
+    /// chunks; what is past it costs a write and a read of page cache).
+    pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
 }
 
 impl Default for SpillConfig {

@@ -122,13 +122,15 @@ impl GateInner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn try_admit(&self, client: Option<ClientId>) -> bool {
+    /// Admits `client` if a permit is free and fewer than `ahead` results
+    /// still to fold come before its own.
+    fn try_admit(&self, client: Option<ClientId>, ahead: usize) -> bool {
         let mut state = self.lock();
         if state.active >= self.max {
             return false;
         }
         let in_turn = match client {
-            Some(c) if state.pending.contains(&c) => state.pending.range(..c).count() < self.max,
+            Some(c) if state.pending.contains(&c) => state.pending.range(..c).count() < ahead,
             _ => true,
         };
         if in_turn {
@@ -181,27 +183,29 @@ impl UploadGate {
         })
     }
 
-    /// Waits until `client`'s large result may be taken in (by a transport
-    /// that receives it whole before decoding, e.g. the Fleet API
-    /// inflating a pushed reply): in the driver's fold order, at most `n`
-    /// at once. `None` at once when the gate has no limit; the turn lasts
-    /// until the returned value is dropped.
+    /// Waits until `client`'s large result may be taken in by a transport
+    /// that receives it whole before decoding (the Fleet API inflating a
+    /// pushed reply): when it is the next result the driver folds, so at
+    /// most one decoded result ever waits for its turn. `None` at once when
+    /// the gate has no limit; the turn lasts until the returned value is
+    /// dropped.
     pub async fn turn(&self, client: ClientId) -> Option<UploadTurn> {
         let inner = self.inner.clone()?;
         Some(UploadTurn {
-            _permit: Self::admit(inner, Some(client)).await,
+            _permit: Self::admit(inner, Some(client), 1).await,
         })
     }
 
-    /// Waits until an upload by `client` may be received.
-    async fn admit(inner: Arc<GateInner>, client: Option<ClientId>) -> UploadPermit {
+    /// Waits until an upload by `client` may be received, with fewer than
+    /// `ahead` results to fold before its own.
+    async fn admit(inner: Arc<GateInner>, client: Option<ClientId>, ahead: usize) -> UploadPermit {
         let _waiting = Waiting::new(&inner);
         loop {
             {
                 let changed = inner.changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                if !inner.try_admit(client) {
+                if !inner.try_admit(client, ahead) {
                     changed.await;
                     continue;
                 }
@@ -412,7 +416,9 @@ impl Inbound {
                 }
                 self.announced = Some(len);
                 if let (true, Some(inner)) = (len >= LARGE_MESSAGE, self.gate.inner.clone()) {
-                    self.waiting = Some(Box::pin(UploadGate::admit(inner, self.client)));
+                    // Streamed uploads: the next `max` results to fold.
+                    let ahead = inner.max;
+                    self.waiting = Some(Box::pin(UploadGate::admit(inner, self.client, ahead)));
                     self.gate_since = Some(Instant::now());
                 }
                 break;
