@@ -257,7 +257,6 @@ impl OldNodes {
             node.is_1_19 = true;
             let sec1 = node.key.clone();
             drop(nodes);
-            shared.with_state(|s| s.revoke_key(&sec1));
             warn!(
                 node_id,
                 key = key.fingerprint(),
@@ -265,6 +264,7 @@ impl OldNodes {
                  chunks, object lists keyed by message id) differ from those of 1.20+, \
                  which this server serves; use flwr 1.13-1.18 or >= 1.20"
             );
+            shared.with_state(|s| s.revoke_key(&sec1));
         }
         true
     }
