@@ -7,7 +7,8 @@
 //! SuperNodes of 1.13 to 1.22 (`CreateNode`, `Ping`, `PullTaskIns`, ...,
 //! and every call of a node created with `CreateNode` or without signature
 //! metadata) are answered by [`legacy`] in their release's wire form, on
-//! the same link state.
+//! the same link state; a 1.19 node, whose objects differ, is recognized
+//! at its first instruction and refused (see [`legacy`]).
 //!
 //! Refusals become gRPC statuses the way flwr's `grpc_rere` servicer
 //! aborts: `UNAUTHENTICATED` for identity failures (the SuperNode stops),

@@ -1,8 +1,8 @@
-//! SuperNodes of flwr 1.13 to 1.22 over gRPC: `CreateNode`, `DeleteNode`,
-//! `Ping`, and, for the nodes created so, the RPCs whose names 1.23+ kept
-//! (`PullMessages`, `GetRun`, ...), following flwr's `grpc_rere` servicer
-//! and `message_handler.py` of those releases. Three eras, each
-//! wire-compatible with its release's protos:
+//! SuperNodes of flwr 1.13 to 1.22 (but 1.19) over gRPC: `CreateNode`,
+//! `DeleteNode`, `Ping`, and, for the nodes created so, the RPCs whose
+//! names 1.23+ kept (`PullMessages`, `GetRun`, ...), following flwr's
+//! `grpc_rere` servicer and `message_handler.py` of those releases. Three
+//! eras, each wire-compatible with its release's protos:
 //!
 //! * 1.13/1.14: `PullTaskIns`/`PushTaskRes`, the content inline as a
 //!   `RecordSet` in a `Task`; `Ping` as the heartbeat.
@@ -13,8 +13,47 @@
 //!
 //! `CreateNode` looks the same in every era: a node's era shows in its
 //! calls (`PullTaskIns`; `Ping` or `SendNodeHeartbeat` before its first
-//! `PullMessages`, which stays empty until then). flwr 1.19 (object maps,
-//! arrays without chunks) is not served: it would be taken for 1.20.
+//! `PullMessages`, which stays empty until then).
+//!
+//! flwr 1.19 is detected and refused. Its protos (`flwr/proto/*_pb2.py`)
+//! and calls equal 1.20's (`CreateNode`, `SendNodeHeartbeat`, the object
+//! RPCs, identical requests, `message.proto` unchanged, no version in the
+//! metadata) except in two answers and one object body:
+//!
+//! * `PullMessagesResponse` field 3 is `map<string, ObjectIDs>
+//!   objects_to_pull` (message id → the ids of all its descendants), not
+//!   `repeated ObjectTree message_object_trees`; the node pulls those ids
+//!   plus the message id (concurrently, hashes unchecked) and inflates.
+//! * `PushMessagesResponse` field 3 is `map<string, ObjectIDs>
+//!   objects_to_push` (reply id → ids to push), not `repeated string`.
+//! * An `Array` object has no children: its body is the `Array` proto
+//!   (`dtype`, `shape`, `stype`, `data`, deterministic encoding), not the
+//!   JSON of 1.20+ (`arraychunk_ids` into `ArrayChunk` children); 1.19
+//!   knows no `ArrayChunk` class (`KeyError: 'ArrayChunk'` when given
+//!   one). Every other object (`Message`, `RecordDict`, `ArrayRecord`,
+//!   `ConfigRecord`, `MetricRecord`) is deflated as by 1.20, so only the
+//!   ids above an array differ; a message without arrays has the same
+//!   objects and ids in both.
+//!
+//! Nothing a 1.19 node sends before its first instruction tells it from
+//! 1.20-1.22, so while an objects-era node is not known to be 1.20+, its
+//! `PullMessages` answer carries, after the message's tree, one more
+//! tree `{root, children: [probe]}` ([`add_probe`]): 1.20-1.22 read the
+//! first tree only; 1.19 reads each tree as a map entry keyed by its root
+//! whose value merges the children's ids, the later entry replacing the
+//! earlier, so it pulls the probe ([`probe_id`]) and the root. A node
+//! that pulls the probe is 1.19: it leaves the link state (its
+//! instruction's exchange fails at once), the server logs why, and it and
+//! all its later calls get `FAILED_PRECONDITION` with the reason (the
+//! node logs it when its `ConfirmMessageReceived` is refused, calls
+//! `DeleteNode` and exits). A node that confirms an instruction or pushes
+//! a reply without having pulled it is 1.20+ (1.19's pulls all end before
+//! it confirms) and is not probed again. Serving 1.19 instead would mean
+//! re-deflating each instruction in its form (one `Array` object per
+//! array, new ids up to the root, the `objects_to_pull` list), answering
+//! its `PullObject`s from that, and collecting its reply's objects
+//! (answered with the `objects_to_push` map) to inflate and re-deflate
+//! them before they enter the link state.
 //!
 //! Keys: 1.15 signs every call as 1.23+ does under other metadata names
 //! (`public-key-bin`, `signature-bin`, `timestamp`), 1.16-1.22 under the
