@@ -8,11 +8,12 @@ python="${PYTHON:-python3}"
 # Stock SuperNodes from before 1.40 speak the gRPC Fleet API: one release
 # of each wire era the server answers (1.13.0, the oldest that installs
 # here: keyless, Task-based; 1.15.0: inline RecordSets, 1.15's signature
-# metadata; 1.18.0: the same with 1.16+'s; 1.20.0: objects, CreateNode),
+# metadata; 1.18.0: the same with 1.16+'s; 1.19.0: refused, checked so;
+# 1.20.0: objects, CreateNode),
 # then 1.32.1 and the newest (1.39.0), each in its own venv
 # (.venv-flwr-<version>, about 15 s and 170 MB each), for the gRPC Fleet
 # interop test.
-for version in 1.13.0 1.15.0 1.18.0 1.20.0 1.32.1 1.39.0; do
+for version in 1.13.0 1.15.0 1.18.0 1.19.0 1.20.0 1.32.1 1.39.0; do
   old="$root/.venv-flwr-$version"
   if [ ! -x "$old/bin/flower-supernode" ]; then
     echo "setup-venv: creating $old" >&2

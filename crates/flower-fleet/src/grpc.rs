@@ -7,7 +7,8 @@
 //! SuperNodes of 1.13 to 1.22 (`CreateNode`, `Ping`, `PullTaskIns`, ...,
 //! and every call of a node created with `CreateNode` or without signature
 //! metadata) are answered by [`legacy`] in their release's wire form, on
-//! the same link state.
+//! the same link state; a 1.19 node, whose objects differ, is recognized
+//! at its first instruction and refused (see [`legacy`]).
 //!
 //! Refusals become gRPC statuses the way flwr's `grpc_rere` servicer
 //! aborts: `UNAUTHENTICATED` for identity failures (the SuperNode stops),
@@ -108,16 +109,28 @@ impl GrpcFleet {
 
     /// flwr 1.20-1.22 nodes exchange messages as 1.23+ (`objects`): their
     /// `PullMessages`/`PushMessages` go to the HTTP service's handlers once
-    /// their heartbeat told their era; other old nodes' to [`legacy`].
+    /// their heartbeat told their era; other old nodes' to [`legacy`]. A
+    /// node found to be flwr 1.19 is refused.
     fn route(&self, metadata: &MetadataMap, objects: bool) -> Result<Route, Status> {
         Ok(match signer(metadata)? {
             None => Route::Old(None),
             Some(key) => match self.old.owner(&key) {
+                Some(Some(legacy::Era::V119)) => return Err(legacy::refusal_1_19()),
                 Some(Some(legacy::Era::Objects)) if objects => Route::Current(key),
                 Some(_) => Route::Old(Some(key)),
                 None => Route::Current(key),
             },
         })
+    }
+
+    /// The signer of an object RPC (only 1.19+ nodes use objects; they sign
+    /// every call), refused if it is a flwr 1.19 node.
+    fn object_caller(&self, metadata: &MetadataMap) -> Result<NodePublicKey, Status> {
+        let key = signer(metadata)?.ok_or_else(unauthenticated)?;
+        if self.old.owner(&key) == Some(Some(legacy::Era::V119)) {
+            return Err(legacy::refusal_1_19());
+        }
+        Ok(key)
     }
 
     /// A 1.23+ RPC: authenticated, then the HTTP service's handler.
@@ -219,7 +232,15 @@ impl pb::fleet_server::Fleet for GrpcFleet {
                 .pull_messages(&self.service.shared, caller.as_ref(), request.get_ref())
                 .await
                 .map(Response::new),
-            Route::Current(key) => self.call_as(Rpc::PullMessages, &key, request).await,
+            Route::Current(key) => {
+                let probe = self.old.needs_probe(&key);
+                let mut response: Response<pb::PullMessagesWireResponse> =
+                    self.call_as(Rpc::PullMessages, &key, request).await?;
+                if probe {
+                    legacy::add_probe(response.get_mut());
+                }
+                Ok(response)
+            }
         }
     }
 
@@ -232,7 +253,10 @@ impl pb::fleet_server::Fleet for GrpcFleet {
                 .old
                 .push_messages(&self.service.shared, caller.as_ref(), request.into_inner())
                 .map(Response::new),
-            Route::Current(key) => self.call_as(Rpc::PushMessages, &key, request).await,
+            Route::Current(key) => {
+                self.old.objects_used(&key);
+                self.call_as(Rpc::PushMessages, &key, request).await
+            }
         }
     }
 
@@ -266,24 +290,31 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::PushObjectRequest>,
     ) -> Result<Response<pb::PushObjectResponse>, Status> {
-        // Only 1.20+ nodes use objects; they sign every call.
-        self.call(Rpc::PushObject, request).await
+        let key = self.object_caller(request.metadata())?;
+        self.call_as(Rpc::PushObject, &key, request).await
     }
 
     async fn pull_object(
         &self,
         request: Request<pb::PullObjectRequest>,
     ) -> Result<Response<pb::PullObjectResponse>, Status> {
-        // Only 1.20+ nodes use objects; they sign every call.
-        self.call(Rpc::PullObject, request).await
+        let key = self.object_caller(request.metadata())?;
+        if request.get_ref().object_id == legacy::probe_id().to_string()
+            && self.old.refuse_1_19(&self.service.shared, &key)
+        {
+            return Err(legacy::refusal_1_19());
+        }
+        self.call_as(Rpc::PullObject, &key, request).await
     }
 
     async fn confirm_message_received(
         &self,
         request: Request<pb::ConfirmMessageReceivedRequest>,
     ) -> Result<Response<pb::ConfirmMessageReceivedResponse>, Status> {
-        // Only 1.20+ nodes use objects; they sign every call.
-        self.call(Rpc::ConfirmMessageReceived, request).await
+        let key = self.object_caller(request.metadata())?;
+        self.old.objects_used(&key);
+        self.call_as(Rpc::ConfirmMessageReceived, &key, request)
+            .await
     }
 
     async fn create_node(

@@ -1,8 +1,8 @@
-//! SuperNodes of flwr 1.13 to 1.22 over gRPC: `CreateNode`, `DeleteNode`,
-//! `Ping`, and, for the nodes created so, the RPCs whose names 1.23+ kept
-//! (`PullMessages`, `GetRun`, ...), following flwr's `grpc_rere` servicer
-//! and `message_handler.py` of those releases. Three eras, each
-//! wire-compatible with its release's protos:
+//! SuperNodes of flwr 1.13 to 1.22 (but 1.19) over gRPC: `CreateNode`,
+//! `DeleteNode`, `Ping`, and, for the nodes created so, the RPCs whose
+//! names 1.23+ kept (`PullMessages`, `GetRun`, ...), following flwr's
+//! `grpc_rere` servicer and `message_handler.py` of those releases. Three
+//! eras, each wire-compatible with its release's protos:
 //!
 //! * 1.13/1.14: `PullTaskIns`/`PushTaskRes`, the content inline as a
 //!   `RecordSet` in a `Task`; `Ping` as the heartbeat.
@@ -13,8 +13,47 @@
 //!
 //! `CreateNode` looks the same in every era: a node's era shows in its
 //! calls (`PullTaskIns`; `Ping` or `SendNodeHeartbeat` before its first
-//! `PullMessages`, which stays empty until then). flwr 1.19 (object maps,
-//! arrays without chunks) is not served: it would be taken for 1.20.
+//! `PullMessages`, which stays empty until then).
+//!
+//! flwr 1.19 is detected and refused. Its protos (`flwr/proto/*_pb2.py`)
+//! and calls equal 1.20's (`CreateNode`, `SendNodeHeartbeat`, the object
+//! RPCs, identical requests, `message.proto` unchanged, no version in the
+//! metadata) except in two answers and one object body:
+//!
+//! * `PullMessagesResponse` field 3 is `map<string, ObjectIDs>
+//!   objects_to_pull` (message id → the ids of all its descendants), not
+//!   `repeated ObjectTree message_object_trees`; the node pulls those ids
+//!   plus the message id (concurrently, hashes unchecked) and inflates.
+//! * `PushMessagesResponse` field 3 is `map<string, ObjectIDs>
+//!   objects_to_push` (reply id → ids to push), not `repeated string`.
+//! * An `Array` object has no children: its body is the `Array` proto
+//!   (`dtype`, `shape`, `stype`, `data`, deterministic encoding), not the
+//!   JSON of 1.20+ (`arraychunk_ids` into `ArrayChunk` children); 1.19
+//!   knows no `ArrayChunk` class (`KeyError: 'ArrayChunk'` when given
+//!   one). Every other object (`Message`, `RecordDict`, `ArrayRecord`,
+//!   `ConfigRecord`, `MetricRecord`) is deflated as by 1.20, so only the
+//!   ids above an array differ; a message without arrays has the same
+//!   objects and ids in both.
+//!
+//! Nothing a 1.19 node sends before its first instruction tells it from
+//! 1.20-1.22, so while an objects-era node is not known to be 1.20+, its
+//! `PullMessages` answer carries, after the message's tree, one more
+//! tree `{root, children: [probe]}` ([`add_probe`]): 1.20-1.22 read the
+//! first tree only; 1.19 reads each tree as a map entry keyed by its root
+//! whose value merges the children's ids, the later entry replacing the
+//! earlier, so it pulls the probe ([`probe_id`]) and the root. A node
+//! that pulls the probe is 1.19: it leaves the link state (its
+//! instruction's exchange fails at once), the server logs why, and it and
+//! all its later calls get `FAILED_PRECONDITION` with the reason (the
+//! node logs it when its `ConfirmMessageReceived` is refused, calls
+//! `DeleteNode` and exits). A node that confirms an instruction or pushes
+//! a reply without having pulled it is 1.20+ (1.19's pulls all end before
+//! it confirms) and is not probed again. Serving 1.19 instead would mean
+//! re-deflating each instruction in its form (one `Array` object per
+//! array, new ids up to the root, the `objects_to_pull` list), answering
+//! its `PullObject`s from that, and collecting its reply's objects
+//! (answered with the `objects_to_push` map) to inflate and re-deflate
+//! them before they enter the link state.
 //!
 //! Keys: 1.15 signs every call as 1.23+ does under other metadata names
 //! (`public-key-bin`, `signature-bin`, `timestamp`), 1.16-1.22 under the
@@ -87,8 +126,13 @@ struct OldNode {
     runs: Vec<u64>,
     /// It called `Ping` (flwr ≤ 1.18).
     pinged: bool,
-    /// It called `SendNodeHeartbeat` (flwr 1.20-1.22).
+    /// It called `SendNodeHeartbeat` (flwr 1.19-1.22).
     heartbeats: bool,
+    /// It confirmed an instruction offered with the flwr 1.19 probe
+    /// without pulling the probe: flwr 1.20-1.22.
+    past_1_19: bool,
+    /// It pulled the probe: flwr 1.19, refused (see [`refusal_1_19`]).
+    is_1_19: bool,
 }
 
 /// How an old node's `PullMessages`/`PushMessages` look.
@@ -96,8 +140,25 @@ struct OldNode {
 pub(crate) enum Era {
     /// flwr 1.15-1.18: `RecordSet` content inline.
     Inline,
-    /// flwr 1.20-1.22: objects, as 1.23+.
+    /// flwr 1.20-1.22 (or 1.19 until it shows): objects, as 1.23+.
     Objects,
+    /// flwr 1.19: refused.
+    V119,
+}
+
+/// The object only flwr 1.19 pulls (see the module docs): a fixed id that
+/// no object of a message has in practice (SHA-256 of a marker text, not
+/// an object's content).
+pub(crate) fn probe_id() -> ObjectId {
+    ObjectId::of(b"flower-rs: the object only a flwr 1.19 SuperNode pulls")
+}
+
+/// What a flwr 1.19 node is told, on every call once it showed its era.
+pub(crate) fn refusal_1_19() -> Status {
+    Status::failed_precondition(
+        "flwr 1.19 SuperNodes are not supported by this server (1.19's message objects \
+         differ from those of 1.20+); use flwr 1.13-1.18 or >= 1.20",
+    )
 }
 
 /// The nodes of the gRPC Fleet service created with `CreateNode` (flwr
@@ -181,7 +242,9 @@ impl OldNodes {
     }
 
     fn era_of(node: &OldNode) -> Option<Era> {
-        if node.heartbeats {
+        if node.is_1_19 {
+            Some(Era::V119)
+        } else if node.heartbeats {
             Some(Era::Objects)
         } else if node.pinged {
             Some(Era::Inline)
@@ -193,6 +256,56 @@ impl OldNodes {
     /// The node's message era, once its heartbeat RPC told.
     fn era(&self, node_id: u64) -> Option<Era> {
         self.lock().get(&node_id).and_then(Self::era_of)
+    }
+
+    /// Whether the instructions pulled by `key`'s node must carry the flwr
+    /// 1.19 probe: an objects-era node not yet known to be 1.20+.
+    pub(crate) fn needs_probe(&self, key: &NodePublicKey) -> bool {
+        self.lock()
+            .values()
+            .any(|n| n.keyed && n.key == key.sec1_bytes() && n.heartbeats && !n.past_1_19)
+    }
+
+    /// `key`'s node confirmed an instruction or pushed a reply as 1.20+
+    /// does: a 1.19 node pulls the probe before either (its pulls all end
+    /// before it confirms), so it is 1.20+ unless it pulled it already.
+    pub(crate) fn objects_used(&self, key: &NodePublicKey) {
+        let mut nodes = self.lock();
+        if let Some(node) = nodes
+            .values_mut()
+            .find(|n| n.keyed && n.key == key.sec1_bytes() && n.heartbeats && !n.is_1_19)
+        {
+            node.past_1_19 = true;
+        }
+    }
+
+    /// `key`'s node pulled the probe: it is flwr 1.19. It leaves the link
+    /// state (its instruction's exchange fails at once) and every later
+    /// call of it is refused with [`refusal_1_19`]. Returns whether `key`
+    /// belongs to an old node (a 1.23+ node pulling the probe is only
+    /// told that no such object exists).
+    pub(crate) fn refuse_1_19(&self, shared: &Arc<Shared>, key: &NodePublicKey) -> bool {
+        let mut nodes = self.lock();
+        let Some((&node_id, node)) = nodes
+            .iter_mut()
+            .find(|(_, n)| n.keyed && n.key == key.sec1_bytes())
+        else {
+            return false;
+        };
+        if !node.is_1_19 {
+            node.is_1_19 = true;
+            let sec1 = node.key.clone();
+            drop(nodes);
+            warn!(
+                node_id,
+                key = key.fingerprint(),
+                "refused a flwr 1.19 SuperNode: its message objects (arrays without \
+                 chunks, object lists keyed by message id) differ from those of 1.20+, \
+                 which this server serves; use flwr 1.13-1.18 or >= 1.20"
+            );
+            shared.with_state(|s| s.revoke_key(&sec1));
+        }
+        true
     }
 
     /// Remembers a delivered inline instruction (for its reply).
@@ -398,6 +511,7 @@ impl OldNodes {
             }
             // Routed to the 1.23+ handler (see `super`).
             Some(Era::Objects) => Ok(pb::PullMessagesWireResponse::default()),
+            Some(Era::V119) => Err(refusal_1_19()),
         }
     }
 
@@ -574,6 +688,29 @@ impl OldNodes {
             results: [(message_id, 0)].into_iter().collect(),
         })
     }
+}
+
+/// Adds the flwr 1.19 probe to a `PullMessages` answer for an objects-era
+/// node: after the message's trees, one more per message, `{id: root,
+/// children: [{id: probe}]}`. flwr 1.20+ reads the first tree only; flwr
+/// 1.19 reads field 3 as `map<string, ObjectIDs> objects_to_pull`, each
+/// tree an entry keyed by its root whose value merges its children's ids,
+/// the later entry for a key replacing the earlier: it pulls the probe and
+/// the root.
+pub(crate) fn add_probe(response: &mut pb::PullMessagesWireResponse) {
+    let probe = probe_id().to_string();
+    let entries: Vec<pb::ObjectTree> = response
+        .message_object_trees
+        .iter()
+        .map(|t| pb::ObjectTree {
+            object_id: t.object_id.clone(),
+            children: vec![pb::ObjectTree {
+                object_id: probe.clone(),
+                children: Vec::new(),
+            }],
+        })
+        .collect();
+    response.message_object_trees.extend(entries);
 }
 
 /// The node's next undelivered instruction, inflated from its objects.

@@ -400,3 +400,123 @@ async fn flwr_1_13_node_auth_and_keyless_nodes_under_supernode_auth_are_refused(
     );
     grpc.stop().await;
 }
+
+/// The object id only a flwr 1.19 SuperNode pulls (the gRPC legacy layer's
+/// probe): SHA-256 of this marker.
+fn probe_id() -> String {
+    flower_message::ObjectId::of(b"flower-rs: the object only a flwr 1.19 SuperNode pulls")
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_node_that_pulls_the_flwr_1_19_probe_is_refused_and_removed() {
+    let mut grpc = Grpc::start(options()).await;
+    let c = &mut grpc.client;
+    let key = NodeSigningKey::generate(NodeKeyCurve::P256);
+    let node_id = c
+        .create_node(signed(
+            &key,
+            pb::CreateNodeRequest {
+                ping_interval: 30.0,
+            },
+            NAMES_116,
+        ))
+        .await
+        .expect("CreateNode")
+        .into_inner()
+        .node
+        .expect("node")
+        .node_id;
+    let beat = |key: &NodeSigningKey| {
+        signed(
+            key,
+            pb::SendNodeHeartbeatRequest {
+                node: Some(pb::Node { node_id }),
+                heartbeat_interval: 30.0,
+            },
+            NAMES_116,
+        )
+    };
+    assert!(
+        c.send_node_heartbeat(beat(&key))
+            .await
+            .expect("SendNodeHeartbeat")
+            .into_inner()
+            .success
+    );
+    let pull = |key: &NodeSigningKey, object_id: String| {
+        signed(
+            key,
+            pb::PullObjectRequest {
+                node: Some(pb::Node { node_id }),
+                run_id: RUN_ID,
+                object_id,
+            },
+            NAMES_116,
+        )
+    };
+    // Another object: the 1.23+ handler's answer (nothing found).
+    let other = c
+        .pull_object(pull(&key, "d".repeat(64)))
+        .await
+        .map(|r| r.into_inner().object_found);
+    assert!(!matches!(&other, Err(s) if s.code() == Code::FailedPrecondition));
+    let refused = c.pull_object(pull(&key, probe_id())).await;
+    let status = refused.map(|_| ()).expect_err("the probe is refused");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("flwr 1.19"),
+        "{}",
+        status.message()
+    );
+    // Every later call of the node: the same refusal.
+    let again = c.send_node_heartbeat(beat(&key)).await;
+    assert_eq!(
+        again.map(|_| ()).map_err(|s| s.code()),
+        Err(Code::FailedPrecondition)
+    );
+    let confirm = c
+        .confirm_message_received(signed(
+            &key,
+            pb::ConfirmMessageReceivedRequest {
+                node: Some(pb::Node { node_id }),
+                run_id: RUN_ID,
+                message_object_id: "a".repeat(64),
+            },
+            NAMES_116,
+        ))
+        .await;
+    assert_eq!(
+        confirm.map(|_| ()).map_err(|s| s.code()),
+        Err(Code::FailedPrecondition)
+    );
+    let pulled = c
+        .pull_messages(signed(
+            &key,
+            pb::PullMessagesRequest {
+                node: Some(pb::Node { node_id }),
+                message_ids: Vec::new(),
+            },
+            NAMES_116,
+        ))
+        .await;
+    assert_eq!(
+        pulled.map(|_| ()).map_err(|s| s.code()),
+        Err(Code::FailedPrecondition)
+    );
+    // It may still say goodbye (flwr 1.19 does); then it is forgotten (a
+    // signed call is then the 1.23+ handler's: its key-derived id is
+    // re-admitted, as after a server restart).
+    c.delete_node(signed(
+        &key,
+        pb::DeleteNodeRequest {
+            node: node(node_id),
+        },
+        NAMES_116,
+    ))
+    .await
+    .expect("DeleteNode");
+    let gone = c.send_node_heartbeat(beat(&key)).await;
+    assert!(gone.is_ok(), "{gone:?}");
+    grpc.stop().await;
+}

@@ -371,11 +371,13 @@ fn older_supernodes_join_over_grpc() {
     // by default those scripts/setup-venv.sh creates.
     let old_bins: Vec<PathBuf> = match std::env::var_os("FLOWER_OLD_FLWR_BINS") {
         Some(bins) => std::env::split_paths(&bins).collect(),
-        None => ["1.13.0", "1.15.0", "1.18.0", "1.20.0", "1.32.1", "1.39.0"]
-            .iter()
-            .map(|v| flower_testkit::workspace_root().join(format!(".venv-flwr-{v}/bin")))
-            .filter(|bin| bin.join("flower-supernode").exists())
-            .collect(),
+        None => [
+            "1.13.0", "1.15.0", "1.18.0", "1.19.0", "1.20.0", "1.32.1", "1.39.0",
+        ]
+        .iter()
+        .map(|v| flower_testkit::workspace_root().join(format!(".venv-flwr-{v}/bin")))
+        .filter(|bin| bin.join("flower-supernode").exists())
+        .collect(),
     };
     if old_bins.is_empty() {
         assert!(
@@ -500,10 +502,37 @@ fn create_node_supernode_run(old_bin: &Path, version: &str) {
     // (and 1.13 pip-installs the FAB's wheel) from there.
     flwr_env(&mut cmd, old_bin, &old_home);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let old = ChildGuard(cmd.spawn().expect("start the old flower-supernode"));
+    let mut old = ChildGuard(cmd.spawn().expect("start the old flower-supernode"));
+    let old_text = || {
+        std::fs::read_to_string(&old_log).unwrap_or_default()
+            + &std::fs::read_to_string(dir.path().join("old-supernode.err")).unwrap_or_default()
+    };
+    if version.starts_with("1.19.") {
+        // Not served: refused at its first instruction (see the gRPC
+        // legacy layer's docs), with a reason on both sides; the SuperNode
+        // logs it, leaves (`DeleteNode`) and exits (with status 0).
+        let exit = old.wait_timeout(Duration::from_secs(180));
+        let text = old_text();
+        assert!(
+            exit.is_some()
+                && text.contains("flwr 1.19 SuperNodes are not supported by this server"),
+            "flwr {version} SuperNode not refused ({exit:?}):\n{text}\n--- server ---\n{}",
+            server.log_text()
+        );
+        assert!(
+            server.log_text().contains("refused a flwr 1.19 SuperNode"),
+            "no refusal in the server log:\n{}",
+            server.log_text()
+        );
+        eprintln!(
+            "SuperNode of flwr {version} ({}): refused in {:.1?}",
+            old_bin.display(),
+            started.elapsed()
+        );
+        return;
+    }
     let exit = server.wait_exit();
-    let old_text = std::fs::read_to_string(&old_log).unwrap_or_default()
-        + &std::fs::read_to_string(dir.path().join("old-supernode.err")).unwrap_or_default();
+    let old_text = old_text();
     assert!(
         exit.is_some_and(|s| s.success()),
         "server ended with {exit:?}; log:\n{}\n--- flwr {version} SuperNode ---\n{old_text}\n--- 1.42 SuperNode ---\n{}",

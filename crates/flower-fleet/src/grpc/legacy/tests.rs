@@ -123,3 +123,87 @@ fn ping_intervals_are_clamped_to_the_link_state_bounds() {
     assert_eq!(interval(1e300), HEARTBEAT_MAX_INTERVAL);
     assert_eq!(interval(f64::NAN), crate::state::HEARTBEAT_DEFAULT_INTERVAL);
 }
+
+/// How flwr `version`'s own classes read a `PullMessages` answer: 1.19's
+/// `objects_to_pull` map, 1.20's first tree and tree count. `None`
+/// (skipped) without the `.venv-flwr-<version>` venv.
+fn python_reads(version: &str, response: &pb::PullMessagesWireResponse) -> Option<String> {
+    let python = flower_testkit::workspace_root().join(format!(".venv-flwr-{version}/bin/python"));
+    if !python.exists() {
+        assert!(
+            !flower_testkit::python::python_required(),
+            "FLOWER_REQUIRE_PYTHON=1 but {} is missing (scripts/setup-venv.sh)",
+            python.display()
+        );
+        eprintln!("SKIPPED: no flwr {version} venv (scripts/setup-venv.sh creates it)");
+        return None;
+    }
+    let script = r#"
+import sys
+from flwr.proto import fleet_pb2 as f
+r = f.PullMessagesResponse.FromString(bytes.fromhex(sys.argv[1]))
+ids = [m.metadata.message_id for m in r.messages_list]
+if 'objects_to_pull' in f.PullMessagesResponse.DESCRIPTOR.fields_by_name:
+    pull = {k: list(v.object_ids) for k, v in r.objects_to_pull.items()}
+    print(ids, sorted(pull.items()))
+else:
+    t = r.message_object_trees[0]
+    print(ids, t.object_id, [c.object_id for c in t.children], len(r.message_object_trees))
+"#;
+    let hex: String = response
+        .encode_to_vec()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let out = flower_testkit::run_python(&python, script, &[&hex]);
+    Some(String::from_utf8_lossy(&out).trim().to_owned())
+}
+
+#[test]
+fn the_probe_is_pulled_by_flwr_1_19_only() {
+    let (root, child, grandchild) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+    let message = pb::Message {
+        metadata: Some(pb::Metadata {
+            run_id: 7,
+            message_id: root.clone(),
+            dst_node_id: 42,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let tree = pb::ObjectTree {
+        object_id: root.clone(),
+        children: vec![pb::ObjectTree {
+            object_id: child.clone(),
+            children: vec![pb::ObjectTree {
+                object_id: grandchild,
+                children: Vec::new(),
+            }],
+        }],
+    };
+    let mut response = pb::PullMessagesWireResponse {
+        reconnect: None,
+        messages_list: vec![Bytes::from(message.encode_to_vec())],
+        message_object_trees: vec![tree],
+    };
+    let probe = probe_id().to_string();
+    // Without the probe, flwr 1.19 would pull the root and its child, as
+    // 1.20-format objects it cannot inflate.
+    if let Some(read) = python_reads("1.19.0", &response) {
+        assert_eq!(read, format!("['{root}'] [('{root}', ['{child}'])]"));
+    }
+    add_probe(&mut response);
+    assert_eq!(response.message_object_trees.len(), 2);
+    if let Some(read) = python_reads("1.19.0", &response) {
+        assert_eq!(read, format!("['{root}'] [('{root}', ['{probe}'])]"));
+    }
+    // flwr 1.20 (and 1.21/1.22, which read the same field the same way)
+    // still sees the message's own tree first.
+    if let Some(read) = python_reads("1.20.0", &response) {
+        assert_eq!(read, format!("['{root}'] {root} ['{child}'] 2"));
+    }
+    // An empty answer stays empty.
+    let mut empty = pb::PullMessagesWireResponse::default();
+    add_probe(&mut empty);
+    assert!(empty.message_object_trees.is_empty());
+}
