@@ -91,9 +91,10 @@ pub struct SpillConfig {
 }
 
 impl SpillConfig {
-    /// The default limit: 16 MiB of pushed contents in memory (three flwr
-    /// chunks; what is past it costs a write and a read of page cache).
-    pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
+    /// The default limit: 64 MiB of pushed contents in memory (what is past
+    /// it costs a write and a read of page cache: spilling only when many
+    /// replies arrive at once keeps that cost off ordinary rounds).
+    pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
 }
 
 impl Default for SpillConfig {
