@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flower_core::{ClientMessage, InstructionKind};
-use flower_message::{inflate, Limits, Message};
+use flower_message::{inflate, Limits, Message, VerifiedObjects};
 use flower_proto as pb;
 use flower_server::{
     ClientHandle, ClientId, ClientManager, ContentReply, ExchangeError, OutgoingContent,
@@ -301,7 +301,7 @@ async fn round_trip(
         .map_err(|_| ExchangeError::Closed("the Fleet API stopped".into()))?;
     tokio::task::spawn_blocking(move || {
         let (tree, source) = reply.into_source();
-        inflate(&tree, &source, &limits)
+        inflate(&tree, &VerifiedObjects(&source), &limits)
     })
     .await
     .map_err(|e| ExchangeError::Protocol(format!("inflating the reply failed: {e}")))?

@@ -36,8 +36,8 @@ pub use error::{Error, Result};
 pub use id::ObjectId;
 pub use message::{Message, MessageError, Metadata, Payload};
 pub use object::{
-    encode_object, parse_head, validate_object, HandOver, ObjectClass, ObjectHead, ObjectSource,
-    VerifiedObjects,
+    encode_object, parse_head, validate_object, HandOver, HandedOver, ObjectClass, ObjectHead,
+    ObjectSource, VerifiedObjects,
 };
 pub use records::{
     Array, ArrayRecord, ConfigRecord, MetricRecord, Record, RecordDict, NUMPY_STYPE,

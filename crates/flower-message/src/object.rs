@@ -232,23 +232,41 @@ impl<S: ObjectSource> ObjectSource for VerifiedObjects<'_, S> {
     }
 }
 
+/// An object's stored content as [`HandOver`] hands it over: in memory
+/// already, or read on the way (e.g. from a spill file).
+pub trait HandedOver {
+    /// The content; `None` when it cannot be had (the caller's source logs
+    /// why; inflation then reports the object missing).
+    fn into_content(self) -> Option<Bytes>;
+}
+
+impl HandedOver for Bytes {
+    fn into_content(self) -> Option<Bytes> {
+        Some(self)
+    }
+}
+
 /// An [`ObjectSource`] that hands each object over on its fetch:
 /// [`inflate`](crate::inflate) fetches every object once, and then frees
 /// each chunk as soon as the last array using it is assembled, so a message
 /// is never held as chunks and as arrays at once.
-#[derive(Debug, Default)]
-pub struct HandOver(std::sync::Mutex<std::collections::HashMap<ObjectId, Bytes>>);
+#[derive(Debug)]
+pub struct HandOver<V = Bytes>(std::sync::Mutex<std::collections::HashMap<ObjectId, V>>);
 
-impl HandOver {
+impl<V> HandOver<V> {
     /// Hands over `objects`.
-    pub fn new(objects: std::collections::HashMap<ObjectId, Bytes>) -> Self {
+    pub fn new(objects: std::collections::HashMap<ObjectId, V>) -> Self {
         HandOver(std::sync::Mutex::new(objects))
     }
 }
 
-impl ObjectSource for HandOver {
+impl<V: HandedOver> ObjectSource for HandOver<V> {
     fn object(&self, id: &ObjectId) -> Option<Bytes> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id)
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)?
+            .into_content()
     }
 }
 

@@ -21,6 +21,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use flower_fleet::state::{Content, ExchangeOutcome, Instruction};
+use flower_message::HandedOver as _;
 use flower_message::{
     encode_object, parse_head, validate_object, Limits, ObjectClass, ObjectId, ObjectTree,
 };
@@ -394,7 +395,7 @@ fn read_all(
 ) -> Option<HashMap<ObjectId, Bytes>> {
     objects
         .into_iter()
-        .map(|(id, stored)| stored.read().ok().map(|b| (id, b)))
+        .map(|(id, stored)| stored.into_content().map(|b| (id, b)))
         .collect()
 }
 

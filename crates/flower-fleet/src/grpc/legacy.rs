@@ -81,8 +81,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use flower_auth::node::{NodePublicKey, INVALID_NODE_AUTH_MESSAGE};
 use flower_message::{
-    deflate, inflate, ArrayRecord, ConfigRecord, ConfigValue, Message, MessageError, Metadata,
-    MetricRecord, MetricValue, ObjectId, ObjectTree, Payload, Record, RecordDict, VerifiedObjects,
+    deflate, inflate, ArrayRecord, ConfigRecord, ConfigValue, HandedOver as _, Message,
+    MessageError, Metadata, MetricRecord, MetricValue, ObjectId, ObjectTree, Payload, Record,
+    RecordDict, VerifiedObjects,
 };
 use flower_proto as pb;
 use prost::Message as _;
@@ -732,7 +733,7 @@ async fn next_instruction(shared: &Arc<Shared>, node_id: u64) -> Option<Message>
         // Instruction objects are the server's own, in memory.
         let objects: BTreeMap<ObjectId, Bytes> = contents
             .into_iter()
-            .filter_map(|(id, c)| c.read().ok().map(|b| (id, b)))
+            .filter_map(|(id, c)| c.into_content().map(|b| (id, b)))
             .collect();
         // Our own instruction's objects, made by `deflate`.
         inflate(&tree, &VerifiedObjects(&objects), &limits)

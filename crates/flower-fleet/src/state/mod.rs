@@ -18,7 +18,7 @@ mod store;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
-use flower_message::{Limits, ObjectId, ObjectTree};
+use flower_message::{HandOver, Limits, ObjectId, ObjectTree};
 use flower_proto as pb;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -129,36 +129,9 @@ pub struct ReplyObjects {
 
 impl ReplyObjects {
     /// The objects as an inflation source that hands each one over on its
-    /// fetch (inflation fetches each object once), so a chunk's memory goes
-    /// as soon as its array is assembled.
-    pub fn into_source(self) -> (ObjectTree, ReplySource) {
-        (self.tree, ReplySource(std::sync::Mutex::new(self.objects)))
-    }
-}
-
-/// [`ReplyObjects::into_source`]: every content was hashed against its id
-/// when it was pushed.
-#[derive(Debug)]
-pub struct ReplySource(std::sync::Mutex<HashMap<ObjectId, Stored>>);
-
-impl flower_message::ObjectSource for ReplySource {
-    fn object(&self, id: &ObjectId) -> Option<Bytes> {
-        let stored = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id)?;
-        match stored.read() {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::error!(object_id = %id, error = %e, "reading a spilled object failed");
-                None
-            }
-        }
-    }
-
-    fn contents_verified(&self) -> bool {
-        true
+    /// fetch, so a chunk's memory goes as soon as its array is assembled.
+    pub fn into_source(self) -> (ObjectTree, HandOver<Stored>) {
+        (self.tree, HandOver::new(self.objects))
     }
 }
 

@@ -183,6 +183,14 @@ impl Stored {
     }
 }
 
+impl flower_message::HandedOver for Stored {
+    fn into_content(self) -> Option<Bytes> {
+        self.read()
+            .map_err(|e| error!(error = %e, "reading a spilled object failed"))
+            .ok()
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     /// `None` while preregistered and not yet pushed.
