@@ -14,9 +14,10 @@
 //!   flwr 1.13 to 1.39; those before 1.23 (`CreateNode`, `Ping`, inline
 //!   `TaskIns`/`RecordSet` messages) in their own wire forms, on the same
 //!   link state.
-//! * [`state`]: the sans-I/O link state (nodes and heartbeats, the runs,
-//!   per-node instruction queues, push sessions, the reference-counted
-//!   object store), driven with injected time.
+//! * [`state`]: the link state (nodes and heartbeats, the runs, per-node
+//!   instruction queues, push sessions, the reference-counted object store,
+//!   which spills pushed contents past a memory limit to temporary files),
+//!   driven with injected time and no network.
 //! * [`FleetNode`]: each active SuperNode as a
 //!   [`ClientHandle`](flower_server::ClientHandle) of the round driver; the
 //!   driver's `FitIns`/`EvaluateIns` become `train`/`evaluate` messages

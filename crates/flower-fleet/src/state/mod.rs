@@ -1,7 +1,9 @@
 //! The link state: nodes, the runs, one instruction queue per node, push
-//! sessions and the object store. No I/O and no clock: every call is handed
-//! the current time (Unix seconds, as flwr's `created_at`/`online_until`),
-//! so tests drive it deterministically.
+//! sessions and the object store. No network and no clock: every call is
+//! handed the current time (Unix seconds, as flwr's
+//! `created_at`/`online_until`), so tests drive it deterministically. The
+//! only I/O is the store's optional spill of pushed contents to temporary
+//! files ([`SpillConfig`]).
 //!
 //! It follows flwr 1.42's `InMemoryLinkState` and `fleet_handlers.py` where
 //! a SuperNode can tell the difference, and departs where it cannot:
