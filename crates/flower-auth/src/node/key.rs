@@ -8,6 +8,7 @@ use std::hash::{Hash, Hasher};
 
 // generic-array 0.14.9 deprecates `ArrayLength` in favour of its 1.x, which the
 // ecdsa 0.16 bounds below still require: the allowance goes when ecdsa moves.
+use aws_lc_rs::signature;
 #[allow(deprecated)]
 use ecdsa::elliptic_curve::generic_array::ArrayLength;
 use ecdsa::elliptic_curve::pkcs8::der::Document;
@@ -15,10 +16,9 @@ use ecdsa::elliptic_curve::pkcs8::spki::{EncodePublicKey, SubjectPublicKeyInfoRe
 use ecdsa::elliptic_curve::pkcs8::{AssociatedOid, DecodePrivateKey, LineEnding, ObjectIdentifier};
 use ecdsa::elliptic_curve::sec1::{FromEncodedPoint, ModulusSize, ToEncodedPoint};
 use ecdsa::elliptic_curve::{
-    AffinePoint, CurveArithmetic, FieldBytes, FieldBytesSize, NonZeroScalar, PublicKey, SecretKey,
+    AffinePoint, CurveArithmetic, FieldBytes, FieldBytesSize, NonZeroScalar, SecretKey,
 };
 use ecdsa::{PrimeCurve, Signature, SignatureSize};
-use ring::signature;
 use sha2::{Digest, Sha256};
 
 use super::error::NodeAuthError;
@@ -297,23 +297,28 @@ impl NodePublicKey {
     /// DER signature for this curve, [`NodeAuthError::BadSignature`] when
     /// it does not verify.
     pub fn verify_sha256(&self, message: &[u8], signature_der: &[u8]) -> Result<(), NodeAuthError> {
-        // ring's P-256/P-384 verification is several times faster than the
-        // pure-Rust arithmetic, and every Fleet request carries a signature;
-        // ring has no P-521, so that curve stays on RustCrypto.
+        // aws-lc's assembly is several times faster than the pure-Rust
+        // arithmetic (and than ring's generic P-384), and every Fleet
+        // request carries a signature.
         let result = match &self.point {
-            Point::P256(_) => verify_ring::<p256::NistP256>(
+            Point::P256(_) => verify_native::<p256::NistP256>(
                 &signature::ECDSA_P256_SHA256_ASN1,
                 &self.sec1,
                 message,
                 signature_der,
             ),
-            Point::P384(_) => verify_ring::<p384::NistP384>(
+            Point::P384(_) => verify_native::<p384::NistP384>(
                 &signature::ECDSA_P384_SHA256_ASN1,
                 &self.sec1,
                 message,
                 signature_der,
             ),
-            Point::P521(k) => verify_prehash(k, &Sha256::digest(message), signature_der),
+            Point::P521(_) => verify_native::<p521::NistP521>(
+                &signature::ECDSA_P521_SHA256_ASN1,
+                &self.sec1,
+                message,
+                signature_der,
+            ),
         };
         match result {
             Ok(()) => Ok(()),
@@ -343,6 +348,7 @@ enum Verdict {
 /// field size. This is the standard conversion when the digest is shorter
 /// than the order (as OpenSSL and `cryptography` do); `ecdsa`'s own prehash
 /// API refuses digests under half the field size, i.e. SHA-256 on P-521.
+/// Used for signing; verification goes through aws-lc, which converts alike.
 fn digest_to_field<C: PrimeCurve>(digest: &[u8]) -> FieldBytes<C> {
     let mut z = FieldBytes::<C>::default();
     let start = z.len().saturating_sub(digest.len());
@@ -351,10 +357,10 @@ fn digest_to_field<C: PrimeCurve>(digest: &[u8]) -> FieldBytes<C> {
     z
 }
 
-/// Verifies with ring after checking the DER form with `ecdsa`, so that a
+/// Verifies with aws-lc after checking the DER form with `ecdsa`, so that a
 /// malformed signature is still told apart from one that does not verify.
 #[allow(deprecated)] // `ArrayLength`, see the import
-fn verify_ring<C>(
+fn verify_native<C>(
     algorithm: &'static signature::EcdsaVerificationAlgorithm,
     sec1: &[u8],
     message: &[u8],
@@ -370,21 +376,6 @@ where
     Signature::<C>::from_der(der).map_err(Verdict::Malformed)?;
     signature::UnparsedPublicKey::new(algorithm, sec1)
         .verify(message, der)
-        .map_err(|_| Verdict::Mismatch)
-}
-
-#[allow(deprecated)] // `ArrayLength`, see the import
-fn verify_prehash<C>(key: &PublicKey<C>, digest: &[u8], der: &[u8]) -> Result<(), Verdict>
-where
-    C: PrimeCurve + CurveArithmetic,
-    SignatureSize<C>: ArrayLength<u8>,
-    ecdsa::der::MaxSize<C>: ArrayLength<u8>,
-    <FieldBytesSize<C> as std::ops::Add>::Output:
-        std::ops::Add<ecdsa::der::MaxOverhead> + ArrayLength<u8>,
-{
-    let signature = Signature::<C>::from_der(der).map_err(Verdict::Malformed)?;
-    let z = digest_to_field::<C>(digest);
-    ecdsa::hazmat::verify_prehashed(&key.to_projective(), &z, &signature)
         .map_err(|_| Verdict::Mismatch)
 }
 
