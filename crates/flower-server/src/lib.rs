@@ -49,8 +49,9 @@ pub use history::{scalar_to_json, Checkpoint, History, RoundRecord};
 pub use metrics::{Metrics, RunObserver};
 pub use model_file::{
     parameters_from_npz, parameters_to_npz, parameters_to_npz_named, read_npz_named,
+    write_npz_named,
 };
 pub use msg_grid::{MsgSetup, ServerGrid};
 pub use node::{ClientHandle, ContentReply, ExchangeError, OutgoingContent, OutgoingMessage};
-pub use store::{write_atomic, DirectoryStore, RunStore, SavedRun};
+pub use store::{write_atomic, write_atomic_with, DirectoryStore, RunStore, SavedRun};
 pub use transport::{BoundTransport, Transport};

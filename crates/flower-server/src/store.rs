@@ -11,7 +11,7 @@ use flower_core::Parameters;
 use sha2::{Digest, Sha256};
 
 use crate::history::Checkpoint;
-use crate::model_file::{parameters_from_npz, parameters_to_npz_named};
+use crate::model_file::{parameters_from_npz, write_npz_named};
 use crate::ServerError;
 
 /// A saved run: the checkpoint and the model it points at.
@@ -85,16 +85,22 @@ impl RunStore for DirectoryStore {
         let dir = &self.dir;
         std::fs::create_dir_all(dir).map_err(ServerError::io("creating", dir))?;
         let model_path = dir.join(Self::MODEL);
-        let model =
-            parameters_to_npz_named(parameters, self.array_names.as_deref()).map_err(|source| {
-                ServerError::ModelFile {
-                    path: model_path.clone(),
-                    source,
-                }
-            })?;
-        write_atomic(&model_path, &model)?;
+        // Straight into the file: the model is never copied into a buffer.
+        let model_sha256 = write_atomic_with(&model_path, |file| {
+            write_npz_named(
+                parameters,
+                self.array_names.as_deref(),
+                std::io::BufWriter::new(file),
+            )
+            .and_then(|out| out.into_inner().map_err(|e| e.into_error().into()))
+            .map(drop)
+            .map_err(|source| ServerError::ModelFile {
+                path: model_path.clone(),
+                source,
+            })
+        })?;
         let mut checkpoint = checkpoint.clone();
-        checkpoint.model_sha256 = Some(hex::encode(Sha256::digest(&model)));
+        checkpoint.model_sha256 = Some(hex::encode(model_sha256));
         let history_path = dir.join(Self::HISTORY);
         let history = serde_json::to_vec_pretty(&checkpoint.history)
             .map_err(ServerError::json("writing", &history_path))?;
@@ -147,6 +153,31 @@ impl RunStore for DirectoryStore {
 /// target, then the directory synced so the rename survives a crash.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
     use std::io::Write;
+    replace_file(path, false, |file| {
+        file.write_all(bytes)
+            .map_err(ServerError::io("writing", path))
+    })
+    .map(drop)
+}
+
+/// Like [`write_atomic`], with the content written by `write` into the
+/// temporary file (which it may seek in); returns the SHA-256 of the file as
+/// written, read back from it (from the page cache, in small pieces).
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> Result<(), ServerError>,
+) -> Result<[u8; 32], ServerError> {
+    replace_file(path, true, write).map(Option::unwrap_or_default)
+}
+
+/// The atomic replacement of [`write_atomic`], hashing the written file
+/// when `hash` is set.
+fn replace_file(
+    path: &Path,
+    hash: bool,
+    write: impl FnOnce(&mut std::fs::File) -> Result<(), ServerError>,
+) -> Result<Option<[u8; 32]>, ServerError> {
+    use std::io::{Read, Seek};
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -157,13 +188,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(io())?;
-    file.write_all(bytes).map_err(io())?;
+    write(file.as_file_mut())?;
     file.as_file().sync_all().map_err(io())?;
+    let digest = if hash {
+        let mut hasher = Sha256::new();
+        let reader = file.as_file_mut();
+        reader.rewind().map_err(io())?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = reader.read(&mut buf).map_err(io())?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Some(hasher.finalize().into())
+    } else {
+        None
+    };
     file.persist(path).map_err(|e| io()(e.error))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(ServerError::io("syncing", dir))?;
-    Ok(())
+    Ok(digest)
 }
 
 #[cfg(test)]
