@@ -7,15 +7,14 @@
 //! node (its metadata names the destination), so a broadcast costs one
 //! model in memory, not one per node. Not even one: each array chunk object
 //! is its small head followed by a slice of the model's own `.npy` bytes
-//! (which the round driver holds anyway), so the deflated copy made while
-//! hashing is dropped as soon as the ids are known.
+//! (which the round driver holds anyway), hashed in those two parts
+//! ([`deflate_parts`]), so no array byte is copied.
 
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use flower_message::{
-    deflate, encode_object, Message, Metadata, ObjectClass, ObjectId, ObjectTree, Record,
-    RecordDict, DEFAULT_CHUNK_SIZE,
+    deflate_parts, encode_object, Message, Metadata, ObjectClass, ObjectId, ObjectTree, RecordDict,
 };
 use flower_proto as pb;
 use flower_server::{OutgoingContent, OutgoingMessage};
@@ -36,61 +35,6 @@ pub(crate) struct SharedContent {
     subtree: ObjectTree,
     /// Every object of the subtree (no `Message` root).
     objects: Vec<(ObjectId, Content)>,
-}
-
-/// The array data of `content` cut as [`deflate`] cuts it, in the order it
-/// first stores the chunks (records, then arrays, then chunks, in order).
-fn chunk_slices(content: &RecordDict) -> impl Iterator<Item = Bytes> + '_ {
-    let size = DEFAULT_CHUNK_SIZE.get();
-    content
-        .values()
-        .filter_map(|record| match record {
-            Record::Array(arrays) => Some(arrays.values()),
-            _ => None,
-        })
-        .flatten()
-        .flat_map(move |array| {
-            let data = &array.data;
-            (0..data.len())
-                .step_by(size)
-                .map(move |start| data.slice(start..data.len().min(start + size)))
-        })
-}
-
-/// `content` as its head and `tail`, if it ends with exactly `tail`'s bytes.
-fn split_off_tail(content: &Bytes, tail: &Bytes) -> Option<Content> {
-    let split = content.len().checked_sub(tail.len())?;
-    (content[split..] == tail[..])
-        .then(|| Content::chained(Bytes::copy_from_slice(&content[..split]), tail.clone()))
-}
-
-/// The deflated objects with every array chunk's body replaced by the slice
-/// of `content`'s array data it copies (checked byte for byte, so the
-/// content is the same whatever happens; a chunk that matches nothing keeps
-/// its copy).
-fn share_chunks(
-    content: &RecordDict,
-    objects: impl IntoIterator<Item = (ObjectId, Bytes)>,
-) -> Vec<(ObjectId, Content)> {
-    let chunk_prefix = format!("{} ", ObjectClass::ArrayChunk.name());
-    let mut slices = chunk_slices(content);
-    let mut next = slices.next();
-    objects
-        .into_iter()
-        .map(|(id, bytes)| {
-            if bytes.starts_with(chunk_prefix.as_bytes()) {
-                // The deflater stores a repeated chunk once: slices that do
-                // not match the next chunk object are such repeats.
-                while let Some(slice) = next.take() {
-                    next = slices.next();
-                    if let Some(shared) = split_off_tail(&bytes, &slice) {
-                        return (id, shared);
-                    }
-                }
-            }
-            (id, Content::from(bytes))
-        })
-        .collect()
 }
 
 impl SharedContent {
@@ -116,14 +60,14 @@ impl SharedContent {
         Self::from_content(message_type, message.round().to_string(), content)
     }
 
-    /// Deflates `content`, sharing the array data's buffers.
+    /// Deflates `content`; its chunk objects share the array data's
+    /// buffers.
     fn from_content(
         message_type: &'static str,
         group_id: String,
         content: RecordDict,
     ) -> Result<Self, FleetError> {
-        let message_with_content = Message::new(Metadata::default(), content);
-        let deflated = deflate(&message_with_content);
+        let deflated = deflate_parts(&Message::new(Metadata::default(), content));
         let root = deflated.root;
         let subtree = deflated
             .tree
@@ -131,11 +75,12 @@ impl SharedContent {
             .into_iter()
             .next()
             .ok_or_else(|| FleetError::Unsupported("deflated message has no content".into()))?;
-        let objects = deflated.objects.into_iter().filter(|(id, _)| *id != root);
-        let objects = match message_with_content.content() {
-            Some(content) => share_chunks(content, objects),
-            None => objects.map(|(id, b)| (id, Content::from(b))).collect(),
-        };
+        let objects = deflated
+            .objects
+            .into_iter()
+            .filter(|(id, _)| *id != root)
+            .map(|(id, parts)| (id, Content::chained(parts.head, parts.tail)))
+            .collect();
         Ok(SharedContent {
             message_type,
             group_id,
@@ -279,6 +224,7 @@ impl<T: Send + Sync + 'static> ContentCache<T> {
 mod tests {
     use super::*;
     use flower_core::{FitIns, Parameters, ServerMessage};
+    use flower_message::{deflate, DEFAULT_CHUNK_SIZE};
 
     #[tokio::test]
     async fn one_deflation_per_instruction_shared_by_nodes() {

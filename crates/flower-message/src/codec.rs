@@ -21,7 +21,7 @@ use indexmap::IndexMap;
 use prost::Message as _;
 
 use crate::message::encode_message_body;
-use crate::object::{encode_object, parse_head, validate_object};
+use crate::object::{encode_head, encode_object, parse_head, validate_object};
 use crate::pyjson::{self, ArrayBody, StrPairs};
 use crate::tree::check_child_class;
 use crate::{
@@ -81,6 +81,66 @@ impl ObjectSource for Deflated {
     }
 }
 
+/// An object's content as two parts, `head` then `tail`. Array chunks are
+/// their head and a slice of the array's own bytes, so deflating does not
+/// copy array data; every other object is whole in `head` (empty `tail`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectParts {
+    /// The start of the content (for chunks: the head and its NUL).
+    pub head: Bytes,
+    /// The rest (for chunks: the chunk's bytes, shared with the array).
+    pub tail: Bytes,
+}
+
+impl ObjectParts {
+    /// The whole content (a copy only when `tail` is not empty).
+    pub fn to_bytes(&self) -> Bytes {
+        if self.tail.is_empty() {
+            return self.head.clone();
+        }
+        let mut whole = BytesMut::with_capacity(self.head.len() + self.tail.len());
+        whole.extend_from_slice(&self.head);
+        whole.extend_from_slice(&self.tail);
+        whole.freeze()
+    }
+
+    /// The content's length.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// Whether the content is empty (never, for a valid object).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A deflated message whose array chunks share the arrays' buffers; see
+/// [`deflate_parts`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeflatedParts {
+    /// The root (`Message`) object's id, which is the message id.
+    pub root: ObjectId,
+    /// The object tree.
+    pub tree: ObjectTree,
+    /// Every distinct object's content, in the order of [`Deflated::objects`].
+    pub objects: IndexMap<ObjectId, ObjectParts>,
+}
+
+impl From<DeflatedParts> for Deflated {
+    fn from(parts: DeflatedParts) -> Self {
+        Deflated {
+            root: parts.root,
+            tree: parts.tree,
+            objects: parts
+                .objects
+                .into_iter()
+                .map(|(id, content)| (id, content.to_bytes()))
+                .collect(),
+        }
+    }
+}
+
 /// Deflates `message` with flwr's default 5 MiB chunks.
 pub fn deflate(message: &Message) -> Deflated {
     deflate_with_chunk_size(message, DEFAULT_CHUNK_SIZE)
@@ -90,6 +150,18 @@ pub fn deflate(message: &Message) -> Deflated {
 /// `metadata.message_id` is left out of the content (it is the result's
 /// [`Deflated::root`]).
 pub fn deflate_with_chunk_size(message: &Message, chunk_size: NonZeroUsize) -> Deflated {
+    deflate_parts_with_chunk_size(message, chunk_size).into()
+}
+
+/// Deflates `message` as [`deflate`] does, the array chunks' contents being
+/// their heads and slices of the arrays' own buffers: no array byte is
+/// copied, and the ids are hashed over the two parts.
+pub fn deflate_parts(message: &Message) -> DeflatedParts {
+    deflate_parts_with_chunk_size(message, DEFAULT_CHUNK_SIZE)
+}
+
+/// [`deflate_parts`] with `chunk_size`-byte chunks.
+pub fn deflate_parts_with_chunk_size(message: &Message, chunk_size: NonZeroUsize) -> DeflatedParts {
     let mut d = Deflater {
         chunk_size: chunk_size.get(),
         objects: IndexMap::new(),
@@ -100,7 +172,7 @@ pub fn deflate_with_chunk_size(message: &Message, chunk_size: NonZeroUsize) -> D
     };
     let body = encode_message_body(&message.metadata, error);
     let root = d.put(ObjectClass::Message, &children, &body);
-    Deflated {
+    DeflatedParts {
         root: root.id,
         objects: d.objects,
         tree: root,
@@ -118,7 +190,7 @@ impl Message {
 
 struct Deflater {
     chunk_size: usize,
-    objects: IndexMap<ObjectId, Bytes>,
+    objects: IndexMap<ObjectId, ObjectParts>,
 }
 
 impl Deflater {
@@ -128,12 +200,27 @@ impl Deflater {
         let ids: Vec<ObjectId> = children.iter().map(|c| c.id).collect();
         let content = encode_object(class, &ids, body);
         let id = ObjectId::of(&content);
-        self.objects
-            .entry(id)
-            .or_insert_with(|| Bytes::from(content));
+        self.objects.entry(id).or_insert_with(|| ObjectParts {
+            head: Bytes::from(content),
+            tail: Bytes::new(),
+        });
         ObjectTree {
             id,
             children: children.to_vec(),
+        }
+    }
+
+    /// Stores an array chunk as its head and `data` itself.
+    fn put_chunk(&mut self, data: Bytes) -> ObjectTree {
+        let head = encode_head(ObjectClass::ArrayChunk, &[], data.len(), 0);
+        let id = ObjectId::of_parts(&[&head, &data]);
+        self.objects.entry(id).or_insert_with(|| ObjectParts {
+            head: Bytes::from(head),
+            tail: data,
+        });
+        ObjectTree {
+            id,
+            children: Vec::new(),
         }
     }
 
@@ -184,8 +271,10 @@ impl Deflater {
         let mut unique: Vec<ObjectTree> = Vec::new();
         let mut index_of: HashMap<ObjectId, u64> = HashMap::new();
         let mut indices = Vec::with_capacity(array.data.len() / self.chunk_size + 1);
-        for chunk in array.data.chunks(self.chunk_size) {
-            let tree = self.put(ObjectClass::ArrayChunk, &[], chunk);
+        let len = array.data.len();
+        for start in (0..len).step_by(self.chunk_size) {
+            let chunk = array.data.slice(start..len.min(start + self.chunk_size));
+            let tree = self.put_chunk(chunk);
             let next = unique.len() as u64;
             let index = *index_of.entry(tree.id).or_insert(next);
             if index == next {
@@ -795,6 +884,33 @@ mod tests {
             .children
             .is_empty());
         assert!(inflated_array(&d).data.is_empty());
+    }
+
+    #[test]
+    fn parts_are_deflate_without_copying_array_bytes() {
+        let data: Vec<u8> = [&[9u8; 4][..], &[9; 4], &[1; 3]].concat();
+        let message = message_with(data);
+        let four = NonZeroUsize::new(4).unwrap_or(NonZeroUsize::MIN);
+        let parts = deflate_parts_with_chunk_size(&message, four);
+        let whole = deflate_with_chunk_size(&message, four);
+        assert_eq!(Deflated::from(parts.clone()), whole);
+        let array = message
+            .content()
+            .and_then(|c| c.array_record("r")?.get("a").cloned())
+            .map(|a| a.data)
+            .unwrap_or_default();
+        let within = array.as_ptr_range();
+        let chunks: Vec<&ObjectParts> = parts
+            .objects
+            .values()
+            .filter(|p| p.head.starts_with(b"ArrayChunk "))
+            .collect();
+        // The repeated 9-chunk once, then the short 1-chunk.
+        assert_eq!(chunks.len(), 2);
+        for chunk in chunks {
+            assert!(chunk.head.ends_with(b"\0"));
+            assert!(within.contains(&chunk.tail.as_ptr()), "chunk bytes copied");
+        }
     }
 
     #[test]

@@ -22,6 +22,16 @@ impl ObjectId {
         ObjectId(Sha256::digest(content).into())
     }
 
+    /// The id of the content made of `parts` one after the other, without
+    /// joining them.
+    pub fn of_parts(parts: &[&[u8]]) -> Self {
+        let mut hasher = Sha256::new();
+        for part in parts {
+            hasher.update(part);
+        }
+        ObjectId(hasher.finalize().into())
+    }
+
     /// Wraps a raw 32-byte digest.
     pub const fn from_bytes(bytes: [u8; 32]) -> Self {
         ObjectId(bytes)

@@ -31,7 +31,10 @@ mod records;
 mod tree;
 mod value;
 
-pub use codec::{deflate, deflate_with_chunk_size, inflate, Deflated, Limits, DEFAULT_CHUNK_SIZE};
+pub use codec::{
+    deflate, deflate_parts, deflate_parts_with_chunk_size, deflate_with_chunk_size, inflate,
+    Deflated, DeflatedParts, Limits, ObjectParts, DEFAULT_CHUNK_SIZE,
+};
 pub use error::{Error, Result};
 pub use id::ObjectId;
 pub use message::{Message, MessageError, Metadata, Payload};

@@ -107,7 +107,21 @@ pub struct ObjectHead {
 
 /// Encodes an object: head, NUL, body.
 pub fn encode_object(class: ObjectClass, children: &[ObjectId], body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(class.name().len() + 66 * children.len() + 24 + body.len());
+    let mut out = encode_head(class, children, body.len(), body.len());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The head of an object (class, children, body length, NUL) whose body of
+/// `body_len` bytes follows elsewhere; `spare` bytes of capacity are
+/// reserved behind it.
+pub(crate) fn encode_head(
+    class: ObjectClass,
+    children: &[ObjectId],
+    body_len: usize,
+    spare: usize,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(class.name().len() + 66 * children.len() + 24 + spare);
     out.extend_from_slice(class.name().as_bytes());
     out.push(b' ');
     for (i, c) in children.iter().enumerate() {
@@ -117,9 +131,8 @@ pub fn encode_object(class: ObjectClass, children: &[ObjectId], body: &[u8]) -> 
         c.write_hex(&mut out);
     }
     out.push(b' ');
-    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(body_len.to_string().as_bytes());
     out.push(0);
-    out.extend_from_slice(body);
     out
 }
 
