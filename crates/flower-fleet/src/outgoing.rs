@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use flower_message::{
-    deflate_parts, encode_object, Message, Metadata, ObjectClass, ObjectId, ObjectTree, RecordDict,
+    deflate_parts_reusing, encode_object, ChunkIds, Message, Metadata, ObjectClass, ObjectId,
+    ObjectTree, RecordDict,
 };
 use flower_proto as pb;
 use flower_server::{OutgoingContent, OutgoingMessage};
@@ -42,32 +43,46 @@ impl SharedContent {
     pub(crate) fn build(
         message: &OutgoingMessage,
         options: &ContentOptions,
+        known: &Mutex<ChunkIds>,
     ) -> Result<Self, FleetError> {
         let (message_type, content) =
             instruction_content(message.message(), message.round(), options)?;
         let group_id = message.round().map(|r| r.to_string()).unwrap_or_default();
-        Self::from_content(message_type, group_id, content)
+        Self::from_content(message_type, group_id, content, known)
     }
 
     /// Deflates a message-API instruction (its content as the strategy
     /// built it).
-    pub(crate) fn build_content(message: &OutgoingContent) -> Result<Self, FleetError> {
+    pub(crate) fn build_content(
+        message: &OutgoingContent,
+        known: &Mutex<ChunkIds>,
+    ) -> Result<Self, FleetError> {
         let content = strategy_content(message.content())?;
         let message_type = match message.message_type() {
             MessageType::Train => TRAIN,
             MessageType::Evaluate => EVALUATE,
         };
-        Self::from_content(message_type, message.round().to_string(), content)
+        Self::from_content(message_type, message.round().to_string(), content, known)
     }
 
     /// Deflates `content`; its chunk objects share the array data's
-    /// buffers.
+    /// buffers. Chunks of the buffers the previous instruction was cut from
+    /// (`known`: the same model sent for evaluation, then for the next
+    /// round's training) keep their ids instead of being hashed again;
+    /// `known` then remembers this instruction's.
     fn from_content(
         message_type: &'static str,
         group_id: String,
         content: RecordDict,
+        known: &Mutex<ChunkIds>,
     ) -> Result<Self, FleetError> {
-        let deflated = deflate_parts(&Message::new(Metadata::default(), content));
+        let message = Message::new(Metadata::default(), content);
+        let deflated = {
+            let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
+            let (deflated, seen) = deflate_parts_reusing(&message, &known);
+            *known = seen;
+            deflated
+        };
         let root = deflated.root;
         let subtree = deflated
             .tree
@@ -152,12 +167,15 @@ type Cell = Arc<OnceCell<Result<Arc<SharedContent>, String>>>;
 #[derive(Debug)]
 pub(crate) struct ContentCache<T = OutgoingMessage> {
     entries: Mutex<Vec<(Weak<T>, Cell)>>,
+    /// The chunk ids of the last instruction deflated.
+    chunk_ids: Arc<Mutex<ChunkIds>>,
 }
 
 impl<T> Default for ContentCache<T> {
     fn default() -> Self {
         ContentCache {
             entries: Mutex::new(Vec::new()),
+            chunk_ids: Arc::default(),
         }
     }
 }
@@ -171,7 +189,8 @@ impl ContentCache<OutgoingMessage> {
         options: &Arc<ContentOptions>,
     ) -> Result<Arc<SharedContent>, String> {
         let options = options.clone();
-        self.get_with(message, move |m| SharedContent::build(m, &options))
+        let known = self.chunk_ids.clone();
+        self.get_with(message, move |m| SharedContent::build(m, &options, &known))
             .await
     }
 }
@@ -183,7 +202,9 @@ impl ContentCache<OutgoingContent> {
         &self,
         message: &Arc<OutgoingContent>,
     ) -> Result<Arc<SharedContent>, String> {
-        self.get_with(message, SharedContent::build_content).await
+        let known = self.chunk_ids.clone();
+        self.get_with(message, move |m| SharedContent::build_content(m, &known))
+            .await
     }
 }
 
@@ -301,7 +322,8 @@ mod tests {
             }),
             1,
         );
-        let shared = SharedContent::build(&message, &ContentOptions::default()).expect("build");
+        let shared = SharedContent::build(&message, &ContentOptions::default(), &Mutex::default())
+            .expect("build");
         let (_, content) =
             instruction_content(message.message(), Some(1), &ContentOptions::default())
                 .expect("content");

@@ -127,6 +127,41 @@ pub struct DeflatedParts {
     pub objects: IndexMap<ObjectId, ObjectParts>,
 }
 
+/// The ids of array chunks already hashed, by the bytes they were cut from,
+/// so that deflating the same arrays again (a broadcast model sent for
+/// evaluation, then for the next round's training) does not hash them
+/// again; see [`deflate_parts_reusing`]. It holds those bytes: a remembered
+/// buffer cannot be freed and its address reused for other content while
+/// its id is remembered, and `Bytes` never change.
+#[derive(Debug, Default, Clone)]
+pub struct ChunkIds {
+    ids: HashMap<(usize, usize), (Bytes, ObjectId)>,
+}
+
+impl ChunkIds {
+    /// How many chunks are remembered.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether no chunk is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    fn key(data: &Bytes) -> (usize, usize) {
+        (data.as_ptr() as usize, data.len())
+    }
+
+    fn get(&self, data: &Bytes) -> Option<ObjectId> {
+        self.ids.get(&Self::key(data)).map(|(_, id)| *id)
+    }
+
+    fn insert(&mut self, data: &Bytes, id: ObjectId) {
+        self.ids.insert(Self::key(data), (data.clone(), id));
+    }
+}
+
 impl From<DeflatedParts> for Deflated {
     fn from(parts: DeflatedParts) -> Self {
         Deflated {
@@ -162,9 +197,27 @@ pub fn deflate_parts(message: &Message) -> DeflatedParts {
 
 /// [`deflate_parts`] with `chunk_size`-byte chunks.
 pub fn deflate_parts_with_chunk_size(message: &Message, chunk_size: NonZeroUsize) -> DeflatedParts {
+    deflate_parts_inner(message, chunk_size, None).0
+}
+
+/// [`deflate_parts`], taking the ids of chunks cut from the very buffers
+/// `known` remembers instead of hashing them; returns the chunk ids of this
+/// message, to pass to the next call.
+pub fn deflate_parts_reusing(message: &Message, known: &ChunkIds) -> (DeflatedParts, ChunkIds) {
+    let (parts, seen) = deflate_parts_inner(message, DEFAULT_CHUNK_SIZE, Some(known));
+    (parts, seen.unwrap_or_default())
+}
+
+fn deflate_parts_inner(
+    message: &Message,
+    chunk_size: NonZeroUsize,
+    known: Option<&ChunkIds>,
+) -> (DeflatedParts, Option<ChunkIds>) {
     let mut d = Deflater {
         chunk_size: chunk_size.get(),
         objects: IndexMap::new(),
+        known,
+        seen: known.map(|_| ChunkIds::default()),
     };
     let (children, error) = match &message.payload {
         Payload::Content(content) => (vec![d.record_dict(content)], None),
@@ -172,11 +225,12 @@ pub fn deflate_parts_with_chunk_size(message: &Message, chunk_size: NonZeroUsize
     };
     let body = encode_message_body(&message.metadata, error);
     let root = d.put(ObjectClass::Message, &children, &body);
-    DeflatedParts {
+    let parts = DeflatedParts {
         root: root.id,
         objects: d.objects,
         tree: root,
-    }
+    };
+    (parts, d.seen)
 }
 
 impl Message {
@@ -188,12 +242,15 @@ impl Message {
     }
 }
 
-struct Deflater {
+struct Deflater<'k> {
     chunk_size: usize,
     objects: IndexMap<ObjectId, ObjectParts>,
+    /// Chunk ids to reuse, and where this deflation's are collected.
+    known: Option<&'k ChunkIds>,
+    seen: Option<ChunkIds>,
 }
 
-impl Deflater {
+impl Deflater<'_> {
     /// Stores an object (first occurrence wins the position) and returns its
     /// tree node.
     fn put(&mut self, class: ObjectClass, children: &[ObjectTree], body: &[u8]) -> ObjectTree {
@@ -213,7 +270,13 @@ impl Deflater {
     /// Stores an array chunk as its head and `data` itself.
     fn put_chunk(&mut self, data: Bytes) -> ObjectTree {
         let head = encode_head(ObjectClass::ArrayChunk, &[], data.len(), 0);
-        let id = ObjectId::of_parts(&[&head, &data]);
+        let id = self
+            .known
+            .and_then(|known| known.get(&data))
+            .unwrap_or_else(|| ObjectId::of_parts(&[&head, &data]));
+        if let Some(seen) = &mut self.seen {
+            seen.insert(&data, id);
+        }
         self.objects.entry(id).or_insert_with(|| ObjectParts {
             head: Bytes::from(head),
             tail: data,
@@ -911,6 +974,32 @@ mod tests {
             assert!(chunk.head.ends_with(b"\0"));
             assert!(within.contains(&chunk.tail.as_ptr()), "chunk bytes copied");
         }
+    }
+
+    #[test]
+    fn known_chunk_ids_are_taken_by_buffer_not_by_content() {
+        let message = message_with(vec![7u8; 10]);
+        let (first, seen) = deflate_parts_reusing(&message, &ChunkIds::default());
+        assert_eq!(seen.len(), 1);
+        let (again, seen_again) = deflate_parts_reusing(&message, &seen);
+        assert_eq!(again, first);
+        assert_eq!(seen_again.len(), 1);
+        // The id comes from the memo for this very buffer (a planted id is
+        // taken as is), and is hashed for equal bytes in another buffer.
+        let data = message
+            .content()
+            .and_then(|c| c.array_record("r")?.get("a").cloned())
+            .map(|a| a.data)
+            .unwrap_or_default();
+        let planted = ObjectId::of(b"planted");
+        let mut known = ChunkIds::default();
+        known.insert(&data, planted);
+        let (reused, _) = deflate_parts_reusing(&message, &known);
+        assert!(reused.objects.contains_key(&planted));
+        let copy = message_with(vec![7u8; 10]);
+        let (hashed, _) = deflate_parts_reusing(&copy, &known);
+        assert!(!hashed.objects.contains_key(&planted));
+        assert_eq!(hashed, first);
     }
 
     #[test]

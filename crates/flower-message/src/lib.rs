@@ -32,8 +32,9 @@ mod tree;
 mod value;
 
 pub use codec::{
-    deflate, deflate_parts, deflate_parts_with_chunk_size, deflate_with_chunk_size, inflate,
-    Deflated, DeflatedParts, Limits, ObjectParts, DEFAULT_CHUNK_SIZE,
+    deflate, deflate_parts, deflate_parts_reusing, deflate_parts_with_chunk_size,
+    deflate_with_chunk_size, inflate, ChunkIds, Deflated, DeflatedParts, Limits, ObjectParts,
+    DEFAULT_CHUNK_SIZE,
 };
 pub use error::{Error, Result};
 pub use id::ObjectId;

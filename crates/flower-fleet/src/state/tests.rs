@@ -35,7 +35,8 @@ fn content(model_bytes: usize) -> SharedContent {
         }),
         1,
     );
-    SharedContent::build(&message, &ContentOptions::default()).expect("content")
+    SharedContent::build(&message, &ContentOptions::default(), &Default::default())
+        .expect("content")
 }
 
 fn reply_to(instruction: &Instruction, node_id: u64, value: u8) -> (pb::Message, Deflated) {
