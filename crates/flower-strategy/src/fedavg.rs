@@ -9,7 +9,7 @@ use flower_core::{Config, FitRes, Metrics, Parameters};
 use crate::aggregate::{Aggregate, Composed};
 use crate::bookkeeping::{current_round, Bookkeeping, Policy, RoundState};
 use crate::callbacks::{ConfigFn, EvaluateFn, MetricsAggregationFn, Shown};
-use crate::layers::{encode_all, Layer};
+use crate::layers::{encode_owned, Layer};
 use crate::mean::{MeanMode, MeanRound};
 use crate::strategy::{ClientFailure, ClientId};
 use crate::StrategyError;
@@ -320,7 +320,7 @@ impl<R: MeanRule> Aggregate for MeanStep<R> {
         let avg = round.mean.finish_layers()?;
         let metrics = book.fit_metrics(&round.metrics);
         let layers = self.rule.finish(book, server_round, avg)?;
-        Ok((Some(encode_all(&layers)), metrics))
+        Ok((Some(encode_owned(layers)), metrics))
     }
 
     fn extend_fit_config(&self, config: &mut Config) {

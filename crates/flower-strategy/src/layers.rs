@@ -464,6 +464,15 @@ pub(crate) fn encode_layer(layer: &Layer) -> Bytes {
     Bytes::from(out)
 }
 
+/// Encodes layers as `numpy.ndarray` parameters, freeing each layer once
+/// encoded (one layer, not the whole model, exists twice at a time).
+pub(crate) fn encode_owned(layers: Vec<Layer>) -> Parameters {
+    Parameters {
+        tensors: layers.into_iter().map(|l| encode_layer(&l)).collect(),
+        tensor_type: NUMPY_TENSOR_TYPE.into(),
+    }
+}
+
 /// Encodes layers as `numpy.ndarray` parameters.
 pub(crate) fn encode_all(layers: &[Layer]) -> Parameters {
     Parameters {

@@ -449,16 +449,28 @@ fn par_map<A: Sync, B: Send>(v: &[A], f: impl Fn(&A) -> B + Sync + Send) -> Vec<
     }
 }
 
+/// Applies `f` to every element in place, in parallel for large layers.
+fn par_apply<A: Send>(mut v: Vec<A>, f: impl Fn(&mut A) + Sync + Send) -> Vec<A> {
+    if v.len() >= PAR_MIN {
+        v.par_iter_mut().with_min_len(CHUNK).for_each(f);
+    } else {
+        v.iter_mut().for_each(f);
+    }
+    v
+}
+
+/// The mean of a layer, divided in the accumulator's own buffer where the
+/// type stays (no second model-sized buffer at the end of a round).
 fn finish(acc: Acc, shape: Vec<usize>, total: i128) -> Layer {
     let (data, half) = match acc {
         Acc::Empty => (Data::F64(Vec::new()), false),
         Acc::F32(a) => {
             let n = total as f32;
-            (Data::F32(par_map(&a, |x| x / n)), false)
+            (Data::F32(par_apply(a, |x| *x /= n)), false)
         }
         Acc::F16(a) => {
             let n = total as f32;
-            (Data::F32(par_map(&a, |x| x / n)), true)
+            (Data::F32(par_apply(a, |x| *x /= n)), true)
         }
         // A single result: its model, exactly.
         Acc::Scaled {
@@ -468,7 +480,7 @@ fn finish(acc: Acc, shape: Vec<usize>, total: i128) -> Layer {
         Acc::Scaled { acc, pending: None } => {
             let n = total as f64;
             (
-                Data::F32(par_map(&acc, |&x| (f64::from(x) / n) as f32)),
+                Data::F32(par_apply(acc, |x| *x = (f64::from(*x) / n) as f32)),
                 false,
             )
         }
@@ -482,7 +494,7 @@ fn finish(acc: Acc, shape: Vec<usize>, total: i128) -> Layer {
             pending: None,
         } => {
             let n = total as f64;
-            (Data::F64(par_map(&a, |x| x / n)), false)
+            (Data::F64(par_apply(a, |x| *x /= n)), false)
         }
         Acc::F64Scaled {
             acc,
