@@ -168,10 +168,16 @@ pub struct Checkpoint {
     pub strategy_state: Value,
     /// History so far.
     pub history: History,
-    /// SHA-256 (hex) of the model file this checkpoint belongs to, set by
-    /// the store; resume refuses a model file that does not match.
+    /// SHA-256 (hex) of the model file this checkpoint belongs to, as
+    /// checkpoints before `model_fingerprint` recorded it; still checked on
+    /// resume when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_sha256: Option<String>,
+    /// The model file's fingerprint ([`crate::npz_fingerprint`]: its
+    /// entries' names, sizes and CRC-32s), set by the store; resume refuses
+    /// a model file that does not match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_fingerprint: Option<String>,
 }
 
 #[cfg(test)]

@@ -48,8 +48,8 @@ pub use grpc::{FlowerTransport, ServeOptions, StreamError, TlsFiles, UploadGate,
 pub use history::{scalar_to_json, Checkpoint, History, RoundRecord};
 pub use metrics::{Metrics, RunObserver};
 pub use model_file::{
-    parameters_from_npz, parameters_to_npz, parameters_to_npz_named, read_npz_named,
-    write_npz_named,
+    npz_fingerprint, parameters_from_npz, parameters_to_npz, parameters_to_npz_named,
+    read_npz_named, write_npz_named,
 };
 pub use msg_grid::{MsgSetup, ServerGrid};
 pub use node::{ClientHandle, ContentReply, ExchangeError, OutgoingContent, OutgoingMessage};

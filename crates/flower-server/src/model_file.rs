@@ -12,6 +12,7 @@ use std::path::Path;
 use bytes::Bytes;
 use flower_core::npy::{npy_header, parse_npy};
 use flower_core::{DType, Parameters, NUMPY_TENSOR_TYPE};
+use sha2::Digest as _;
 
 use crate::{ModelFileError, ServerError};
 
@@ -58,6 +59,26 @@ pub fn write_npz_named<W: Write + Seek>(
         }
     }
     Ok(zip.finish()?)
+}
+
+/// The fingerprint of an `.npz` archive: SHA-256 (hex) over each entry's
+/// name, size and CRC-32 as its central directory records them, in archive
+/// order. It ties a checkpoint to the model file it wrote without hashing
+/// the model: zip checks every entry's data against its CRC-32 as it is
+/// read, so a file whose data changed fails to load, and one whose
+/// directory differs has another fingerprint.
+pub fn npz_fingerprint<R: Read + Seek>(archive: R) -> Result<String, ModelFileError> {
+    let mut archive = zip::ZipArchive::new(archive)?;
+    let mut hasher = sha2::Sha256::new();
+    for index in 0..archive.len() {
+        let entry = archive.by_index_raw(index)?;
+        let name = entry.name().as_bytes();
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name);
+        hasher.update(entry.size().to_le_bytes());
+        hasher.update(entry.crc32().to_le_bytes());
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Reads parameters from an `.npz` file: entries `arr_N.npy` in numeric

@@ -335,6 +335,7 @@ impl Recorder {
             strategy_state: Value::Null,
             history: self.history.clone(),
             model_sha256: None,
+            model_fingerprint: None,
         };
         store.save(&checkpoint, &parameters)
     }

@@ -11,8 +11,8 @@ use flower_core::Parameters;
 use sha2::{Digest, Sha256};
 
 use crate::history::Checkpoint;
-use crate::model_file::{parameters_from_npz, write_npz_named};
-use crate::ServerError;
+use crate::model_file::{npz_fingerprint, parameters_from_npz, write_npz_named};
+use crate::{ModelFileError, ServerError};
 
 /// A saved run: the checkpoint and the model it points at.
 #[derive(Debug, Clone)]
@@ -85,22 +85,24 @@ impl RunStore for DirectoryStore {
         let dir = &self.dir;
         std::fs::create_dir_all(dir).map_err(ServerError::io("creating", dir))?;
         let model_path = dir.join(Self::MODEL);
-        // Straight into the file: the model is never copied into a buffer.
-        let model_sha256 = write_atomic_with(&model_path, |file| {
+        // Straight into the file: the model is never copied into a buffer;
+        // the fingerprint reads back only the archive's directory.
+        let fingerprint = write_atomic_with(&model_path, |file| {
             write_npz_named(
                 parameters,
                 self.array_names.as_deref(),
                 std::io::BufWriter::new(file),
             )
             .and_then(|out| out.into_inner().map_err(|e| e.into_error().into()))
-            .map(drop)
+            .and_then(npz_fingerprint)
             .map_err(|source| ServerError::ModelFile {
                 path: model_path.clone(),
                 source,
             })
         })?;
         let mut checkpoint = checkpoint.clone();
-        checkpoint.model_sha256 = Some(hex::encode(model_sha256));
+        checkpoint.model_sha256 = None;
+        checkpoint.model_fingerprint = Some(fingerprint);
         let history_path = dir.join(Self::HISTORY);
         let history = serde_json::to_vec_pretty(&checkpoint.history)
             .map_err(ServerError::json("writing", &history_path))?;
@@ -135,6 +137,24 @@ impl RunStore for DirectoryStore {
                 )));
             }
         }
+        if let Some(want) = &checkpoint.model_fingerprint {
+            let got = std::fs::File::open(&model_path)
+                .map_err(ModelFileError::from)
+                .and_then(npz_fingerprint)
+                .map_err(|source| ServerError::ModelFile {
+                    path: model_path.clone(),
+                    source,
+                })?;
+            if &got != want {
+                return Err(ServerError::Config(format!(
+                    "{} does not belong to {} (its entries' fingerprint is {got}, the \
+                     checkpoint expects {want}): refusing to resume from a model the checkpoint \
+                     did not write",
+                    model_path.display(),
+                    cp_path.display()
+                )));
+            }
+        }
         let parameters = parameters_from_npz(&model_path, &checkpoint.tensor_type)?;
         Ok(Some(SavedRun {
             checkpoint,
@@ -153,31 +173,19 @@ impl RunStore for DirectoryStore {
 /// target, then the directory synced so the rename survives a crash.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
     use std::io::Write;
-    replace_file(path, false, |file| {
+    write_atomic_with(path, |file| {
         file.write_all(bytes)
             .map_err(ServerError::io("writing", path))
     })
-    .map(drop)
 }
 
 /// Like [`write_atomic`], with the content written by `write` into the
-/// temporary file (which it may seek in); returns the SHA-256 of the file as
-/// written, read back from it (from the page cache, in small pieces).
-pub fn write_atomic_with(
+/// temporary file (which it may seek in and read back); returns what
+/// `write` returns.
+pub fn write_atomic_with<T>(
     path: &Path,
-    write: impl FnOnce(&mut std::fs::File) -> Result<(), ServerError>,
-) -> Result<[u8; 32], ServerError> {
-    replace_file(path, true, write).map(Option::unwrap_or_default)
-}
-
-/// The atomic replacement of [`write_atomic`], hashing the written file
-/// when `hash` is set.
-fn replace_file(
-    path: &Path,
-    hash: bool,
-    write: impl FnOnce(&mut std::fs::File) -> Result<(), ServerError>,
-) -> Result<Option<[u8; 32]>, ServerError> {
-    use std::io::{Read, Seek};
+    write: impl FnOnce(&mut std::fs::File) -> Result<T, ServerError>,
+) -> Result<T, ServerError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -188,29 +196,13 @@ fn replace_file(
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(io())?;
-    write(file.as_file_mut())?;
+    let written = write(file.as_file_mut())?;
     file.as_file().sync_all().map_err(io())?;
-    let digest = if hash {
-        let mut hasher = Sha256::new();
-        let reader = file.as_file_mut();
-        reader.rewind().map_err(io())?;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = reader.read(&mut buf).map_err(io())?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        Some(hasher.finalize().into())
-    } else {
-        None
-    };
     file.persist(path).map_err(|e| io()(e.error))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(ServerError::io("syncing", dir))?;
-    Ok(digest)
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -235,6 +227,7 @@ mod tests {
             strategy_state: serde_json::Value::Null,
             history: History::default(),
             model_sha256: None,
+            model_fingerprint: None,
         };
         store.save(&checkpoint, &parameters).unwrap();
         let saved = store.load().unwrap().unwrap();
@@ -242,7 +235,8 @@ mod tests {
             saved.checkpoint.completed_rounds,
             checkpoint.completed_rounds
         );
-        assert!(saved.checkpoint.model_sha256.is_some());
+        assert!(saved.checkpoint.model_fingerprint.is_some());
+        assert_eq!(saved.checkpoint.model_sha256, None);
         assert_eq!(saved.parameters, parameters);
 
         // Files are private to the owner; no temporary file is left behind.
@@ -277,6 +271,38 @@ mod tests {
         .unwrap();
         let err = store.load().unwrap_err();
         assert!(err.to_string().contains("does not belong"), "{err}");
+
+        // A model file whose data changed (same directory) fails its CRC.
+        store.save(&checkpoint, &parameters).unwrap();
+        let model_path = store.dir().join(DirectoryStore::MODEL);
+        let mut bytes = std::fs::read(&model_path).unwrap();
+        let at = bytes
+            .windows(4)
+            .position(|w| w == 2.0f32.to_le_bytes())
+            .unwrap();
+        bytes[at] ^= 1;
+        std::fs::write(&model_path, &bytes).unwrap();
+        let err = store.load().unwrap_err();
+        assert!(
+            crate::error_chain(&err).to_lowercase().contains("checksum"),
+            "{}",
+            crate::error_chain(&err)
+        );
+
+        // A checkpoint from before fingerprints is still checked by SHA-256.
+        store.save(&checkpoint, &parameters).unwrap();
+        let cp_path = store.dir().join(DirectoryStore::CHECKPOINT);
+        let mut old: Checkpoint =
+            serde_json::from_str(&std::fs::read_to_string(&cp_path).unwrap()).unwrap();
+        old.model_fingerprint = None;
+        old.model_sha256 = Some(hex::encode(Sha256::digest(
+            std::fs::read(&model_path).unwrap(),
+        )));
+        std::fs::write(&cp_path, serde_json::to_vec(&old).unwrap()).unwrap();
+        assert!(store.load().is_ok());
+        old.model_sha256 = Some("00".repeat(32));
+        std::fs::write(&cp_path, serde_json::to_vec(&old).unwrap()).unwrap();
+        assert!(store.load().is_err());
     }
 
     #[test]
@@ -297,6 +323,7 @@ mod tests {
             strategy_state: serde_json::Value::Null,
             history: History::default(),
             model_sha256: None,
+            model_fingerprint: None,
         };
         store.save(&checkpoint, &parameters).unwrap();
         let (read, read_names) = crate::read_npz_named(

@@ -394,6 +394,7 @@ impl RoundDriver {
             strategy_state: self.strategy.state(),
             history: self.history.clone(),
             model_sha256: None,
+            model_fingerprint: None,
         };
         blocking(|| store.save(&checkpoint, parameters))
     }
