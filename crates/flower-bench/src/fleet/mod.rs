@@ -31,7 +31,7 @@ pub(crate) use events::{
     parse_flower_rs, parse_stock, round_deltas, Marker, Reading, Recorder, Seen,
 };
 pub(crate) use report::{markdown_table, mib, PeakRss};
-use report::{FleetResult, NodeSummary, Outcome, Workload};
+use report::{FleetResult, NodeSummary, Outcome, RepeatedResult, Workload};
 
 /// Settings of `fleet`.
 #[derive(Debug, Clone, clap::Args)]
@@ -66,6 +66,11 @@ pub(crate) struct FleetArgs {
     /// default node i adds 1 + i, and every reply differs).
     #[arg(long)]
     pub(crate) identical_replies: bool,
+    /// Run the whole comparison this many times (stock, then flower-rs, each
+    /// time, in `<work>/run-K/`) and judge the targets on the median of the
+    /// per-repetition ratios.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) repeat: usize,
     /// Extra argument for flower-server (repeatable).
     #[arg(long = "server-arg", allow_hyphen_values = true, value_name = "ARG")]
     pub(crate) server_args: Vec<String>,
@@ -204,7 +209,6 @@ pub(crate) fn run(args: FleetArgs) -> anyhow::Result<i32> {
     }
     let env = Env::resolve(&args.env)?;
     let venv_bin = venv_bin(&env, &["flower-superlink", "flower-supernode", "flwr"])?;
-    let machine = crate::compare::Machine::read();
     let (work_dir, _temp) = crate::work_dir(args.work_dir.clone())?;
     eprintln!("work directory: {}", work_dir.display());
     let bundle = Bundle::prepare(&env, &venv_bin, args.app.as_deref(), args.params, &work_dir)?;
@@ -212,7 +216,7 @@ pub(crate) fn run(args: FleetArgs) -> anyhow::Result<i32> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         args,
         env,
         venv_bin,
@@ -225,12 +229,50 @@ pub(crate) fn run(args: FleetArgs) -> anyhow::Result<i32> {
         runtime,
     };
 
+    let repeat = ctx.args.repeat.max(1);
+    let base = ctx.work_dir.clone();
+    let mut results = Vec::with_capacity(repeat);
+    for k in 1..=repeat {
+        if repeat > 1 {
+            ctx.work_dir = base.join(format!("run-{k}"));
+            std::fs::create_dir_all(&ctx.work_dir)?;
+            eprintln!("repetition {k} of {repeat} in {}", ctx.work_dir.display());
+        }
+        results.push(run_once(&ctx)?);
+    }
+    let failed = if repeat == 1 {
+        let result = results.remove(0);
+        result.print();
+        write_json(ctx.args.json.as_deref(), &result)?;
+        result.failed()
+    } else {
+        let result = RepeatedResult::new(results);
+        result.print();
+        write_json(ctx.args.json.as_deref(), &result)?;
+        result.failed()
+    };
+    Ok(if failed { 1 } else { 0 })
+}
+
+/// Writes `result` as JSON to `path`, if given.
+fn write_json(path: Option<&Path>, result: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_string_pretty(result)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("JSON written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// One comparison: stock, then flower-rs (or the one `--only` names).
+fn run_once(ctx: &Ctx) -> anyhow::Result<FleetResult> {
+    let machine = crate::compare::Machine::read();
     let mut outcomes = Vec::new();
     if ctx.args.only.as_deref() != Some("flower-rs") {
-        outcomes.push(run_stock(&ctx)?);
+        outcomes.push(run_stock(ctx)?);
     }
     if ctx.args.only.as_deref() != Some("stock") {
-        match run_ours(&ctx) {
+        match run_ours(ctx) {
             Ok(o) => outcomes.push(o),
             Err(e) if ctx.args.only.is_none() => {
                 eprintln!("[flower_rs] not measured: {e:#}");
@@ -239,7 +281,7 @@ pub(crate) fn run(args: FleetArgs) -> anyhow::Result<i32> {
             Err(e) => return Err(e),
         }
     }
-    let result = FleetResult::new(
+    Ok(FleetResult::new(
         Workload {
             nodes: ctx.args.nodes,
             params: ctx.args.params,
@@ -256,14 +298,7 @@ pub(crate) fn run(args: FleetArgs) -> anyhow::Result<i32> {
         },
         machine,
         outcomes,
-    );
-    result.print();
-    if let Some(path) = &ctx.args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&result)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("JSON written to {}", path.display());
-    }
-    Ok(if result.failed() { 1 } else { 0 })
+    ))
 }
 
 /// `flwr build --app APP` into `<work>/fab/`; returns the file and its

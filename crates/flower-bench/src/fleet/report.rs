@@ -621,9 +621,179 @@ fn targets(o: &ServerFigures, s: &ServerFigures) -> Vec<Target> {
     ]
 }
 
+/// The median of `values` (the mean of the middle two for an even count);
+/// `None` when empty.
+pub(crate) fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// One figure over the repetitions.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Spread {
+    /// The figure.
+    pub(crate) figure: String,
+    /// Stock's value in each repetition.
+    pub(crate) stock: Vec<f64>,
+    /// flower-rs's value in each repetition.
+    pub(crate) flower_rs: Vec<f64>,
+    /// flower-rs / stock within each repetition (the two ran back to back).
+    pub(crate) ratios: Vec<f64>,
+    /// The median of `ratios`.
+    pub(crate) median_ratio: Option<f64>,
+}
+
+/// Several repetitions of the whole comparison, summarized: the stock
+/// SuperLink's own CPU per round varies by a third or more between runs on
+/// one machine, so one run's ratio says less than the median of several.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RepeatedResult {
+    /// Each repetition, in order (stock first, then flower-rs, each time).
+    pub(crate) runs: Vec<FleetResult>,
+    /// The figures the targets are about.
+    pub(crate) spreads: Vec<Spread>,
+    /// The targets, judged on the median per-repetition ratio.
+    pub(crate) targets: Vec<Target>,
+}
+
+impl RepeatedResult {
+    /// Summarizes `runs`.
+    pub(crate) fn new(runs: Vec<FleetResult>) -> Self {
+        type Get = fn(&ServerFigures) -> Option<f64>;
+        let figures: [(&str, Get); 3] = [
+            ("server CPU s per round", |s| s.cpu_per_round_s),
+            ("peak RSS MiB, tree sum of VmHWM", |s| {
+                Some(s.peak.sum_hwm_mib)
+            }),
+            ("peak RSS MiB, largest process", |s| {
+                Some(s.peak.max_hwm_mib)
+            }),
+        ];
+        let spreads: Vec<Spread> = figures
+            .iter()
+            .map(|(name, get)| {
+                let mut spread = Spread {
+                    figure: name.to_string(),
+                    stock: Vec::new(),
+                    flower_rs: Vec::new(),
+                    ratios: Vec::new(),
+                    median_ratio: None,
+                };
+                for run in &runs {
+                    let value = |server: &str| {
+                        run.servers
+                            .iter()
+                            .find(|s| s.server == server && s.not_run.is_none())
+                            .and_then(get)
+                    };
+                    let (stock, ours) = (value("stock"), value("flower_rs"));
+                    spread.stock.extend(stock);
+                    spread.flower_rs.extend(ours);
+                    spread.ratios.extend(ratio(ours, stock));
+                }
+                spread.median_ratio = median(&spread.ratios);
+                spread
+            })
+            .collect();
+        let target = |spread: &Spread, name: &str| Target {
+            name: format!("{name}, median of {} repetitions", spread.ratios.len()),
+            goal: "flower-rs <= 1/5 of the stock SuperLink + ServerApp".into(),
+            measured: format!(
+                "per-repetition ratios {}; medians {} vs {}",
+                spread
+                    .ratios
+                    .iter()
+                    .map(|r| format!("{r:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                opt(median(&spread.flower_rs), 2),
+                opt(median(&spread.stock), 2),
+            ),
+            met: spread.median_ratio.map(|r| r <= 0.2),
+        };
+        let targets = vec![
+            target(&spreads[1], "server peak RSS (tree sum of VmHWM)"),
+            target(&spreads[0], "server CPU-seconds per round (tree)"),
+        ];
+        RepeatedResult {
+            runs,
+            spreads,
+            targets,
+        }
+    }
+
+    /// True when any repetition failed.
+    pub(crate) fn failed(&self) -> bool {
+        self.runs.iter().any(FleetResult::failed)
+    }
+
+    /// Prints every repetition, then the summary.
+    pub(crate) fn print(&self) {
+        for (i, run) in self.runs.iter().enumerate() {
+            println!("\n=== repetition {} of {} ===", i + 1, self.runs.len());
+            run.print();
+        }
+        println!("\n=== over {} repetitions ===\n", self.runs.len());
+        let header: Vec<String> = [
+            "figure",
+            "stock",
+            "flower_rs",
+            "flower_rs / stock",
+            "median ratio",
+        ]
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+        let list = |v: &[f64], d: usize| {
+            v.iter()
+                .map(|x| format!("{x:.d$}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let rows: Vec<Vec<String>> = self
+            .spreads
+            .iter()
+            .map(|s| {
+                vec![
+                    s.figure.clone(),
+                    list(&s.stock, 2),
+                    list(&s.flower_rs, 2),
+                    list(&s.ratios, 3),
+                    opt(s.median_ratio, 3),
+                ]
+            })
+            .collect();
+        print!("{}", markdown_table(&header, &rows));
+        println!();
+        println!("targets (median of the per-repetition ratios):");
+        for t in &self.targets {
+            let verdict = match t.met {
+                Some(true) => "MET",
+                Some(false) => "MISSED",
+                None => "n/a",
+            };
+            println!("  [{verdict}] {}: {} — {}", t.name, t.goal, t.measured);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn medians_of_odd_even_and_empty_lists() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[f64::NAN, 1.0]), Some(1.0));
+    }
 
     #[test]
     fn markdown_rows_have_pipes_and_a_rule() {
