@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use flower_fab::{Fab, RunConfig, UserConfig};
 use flower_message::{
-    deflate, inflate, HandOver, Limits, Message, Metadata, ObjectId, ObjectTree, Payload,
+    deflate_parts, inflate, HandOver, Limits, Message, Metadata, ObjectId, ObjectParts, ObjectTree,
+    Payload,
 };
 use flower_proto as pb;
 use futures::{StreamExt, TryStreamExt};
@@ -583,7 +584,9 @@ impl Node {
             },
             payload,
         };
-        let deflated = deflate(&reply);
+        // Chunks stay slices of the reply's arrays; each object's content is
+        // put together only when it is pushed.
+        let deflated = deflate_parts(&reply);
         reply.metadata.message_id = deflated.root.to_string();
         let request = pb::PushMessagesRequest {
             node: self.node(),
@@ -598,24 +601,14 @@ impl Node {
             .map(String::as_str)
             .collect();
         let run_id = reply.metadata.run_id;
-        let session_id = response.session_id.clone();
+        let session_id = &response.session_id;
         // `deflated.objects` is in post-order: children before parents.
         let this: &Node = self;
-        let requests: Vec<pb::PushObjectRequest> = deflated
+        let pushes: Vec<_> = deflated
             .objects
             .iter()
             .filter(|(id, _)| wanted.contains(id.to_string().as_str()))
-            .map(|(id, content)| pb::PushObjectRequest {
-                node: this.node(),
-                run_id,
-                object_id: id.to_string(),
-                object_content: content.clone(),
-                session_id: session_id.clone(),
-            })
-            .collect();
-        let pushes: Vec<_> = requests
-            .into_iter()
-            .map(|request| this.push_object(request))
+            .map(|(id, content)| this.push_parts(run_id, *id, content.clone(), session_id.clone()))
             .collect();
         futures::stream::iter(pushes)
             .buffer_unordered(OBJECT_CONCURRENCY)
@@ -638,6 +631,24 @@ impl Node {
 }
 
 impl Node {
+    /// Pushes one object, its content put together only now.
+    async fn push_parts(
+        &self,
+        run_id: u64,
+        id: ObjectId,
+        content: ObjectParts,
+        session_id: String,
+    ) -> Result<(), Step> {
+        self.push_object(pb::PushObjectRequest {
+            node: self.node(),
+            run_id,
+            object_id: id.to_string(),
+            object_content: content.to_bytes(),
+            session_id,
+        })
+        .await
+    }
+
     async fn push_object(&self, request: pb::PushObjectRequest) -> Result<(), Step> {
         let response: pb::PushObjectResponse = self.invoke("push-object", &request).await?;
         if response.stored {
