@@ -679,6 +679,21 @@ fn fleet_metrics(shared: &Arc<Shared>, keys: Option<&AuthorizedNodeKeys>) {
             vec![(Vec::new(), n as f64)]
         },
     );
+    let weak = Arc::downgrade(shared);
+    metrics.counter_fn(
+        "flower_fleet_node_auth_refusals",
+        "Fleet requests refused by node authentication, by reason",
+        move || {
+            let Some(shared) = weak.upgrade() else {
+                return Vec::new();
+            };
+            shared
+                .refusals()
+                .samples()
+                .map(|(reason, n)| (vec![("reason", reason.to_string())], n as f64))
+                .collect()
+        },
+    );
     if let Some(keys) = keys.cloned() {
         metrics.gauge_fn(
             "flower_fleet_authorized_keys",

@@ -27,6 +27,7 @@ use tracing::debug;
 
 use crate::http::reply::ApiError;
 use crate::http::{Rpc, Service};
+use crate::node::NodeRefusals;
 
 mod legacy;
 
@@ -62,18 +63,27 @@ fn unauthenticated() -> Status {
 }
 
 /// The verified signer of a request; `None` when it carries no signature
-/// metadata (flwr 1.13/1.14 nodes).
-fn signer(metadata: &MetadataMap) -> Result<Option<NodePublicKey>, Status> {
+/// metadata (flwr 1.13/1.14 nodes). Refusals are counted in `refusals`.
+fn signer(
+    metadata: &MetadataMap,
+    refusals: &NodeRefusals,
+) -> Result<Option<NodePublicKey>, Status> {
+    let refuse = |reason: &str| {
+        refusals.count(reason);
+        unauthenticated()
+    };
     for (key_name, signature_name, timestamp_name) in SIGNATURE_NAMES {
         let Some(key) = metadata.get_bin(key_name) else {
             continue;
         };
-        let key = key.to_bytes().map_err(|_| unauthenticated())?;
+        let key = key.to_bytes().map_err(|_| refuse("malformed"))?;
         let signature = metadata
             .get_bin(signature_name)
             .and_then(|v| v.to_bytes().ok())
-            .ok_or_else(unauthenticated)?;
-        let timestamp = metadata.get(timestamp_name).ok_or_else(unauthenticated)?;
+            .ok_or_else(|| refuse("missing"))?;
+        let timestamp = metadata
+            .get(timestamp_name)
+            .ok_or_else(|| refuse("missing"))?;
         return verify_node_signature_raw(
             &key,
             timestamp.as_bytes(),
@@ -84,7 +94,7 @@ fn signer(metadata: &MetadataMap) -> Result<Option<NodePublicKey>, Status> {
         .map_err(|e| {
             // Only the reason, never a key or signature.
             debug!(error = %e, "grpc node authentication failed");
-            unauthenticated()
+            refuse(e.refusal_reason())
         });
     }
     Ok(None)
@@ -99,6 +109,11 @@ enum Route {
 }
 
 impl GrpcFleet {
+    /// The verified signer of a request (see the free [`signer`]).
+    fn signer(&self, metadata: &MetadataMap) -> Result<Option<NodePublicKey>, Status> {
+        signer(metadata, self.service.shared.refusals())
+    }
+
     /// The gRPC service over `service`'s handlers and link state.
     pub(crate) fn new(service: Arc<Service>) -> Self {
         GrpcFleet {
@@ -112,7 +127,7 @@ impl GrpcFleet {
     /// their heartbeat told their era; other old nodes' to [`legacy`]. A
     /// node found to be flwr 1.19 is refused.
     fn route(&self, metadata: &MetadataMap, objects: bool) -> Result<Route, Status> {
-        Ok(match signer(metadata)? {
+        Ok(match self.signer(metadata)? {
             None => Route::Old(None),
             Some(key) => match self.old.owner(&key) {
                 Some(Some(legacy::Era::V119)) => return Err(legacy::refusal_1_19()),
@@ -126,7 +141,7 @@ impl GrpcFleet {
     /// The signer of an object RPC (only 1.19+ nodes use objects; they sign
     /// every call), refused if it is a flwr 1.19 node.
     fn object_caller(&self, metadata: &MetadataMap) -> Result<NodePublicKey, Status> {
-        let key = signer(metadata)?.ok_or_else(unauthenticated)?;
+        let key = self.signer(metadata)?.ok_or_else(unauthenticated)?;
         if self.old.owner(&key) == Some(Some(legacy::Era::V119)) {
             return Err(legacy::refusal_1_19());
         }
@@ -143,7 +158,9 @@ impl GrpcFleet {
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        let key = signer(request.metadata())?.ok_or_else(unauthenticated)?;
+        let key = self
+            .signer(request.metadata())?
+            .ok_or_else(unauthenticated)?;
         self.call_as(rpc, &key, request).await
     }
 
@@ -321,7 +338,7 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::CreateNodeRequest>,
     ) -> Result<Response<pb::CreateNodeResponse>, Status> {
-        let caller = signer(request.metadata())?;
+        let caller = self.signer(request.metadata())?;
         let authorized = caller.as_ref().is_some_and(|k| self.service.authorized(k));
         self.old
             .create_node(
@@ -338,7 +355,7 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::DeleteNodeRequest>,
     ) -> Result<Response<pb::DeleteNodeResponse>, Status> {
-        let caller = signer(request.metadata())?;
+        let caller = self.signer(request.metadata())?;
         self.old
             .delete_node(&self.service.shared, caller.as_ref(), request.get_ref())
             .map(Response::new)
@@ -348,7 +365,7 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::PingRequest>,
     ) -> Result<Response<pb::PingResponse>, Status> {
-        let caller = signer(request.metadata())?;
+        let caller = self.signer(request.metadata())?;
         self.old
             .ping(&self.service.shared, caller.as_ref(), request.get_ref())
             .map(Response::new)
@@ -358,7 +375,7 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::PullTaskInsRequest>,
     ) -> Result<Response<pb::PullTaskInsResponse>, Status> {
-        let caller = signer(request.metadata())?;
+        let caller = self.signer(request.metadata())?;
         self.old
             .pull_task_ins(&self.service.shared, caller.as_ref(), request.get_ref())
             .await
@@ -369,7 +386,7 @@ impl pb::fleet_server::Fleet for GrpcFleet {
         &self,
         request: Request<pb::PushTaskResRequest>,
     ) -> Result<Response<pb::PushTaskResResponse>, Status> {
-        let caller = signer(request.metadata())?;
+        let caller = self.signer(request.metadata())?;
         self.old
             .push_task_res(&self.service.shared, caller.as_ref(), request.into_inner())
             .map(Response::new)

@@ -59,6 +59,44 @@ pub(crate) struct Shared {
     /// and the assembled copy at once, so replies that complete together
     /// would otherwise double the server's peak memory for a moment.
     inflate_gate: tokio::sync::Semaphore,
+    /// Requests refused by node authentication, by reason.
+    refusals: NodeRefusals,
+}
+
+/// Counts of requests refused by node authentication, by reason (the
+/// `flower_fleet_node_auth_refusals_total` family).
+#[derive(Debug, Default)]
+pub(crate) struct NodeRefusals {
+    counts: [std::sync::atomic::AtomicU64; NodeRefusals::REASONS.len()],
+}
+
+impl NodeRefusals {
+    /// The reasons, as labels: [`flower_auth::node::NodeAuthError::refusal_reason`]'s,
+    /// then `unbound` (a valid signature by a key that is not the node's
+    /// the request names, or an unknown key not admitted).
+    pub(crate) const REASONS: [&'static str; 6] = [
+        "missing",
+        "malformed",
+        "stale",
+        "bad_signature",
+        "other",
+        "unbound",
+    ];
+
+    /// Counts one refusal for `reason` (one of [`Self::REASONS`]).
+    pub(crate) fn count(&self, reason: &str) {
+        if let Some(i) = Self::REASONS.iter().position(|r| *r == reason) {
+            self.counts[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// `(reason, count)` for every reason.
+    pub(crate) fn samples(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Self::REASONS
+            .iter()
+            .zip(&self.counts)
+            .map(|(r, c)| (*r, c.load(std::sync::atomic::Ordering::Relaxed)))
+    }
 }
 
 impl Shared {
@@ -82,6 +120,7 @@ impl Shared {
             limits,
             metrics,
             inflate_gate: tokio::sync::Semaphore::new(1),
+            refusals: NodeRefusals::default(),
         })
     }
 
@@ -105,6 +144,11 @@ impl Shared {
     /// The metrics of the server's client registry.
     pub(crate) fn metrics(&self) -> &flower_server::Metrics {
         &self.metrics
+    }
+
+    /// Requests refused by node authentication.
+    pub(crate) fn refusals(&self) -> &NodeRefusals {
+        &self.refusals
     }
 
     /// SuperNodes online (active and heartbeating).

@@ -143,6 +143,27 @@ pub enum NodeAuthError {
 }
 
 impl NodeAuthError {
+    /// Why a signed request was refused, as a metrics label: `missing` (a
+    /// header absent), `malformed` (a header, key, timestamp or signature
+    /// that does not parse), `stale` (the timestamp is outside the window),
+    /// `bad_signature` (it does not verify), `other` (not a request-level
+    /// error).
+    #[must_use]
+    pub fn refusal_reason(&self) -> &'static str {
+        match self {
+            Self::MissingHeader { .. } => "missing",
+            Self::InvalidHeader { .. }
+            | Self::InvalidBase64 { .. }
+            | Self::InvalidKey { .. }
+            | Self::UnsupportedKey { .. }
+            | Self::InvalidTimestamp { .. }
+            | Self::MalformedSignature { .. } => "malformed",
+            Self::TimestampOutsideWindow { .. } => "stale",
+            Self::BadSignature { .. } => "bad_signature",
+            _ => "other",
+        }
+    }
+
     pub(crate) fn invalid_key(
         reason: &'static str,
         source: impl std::error::Error + Send + Sync + 'static,

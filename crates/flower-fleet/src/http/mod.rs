@@ -152,6 +152,7 @@ impl Service {
         let key = verify_node_request(request.headers(), SystemTime::now()).map_err(|e| {
             // Only the reason, never a key or signature.
             debug!(error = %e, "node authentication failed");
+            self.shared.refusals().count(e.refusal_reason());
             ApiError::Unauthenticated
         })?;
         if !reply::is_protobuf(request.headers().get(header::CONTENT_TYPE)) {
@@ -204,6 +205,11 @@ impl Service {
     /// `node_id` the id it derives: then the node is taken back (this
     /// server restarted; see [`LinkState::readmit`](crate::state::LinkState::readmit)).
     fn bound(&self, key: &NodePublicKey, node_id: u64) -> Result<(), ApiError> {
+        self.bound_or_readmitted(key, node_id)
+            .inspect_err(|_| self.shared.refusals().count("unbound"))
+    }
+
+    fn bound_or_readmitted(&self, key: &NodePublicKey, node_id: u64) -> Result<(), ApiError> {
         let found = self.shared.read_state(|s| s.node_for_key(key.sec1_bytes()));
         match found {
             Some(id) if id == node_id => Ok(()),
@@ -233,6 +239,7 @@ impl Service {
         if found == Some(node_id) {
             Ok(())
         } else {
+            self.shared.refusals().count("unbound");
             Err(ApiError::Unauthenticated)
         }
     }

@@ -418,6 +418,37 @@ async fn hostile_requests_get_only_survivable_statuses() {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A signature by another key of the same curve (the forged ones above
+    // do not even parse for P-256): 401.
+    let mut forged = key.signed_headers(SystemTime::now());
+    let same_curve = NodeSigningKey::generate(NodeKeyCurve::P256).signed_headers(SystemTime::now());
+    forged.insert("flwr-signature", same_curve["flwr-signature"].clone());
+    let (status, _) = send(
+        addr,
+        Method::POST,
+        "/v1/fleet/pull-messages",
+        forged,
+        Some("application/protobuf"),
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Each refusal is counted by its reason.
+    let metrics = fleet.clients.metrics().encode();
+    let refusals = |reason: &str| -> f64 {
+        let prefix = format!("flower_fleet_node_auth_refusals_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let paths = PATHS.len() as f64;
+    assert_eq!(refusals("missing"), paths, "{metrics}");
+    assert_eq!(refusals("malformed"), paths, "{metrics}");
+    assert_eq!(refusals("bad_signature"), 1.0, "{metrics}");
+    assert_eq!(refusals("stale"), paths, "{metrics}");
+    assert!(refusals("unbound") >= 1.0, "{metrics}");
     // Register with a body key that is not the signer: 401.
     let (status, _) = call(
         addr,
