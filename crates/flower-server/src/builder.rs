@@ -344,9 +344,11 @@ impl ServerBuilder {
                 Driver::Legacy(d)
             }
             Err(setup) => {
-                // The message-API loop reports no round events yet: its
-                // rounds show in the log and history.json only.
-                let mut d = MsgDriver::new(manager.clone(), setup, self.driver);
+                let mut d = MsgDriver::new(manager.clone(), setup, self.driver)
+                    .with_observer(Arc::new(metrics.clone()));
+                for observer in self.observers {
+                    d = d.with_observer(observer);
+                }
                 if let Some(store) = self.store {
                     d = d.with_store(store);
                 }

@@ -39,7 +39,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::history::{Checkpoint, History, RoundRecord};
-use crate::node::{ClientHandle, OutgoingContent, OutgoingMessage};
+use crate::metrics::{Phase, RunEvent, RunObserver};
+use crate::node::{ClientHandle, ExchangeError, OutgoingContent, OutgoingMessage};
 use crate::store::RunStore;
 use crate::{AggregationOrder, ClientManager, DriverConfig, RunOutcome, ServerError};
 
@@ -72,6 +73,19 @@ struct PhaseShared {
     stream_key: Option<String>,
     /// Replies with content received by the last `send_and_receive`.
     received: usize,
+    /// Why each other sampled node gave no content, in that call (metrics
+    /// labels, as the legacy driver's: `status`, `timeout`, `closed`, ...).
+    failures: Vec<&'static str>,
+}
+
+/// The metrics label of an exchange that ended without a reply.
+fn exchange_reason(error: &ExchangeError) -> &'static str {
+    match error {
+        ExchangeError::Closed(_) => "closed",
+        ExchangeError::Timeout(_) => "timeout",
+        ExchangeError::Protocol(_) => "protocol",
+        ExchangeError::Unsupported(_) => "unsupported",
+    }
 }
 
 /// The [`Grid`] of a message-API run over the connected nodes. Its methods
@@ -188,9 +202,11 @@ impl Grid for ServerGrid {
         self.wait_deadline = None;
         let stream_key = self.phase().stream_key.take();
         self.phase().received = 0;
+        self.phase().failures.clear();
         if messages.is_empty() {
             return Vec::new();
         }
+        let mut failures: Vec<&'static str> = Vec::new();
         self.under_way = true;
         let timeout = Duration::try_from_secs_f64(timeout).unwrap_or(DEFAULT_TIMEOUT);
         let round = self.round.load(Ordering::Relaxed);
@@ -214,24 +230,32 @@ impl Grid for ServerGrid {
                     let fut = handle.exchange_content(outgoing, Some(timeout));
                     exchanges.push(async move { (node, fut.await) });
                 }
-                None => warn!(node, "node left before its message was sent"),
+                None => {
+                    warn!(node, "node left before its message was sent");
+                    failures.push("left");
+                }
             }
         }
+        let pending = exchanges.len();
         let mut stop = self.stop.clone();
         // Arrival order and a mean-family strategy: each train reply is
         // folded as it arrives and dropped (memory O(model)).
         let mut fold = stream_key
             .filter(|_| self.config.aggregation_order == AggregationOrder::Arrival)
             .map(StreamingMean::new);
-        let (mut replies, received, fold) = self.handle.block_on(async move {
+        let (mut replies, received, fold, ended) = self.handle.block_on(async move {
             let mut replies = Vec::new();
             let mut received = 0;
+            let mut ended: Vec<&'static str> = Vec::new();
             let mut exchanges = exchanges;
             let collect = async {
                 while let Some((node, outcome)) = exchanges.next().await {
                     match outcome {
                         Ok(content) => {
                             received += usize::from(content.is_ok());
+                            if content.is_err() {
+                                ended.push("status");
+                            }
                             let reply = Reply {
                                 src_node_id: node,
                                 content,
@@ -243,7 +267,10 @@ impl Grid for ServerGrid {
                                 None => replies.push(reply),
                             }
                         }
-                        Err(e) => warn!(round, node, error = %e, "no reply"),
+                        Err(e) => {
+                            warn!(round, node, error = %e, "no reply");
+                            ended.push(exchange_reason(&e));
+                        }
                     }
                 }
             };
@@ -251,9 +278,17 @@ impl Grid for ServerGrid {
                 _ = tokio::time::timeout(timeout, collect) => {}
                 _ = stop.wait_for(|s| *s) => {}
             }
-            (replies, received, fold)
+            (replies, received, fold, ended)
         });
-        self.phase().received = received;
+        // Exchanges still open when the wait ended had no reply in time.
+        let unanswered = pending.saturating_sub(received + ended.len());
+        failures.extend(ended);
+        failures.extend(std::iter::repeat_n("timeout", unanswered));
+        {
+            let mut phase = self.phase();
+            phase.received = received;
+            phase.failures = failures;
+        }
         if let Some(fold) = fold {
             return fold.finish();
         }
@@ -318,9 +353,34 @@ struct Recorder {
     /// The run's stop signal: once set, no round is aggregated or saved
     /// (its replies may be partial).
     stop: watch::Receiver<bool>,
+    /// Told of the run's phases (the metrics, the progress lines).
+    observers: Vec<Arc<dyn RunObserver>>,
+    /// When the current round's train phase started.
+    round_started: Option<Instant>,
 }
 
 impl Recorder {
+    fn emit(&self, event: RunEvent<'_>) {
+        for observer in &self.observers {
+            observer.on_event(&event);
+        }
+    }
+
+    /// Reports the end of the phase that just ended.
+    fn phase_ended(&self, round: u64, phase: Phase, loss: Option<f64>) {
+        let shared = lock(&self.phase);
+        self.emit(RunEvent::PhaseEnded {
+            round,
+            num_rounds: self.num_rounds,
+            phase,
+            sampled: self.sent,
+            results: shared.received,
+            failures: &shared.failures,
+            loss,
+            elapsed: self.started.map_or(Duration::ZERO, |s| s.elapsed()),
+        });
+    }
+
     fn save(&mut self) -> Result<(), ServerError> {
         let Some(store) = &self.store else {
             return Ok(());
@@ -388,11 +448,18 @@ impl MsgStrategy for Recorder {
         lock(&self.phase).stream_key = self.inner.streaming_key().map(str::to_owned);
         self.sent = messages.len();
         self.started = Some(Instant::now());
+        self.round_started = self.started;
         info!(
             round = server_round,
             sampled = messages.len(),
             "configure_train"
         );
+        self.emit(RunEvent::PhaseStarted {
+            round: server_round,
+            num_rounds: self.num_rounds,
+            phase: Phase::Fit,
+            sampled: messages.len(),
+        });
         Ok(messages)
     }
 
@@ -417,6 +484,7 @@ impl MsgStrategy for Recorder {
             add_metrics(&mut self.history.metrics_distributed_fit, server_round, m);
         }
         info!(round = server_round, results, failures, "aggregate_train");
+        self.phase_ended(server_round, Phase::Fit, None);
         Ok((arrays, metrics))
     }
 
@@ -432,6 +500,12 @@ impl MsgStrategy for Recorder {
             .configure_evaluate(server_round, arrays, config, grid)?;
         self.sent = messages.len();
         self.started = Some(Instant::now());
+        self.emit(RunEvent::PhaseStarted {
+            round: server_round,
+            num_rounds: self.num_rounds,
+            phase: Phase::Evaluate,
+            sampled: messages.len(),
+        });
         Ok(messages)
     }
 
@@ -447,6 +521,13 @@ impl MsgStrategy for Recorder {
         if let Some(m) = &metrics {
             add_metrics(&mut self.history.metrics_distributed, server_round, m);
         }
+        self.phase_ended(server_round, Phase::Evaluate, None);
+        self.emit(RunEvent::RoundEnded {
+            round: server_round,
+            num_rounds: self.num_rounds,
+            loss: None,
+            elapsed: self.round_started.map_or(Duration::ZERO, |s| s.elapsed()),
+        });
         if let Some(mut r) = self.record.take() {
             r.evaluate_results = results;
             r.evaluate_failures = failures;
@@ -482,6 +563,7 @@ pub(crate) struct MsgDriver {
     setup: Option<MsgSetup>,
     config: DriverConfig,
     store: Option<Arc<dyn RunStore>>,
+    observers: Vec<Arc<dyn RunObserver>>,
 }
 
 impl MsgDriver {
@@ -491,7 +573,14 @@ impl MsgDriver {
             setup: Some(setup),
             config,
             store: None,
+            observers: Vec::new(),
         }
+    }
+
+    /// Reports the run's phases to `observer`, as the legacy driver does.
+    pub(crate) fn with_observer(mut self, observer: Arc<dyn RunObserver>) -> Self {
+        self.observers.push(observer);
+        self
     }
 
     pub(crate) fn with_store(mut self, store: Arc<dyn RunStore>) -> Self {
@@ -545,7 +634,14 @@ impl MsgDriver {
             completed: 0,
             save_error: None,
             stop: stop_rx,
+            observers: self.observers.clone(),
+            round_started: None,
         };
+        let run_started = Instant::now();
+        recorder.emit(RunEvent::RunStarted {
+            num_rounds: self.config.num_rounds,
+            completed: 0,
+        });
         recorder.save()?;
         let run = RunConfig {
             num_rounds: self.config.num_rounds,
@@ -578,6 +674,11 @@ impl MsgDriver {
         };
         let (mut recorder, result) = joined
             .map_err(|e| ServerError::Config(format!("the message-API run panicked: {e}")))?;
+        recorder.emit(RunEvent::RunEnded {
+            completed: recorder.completed,
+            num_rounds: self.config.num_rounds,
+            elapsed: run_started.elapsed(),
+        });
         if interrupted {
             return Err(ServerError::Interrupted);
         }
@@ -748,6 +849,22 @@ mod tests {
         }
     }
 
+    /// Every event as its progress line.
+    #[derive(Default)]
+    struct Events {
+        lines: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl RunObserver for Events {
+        fn on_event(&self, event: &RunEvent<'_>) {
+            let mut line = event.to_string();
+            if let RunEvent::PhaseEnded { failures, .. } = event {
+                line.push_str(&format!(" {failures:?}"));
+            }
+            self.lines.lock().expect("lock").push(line);
+        }
+    }
+
     fn setup(min: usize) -> MsgSetup {
         let opts = FedAvgOptions {
             min_train_nodes: min,
@@ -788,8 +905,34 @@ mod tests {
             let store = Arc::new(MemStore::default());
             let mut c = config(2);
             c.aggregation_order = order;
-            let mut driver = MsgDriver::new(manager, setup(2), c).with_store(store.clone());
+            let events = Arc::new(Events::default());
+            let mut driver = MsgDriver::new(manager, setup(2), c)
+                .with_store(store.clone())
+                .with_observer(events.clone());
             let outcome = driver.run(std::future::pending()).await.expect("run");
+            // The run's phases are reported as the legacy driver's are; the
+            // error reply is a `status` failure.
+            let lines = events.lines.lock().expect("lock").clone();
+            assert_eq!(lines.first().map(String::as_str), Some("run: 2 rounds"));
+            assert!(
+                lines.contains(&"round 2/2 fit: 3 sampled".to_string()),
+                "{lines:#?}"
+            );
+            let ended: Vec<&String> = lines
+                .iter()
+                .filter(|l| l.starts_with("round 2/2 evaluate: 3 sampled, 2 results, 1 failure"))
+                .collect();
+            assert_eq!(ended.len(), 1, "{lines:#?}");
+            assert!(ended[0].ends_with("[\"status\"]"), "{lines:#?}");
+            assert!(
+                lines.iter().any(|l| l.starts_with("round 2/2 done")),
+                "{lines:#?}"
+            );
+            assert_eq!(
+                lines.last().map(|l| l.starts_with("run ended: 2/2 rounds")),
+                Some(true),
+                "{lines:#?}"
+            );
             // Each round moves the model by (10·1 + 30·3)/40 = 2.5.
             assert_eq!(outcome.completed_rounds, 2);
             let saves = store.saves.lock().expect("lock");

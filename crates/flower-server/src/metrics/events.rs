@@ -194,6 +194,12 @@ pub trait RunObserver: Send + Sync + 'static {
     fn on_event(&self, event: &RunEvent<'_>);
 }
 
+impl fmt::Debug for dyn RunObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RunObserver")
+    }
+}
+
 /// Logs every event as one `info` line (target `flower_server::progress`):
 /// the default progress output of the `flower-server` binary.
 #[derive(Debug, Clone, Copy, Default)]
