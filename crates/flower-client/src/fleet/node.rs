@@ -439,7 +439,10 @@ impl Node {
         if let Payload::Error(e) = &payload {
             warn!(code = e.code, "replying with an error: {}", e.reason);
         }
-        self.push_reply(&message.metadata, payload, runtime).await?;
+        // The instruction's arrays go before the reply is pushed: only its
+        // metadata is needed now.
+        let metadata = { message }.metadata;
+        self.push_reply(&metadata, payload, runtime).await?;
         Ok(true)
     }
 
