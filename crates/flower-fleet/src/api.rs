@@ -126,6 +126,12 @@ pub struct FleetOptions {
     /// [`SpillConfig::DEFAULT_MEMORY_LIMIT`], in the temporary directory;
     /// `None`: never).
     pub spill: Option<SpillConfig>,
+    /// Request bodies of 1 MiB or more (pushed chunks) read at once, after
+    /// their signature checks (default
+    /// [`FleetOptions::DEFAULT_LARGE_BODY_READERS`]; at least 1). SuperNodes
+    /// push two objects at a time each: without a bound every node's
+    /// chunks would be in memory together.
+    pub large_body_readers: usize,
 }
 
 impl std::fmt::Debug for FleetOptions {
@@ -146,6 +152,7 @@ impl std::fmt::Debug for FleetOptions {
             .field("grpc_address", &self.grpc_address)
             .field("listener", &self.listener)
             .field("spill", &self.spill)
+            .field("large_body_readers", &self.large_body_readers)
             .finish_non_exhaustive()
     }
 }
@@ -167,11 +174,15 @@ impl Default for FleetOptions {
             tick: Duration::from_secs(1),
             grpc_address: None,
             spill: Some(SpillConfig::default()),
+            large_body_readers: Self::DEFAULT_LARGE_BODY_READERS,
         }
     }
 }
 
 impl FleetOptions {
+    /// Large request bodies read at once by default.
+    pub const DEFAULT_LARGE_BODY_READERS: usize = 2;
+
     /// Defaults serving `app`.
     pub fn new(app: FleetApp) -> Self {
         FleetOptions {
@@ -245,6 +256,12 @@ impl FleetOptions {
     /// they never do).
     pub fn spill(mut self, spill: Option<SpillConfig>) -> Self {
         self.spill = spill;
+        self
+    }
+
+    /// Large request bodies read at once (0 is taken as 1).
+    pub fn large_body_readers(mut self, readers: usize) -> Self {
+        self.large_body_readers = readers.max(1);
         self
     }
 }
@@ -412,7 +429,7 @@ async fn start(
             authorized: options.authorized_keys.clone(),
         },
         max_request_bytes: options.max_request_bytes,
-        large_bodies: tokio::sync::Semaphore::new(crate::http::LARGE_BODY_READERS),
+        large_bodies: tokio::sync::Semaphore::new(options.large_body_readers.max(1)),
     });
     let listener = HardenedListener::bind(
         options.address,

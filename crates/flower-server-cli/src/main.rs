@@ -302,7 +302,8 @@ async fn fleet_options(
     let mut fleet = FleetOptions::new(app)
         .address(address)
         .listener(serve_options.listener.clone())
-        .spill(settings.fleet_spill()?);
+        .spill(settings.fleet_spill()?)
+        .large_body_readers(settings.fleet_body_readers());
     fleet = match (&serve_options.tls, insecure) {
         (Some(tls), _) => fleet.tls(tls.clone()),
         (None, _) => fleet.insecure(),
@@ -404,7 +405,8 @@ async fn run_superlink(settings: Settings) -> Result<(), String> {
     let mut fleet = FleetOptions::default()
         .address(fleet_address)
         .listener(serve_options.listener.clone())
-        .spill(settings.fleet_spill()?);
+        .spill(settings.fleet_spill()?)
+        .large_body_readers(settings.fleet_body_readers());
     fleet = match (&serve_options.tls, insecure) {
         (Some(tls), _) => fleet.tls(tls.clone()),
         (None, _) => fleet.insecure(),

@@ -221,6 +221,10 @@ pub(crate) struct Settings {
     /// directory by default).
     #[arg(long, value_name = "DIR")]
     pub(crate) fleet_spill_dir: Option<PathBuf>,
+    /// SuperNode request bodies of 1 MiB or more (pushed chunks) read at
+    /// once; more readers take replies in faster and hold more memory.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub(crate) fleet_body_readers: Option<u64>,
     /// Admit only SuperNodes whose public key is authorized
     /// (--authorized-keys and/or --vault-node-keys-path), as flwr's
     /// --enable-supernode-auth; otherwise SuperNodes self-register.
@@ -334,6 +338,13 @@ impl Settings {
         }
         Ok(Some(flower_fleet::SpillConfig { memory_limit, dir }))
     }
+
+    /// --fleet-body-readers, or the library's default.
+    pub(crate) fn fleet_body_readers(&self) -> usize {
+        self.fleet_body_readers
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(flower_fleet::FleetOptions::DEFAULT_LARGE_BODY_READERS)
+    }
 }
 
 /// Each flag's default, read from the library's `Default` impls (the only
@@ -355,6 +366,10 @@ fn defaults() -> Vec<(&'static str, String)> {
         (
             "fleet_reply_memory",
             (flower_fleet::SpillConfig::DEFAULT_MEMORY_LIMIT >> 20).to_string(),
+        ),
+        (
+            "fleet_body_readers",
+            flower_fleet::FleetOptions::DEFAULT_LARGE_BODY_READERS.to_string(),
         ),
         ("max_message_size", serve.max_message_size.to_string()),
         ("keepalive_secs", serve.keepalive.as_secs().to_string()),

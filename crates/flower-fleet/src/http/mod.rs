@@ -93,12 +93,8 @@ impl std::fmt::Debug for NodeAuth {
 }
 
 /// Request bodies at least this large (pushed chunks, up to 5 MiB) are
-/// read [`LARGE_BODY_READERS`] at a time.
+/// read [`FleetOptions::large_body_readers`](crate::FleetOptions) at a time.
 const LARGE_BODY: usize = 1 << 20;
-
-/// Large bodies read at once: SuperNodes push two objects at a time each,
-/// so without a bound every node's chunks would be in memory together.
-pub(crate) const LARGE_BODY_READERS: usize = 2;
 
 /// A body read that receives nothing for this long is cut (it would
 /// otherwise keep a large-body permit).
@@ -110,7 +106,7 @@ pub(crate) struct Service {
     pub(crate) shared: Arc<Shared>,
     pub(crate) auth: NodeAuth,
     pub(crate) max_request_bytes: usize,
-    /// Permits to read a large body ([`LARGE_BODY_READERS`]).
+    /// Permits to read a large body (`FleetOptions::large_body_readers`).
     pub(crate) large_bodies: tokio::sync::Semaphore,
 }
 

@@ -69,7 +69,9 @@ async fn tls_legacy_app_with_a_multi_chunk_model() {
         .spill(Some(SpillConfig {
             memory_limit: 1 << 20,
             dir: spill_dir.path().to_path_buf(),
-        }));
+        }))
+        // One chunk read at a time: the two nodes' pushes take turns.
+        .large_body_readers(1);
     let (server, addr) = fedavg_server(options, fedavg(2, initial), 1).await;
     let ca = certs.ca();
     let Some(a) = supernode(addr, "factor=1 examples=10", Some(&ca)) else {
