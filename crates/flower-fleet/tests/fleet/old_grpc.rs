@@ -76,6 +76,26 @@ fn options() -> FleetOptions {
     .insecure()
 }
 
+/// The status code of a refused call (`Ok(())` when it went through).
+fn code<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Result<(), Code> {
+    result.map(drop).map_err(|s| s.code())
+}
+
+/// `CreateNode` as flwr 1.13-1.22 SuperNodes send it.
+fn create_node() -> pb::CreateNodeRequest {
+    pb::CreateNodeRequest {
+        ping_interval: 30.0,
+    }
+}
+
+/// `Ping` of `node_id`, as flwr 1.13-1.19 SuperNodes send it.
+fn ping(node_id: u64) -> pb::PingRequest {
+    pb::PingRequest {
+        node: node(node_id),
+        ping_interval: 30.0,
+    }
+}
+
 fn node(node_id: u64) -> Option<pb::LegacyNode> {
     Some(pb::LegacyNode {
         node_id,
@@ -125,23 +145,14 @@ async fn keyless_nodes_of_flwr_1_13_join_ping_and_leave() {
     let mut grpc = Grpc::start(options()).await;
     let c = &mut grpc.client;
     let created = c
-        .create_node(pb::CreateNodeRequest {
-            ping_interval: 30.0,
-        })
+        .create_node(create_node())
         .await
         .expect("CreateNode")
         .into_inner();
     let node_id = created.node.expect("node").node_id;
     assert!(node_id > 1, "{node_id}");
-    let ping = c
-        .ping(pb::PingRequest {
-            node: node(node_id),
-            ping_interval: 30.0,
-        })
-        .await
-        .expect("Ping")
-        .into_inner();
-    assert!(ping.success);
+    let pong = c.ping(ping(node_id)).await.expect("Ping").into_inner();
+    assert!(pong.success);
     // No instruction queued: empty lists, in both inline eras' forms.
     let pulled = c
         .pull_task_ins(pb::PullTaskInsRequest {
@@ -192,10 +203,7 @@ async fn keyless_nodes_of_flwr_1_13_join_ping_and_leave() {
             run_id: 0,
         })
         .await;
-    assert_eq!(
-        wrong.map(|_| ()).map_err(|s| s.code()),
-        Err(Code::PermissionDenied)
-    );
+    assert_eq!(code(wrong), Err(Code::PermissionDenied));
     // A reply to nothing delivered is dropped, as flwr drops it.
     let pushed = c
         .push_task_res(pb::PushTaskResRequest {
@@ -213,10 +221,7 @@ async fn keyless_nodes_of_flwr_1_13_join_ping_and_leave() {
             task_res_list: Vec::new(),
         })
         .await;
-    assert_eq!(
-        empty.map(|_| ()).map_err(|s| s.code()),
-        Err(Code::InvalidArgument)
-    );
+    assert_eq!(code(empty), Err(Code::InvalidArgument));
     let garbage = c
         .push_messages(pb::PushMessagesWireRequest {
             node: node(node_id),
@@ -224,36 +229,17 @@ async fn keyless_nodes_of_flwr_1_13_join_ping_and_leave() {
             ..Default::default()
         })
         .await;
-    assert_eq!(
-        garbage.map(|_| ()).map_err(|s| s.code()),
-        Err(Code::InvalidArgument)
-    );
+    assert_eq!(code(garbage), Err(Code::InvalidArgument));
     // Another node's id, or one never created: unauthenticated.
-    let stranger = c
-        .ping(pb::PingRequest {
-            node: node(node_id ^ 1),
-            ping_interval: 30.0,
-        })
-        .await;
-    assert_eq!(
-        stranger.map(|_| ()).map_err(|s| s.code()),
-        Err(Code::Unauthenticated)
-    );
+    let stranger = c.ping(ping(node_id ^ 1)).await;
+    assert_eq!(code(stranger), Err(Code::Unauthenticated));
     c.delete_node(pb::DeleteNodeRequest {
         node: node(node_id),
     })
     .await
     .expect("DeleteNode");
-    let gone = c
-        .ping(pb::PingRequest {
-            node: node(node_id),
-            ping_interval: 30.0,
-        })
-        .await;
-    assert_eq!(
-        gone.map(|_| ()).map_err(|s| s.code()),
-        Err(Code::Unauthenticated)
-    );
+    let gone = c.ping(ping(node_id)).await;
+    assert_eq!(code(gone), Err(Code::Unauthenticated));
     grpc.stop().await;
 }
 
@@ -264,47 +250,27 @@ async fn signed_nodes_of_flwr_1_15_to_1_22_are_bound_to_their_key() {
     for names in [NAMES_116, NAMES_115] {
         let key = NodeSigningKey::generate(NodeKeyCurve::P256);
         let created = c
-            .create_node(signed(
-                &key,
-                pb::CreateNodeRequest {
-                    ping_interval: 30.0,
-                },
-                names,
-            ))
+            .create_node(signed(&key, create_node(), names))
             .await
             .expect("CreateNode")
             .into_inner();
         let node_id = created.node.expect("node").node_id;
         // The id every self-registered node gets from its key.
         assert_eq!(node_id, node_id_for_key(key.public_key().sec1_bytes()));
-        let ping = |key: &NodeSigningKey| {
-            signed(
-                key,
-                pb::PingRequest {
-                    node: node(node_id),
-                    ping_interval: 30.0,
-                },
-                names,
-            )
-        };
-        assert!(c.ping(ping(&key)).await.expect("Ping").into_inner().success);
+        let signed_ping = |key: &NodeSigningKey| signed(key, ping(node_id), names);
+        assert!(
+            c.ping(signed_ping(&key))
+                .await
+                .expect("Ping")
+                .into_inner()
+                .success
+        );
         // Signed by another key, or not signed: refused.
         let other = NodeSigningKey::generate(NodeKeyCurve::P256);
-        let wrong = c.ping(ping(&other)).await;
-        assert_eq!(
-            wrong.map(|_| ()).map_err(|s| s.code()),
-            Err(Code::Unauthenticated)
-        );
-        let unsigned = c
-            .ping(pb::PingRequest {
-                node: node(node_id),
-                ping_interval: 30.0,
-            })
-            .await;
-        assert_eq!(
-            unsigned.map(|_| ()).map_err(|s| s.code()),
-            Err(Code::Unauthenticated)
-        );
+        let wrong = c.ping(signed_ping(&other)).await;
+        assert_eq!(code(wrong), Err(Code::Unauthenticated));
+        let unsigned = c.ping(ping(node_id)).await;
+        assert_eq!(code(unsigned), Err(Code::Unauthenticated));
         // A heartbeat-era node (1.20-1.22) pulls through the 1.23+ handler.
         let beat = c
             .send_node_heartbeat(signed(
@@ -341,56 +307,28 @@ async fn flwr_1_13_node_auth_and_keyless_nodes_under_supernode_auth_are_refused(
     let mut grpc = Grpc::start(options()).await;
     // flwr 1.13/1.14 `--auth-supernode-*`: an HMAC scheme this server
     // cannot verify.
-    let mut request = Request::new(pb::CreateNodeRequest {
-        ping_interval: 30.0,
-    });
+    let mut request = Request::new(create_node());
     request
         .metadata_mut()
         .insert("public-key", "QUJD".parse().expect("ascii"));
     let refused = grpc.client.create_node(request).await;
-    assert_eq!(
-        refused.map(|_| ()).map_err(|s| s.code()),
-        Err(Code::Unauthenticated)
-    );
+    assert_eq!(code(refused), Err(Code::Unauthenticated));
     grpc.stop().await;
 
     let authorized = NodeSigningKey::generate(NodeKeyCurve::P256);
     let keys = AuthorizedNodeKeys::new([authorized.public_key().clone()]);
     let mut grpc = Grpc::start(options().supernode_auth(keys)).await;
-    let keyless = grpc
-        .client
-        .create_node(pb::CreateNodeRequest {
-            ping_interval: 30.0,
-        })
-        .await;
-    assert_eq!(
-        keyless.map(|_| ()).map_err(|s| s.code()),
-        Err(Code::Unauthenticated)
-    );
+    let keyless = grpc.client.create_node(create_node()).await;
+    assert_eq!(code(keyless), Err(Code::Unauthenticated));
     let stranger = NodeSigningKey::generate(NodeKeyCurve::P256);
     let unknown = grpc
         .client
-        .create_node(signed(
-            &stranger,
-            pb::CreateNodeRequest {
-                ping_interval: 30.0,
-            },
-            NAMES_116,
-        ))
+        .create_node(signed(&stranger, create_node(), NAMES_116))
         .await;
-    assert_eq!(
-        unknown.map(|_| ()).map_err(|s| s.code()),
-        Err(Code::Unauthenticated)
-    );
+    assert_eq!(code(unknown), Err(Code::Unauthenticated));
     let created = grpc
         .client
-        .create_node(signed(
-            &authorized,
-            pb::CreateNodeRequest {
-                ping_interval: 30.0,
-            },
-            NAMES_116,
-        ))
+        .create_node(signed(&authorized, create_node(), NAMES_116))
         .await
         .expect("an authorized key joins")
         .into_inner();
@@ -414,13 +352,7 @@ async fn a_node_that_pulls_the_flwr_1_19_probe_is_refused_and_removed() {
     let c = &mut grpc.client;
     let key = NodeSigningKey::generate(NodeKeyCurve::P256);
     let node_id = c
-        .create_node(signed(
-            &key,
-            pb::CreateNodeRequest {
-                ping_interval: 30.0,
-            },
-            NAMES_116,
-        ))
+        .create_node(signed(&key, create_node(), NAMES_116))
         .await
         .expect("CreateNode")
         .into_inner()
@@ -471,10 +403,7 @@ async fn a_node_that_pulls_the_flwr_1_19_probe_is_refused_and_removed() {
     );
     // Every later call of the node: the same refusal.
     let again = c.send_node_heartbeat(beat(&key)).await;
-    assert_eq!(
-        again.map(|_| ()).map_err(|s| s.code()),
-        Err(Code::FailedPrecondition)
-    );
+    assert_eq!(code(again), Err(Code::FailedPrecondition));
     let confirm = c
         .confirm_message_received(signed(
             &key,
@@ -486,10 +415,7 @@ async fn a_node_that_pulls_the_flwr_1_19_probe_is_refused_and_removed() {
             NAMES_116,
         ))
         .await;
-    assert_eq!(
-        confirm.map(|_| ()).map_err(|s| s.code()),
-        Err(Code::FailedPrecondition)
-    );
+    assert_eq!(code(confirm), Err(Code::FailedPrecondition));
     let pulled = c
         .pull_messages(signed(
             &key,
@@ -500,10 +426,7 @@ async fn a_node_that_pulls_the_flwr_1_19_probe_is_refused_and_removed() {
             NAMES_116,
         ))
         .await;
-    assert_eq!(
-        pulled.map(|_| ()).map_err(|s| s.code()),
-        Err(Code::FailedPrecondition)
-    );
+    assert_eq!(code(pulled), Err(Code::FailedPrecondition));
     // It may still say goodbye (flwr 1.19 does); then it is forgotten (a
     // signed call is then the 1.23+ handler's: its key-derived id is
     // re-admitted, as after a server restart).
