@@ -12,7 +12,11 @@
 //!   body, child list and chunk index within [`Limits`];
 //!   [`validate_object`] checks one received object. Output is
 //!   byte-identical to flwr's (JSON bodies as Python's `json.dumps` writes
-//!   them, protobuf bodies as flwr serializes them).
+//!   them, protobuf bodies as flwr serializes them). [`deflate_parts`] gives
+//!   the same objects with each array chunk as its head plus a slice of the
+//!   array ([`ObjectParts`], no copy), and [`deflate_parts_reusing`] takes
+//!   the ids of chunks cut from buffers a [`ChunkIds`] remembers instead of
+//!   hashing them again.
 //!
 //! * Protobuf forms: `TryFrom` between [`Message`], [`RecordDict`], [`Array`]
 //!   and their `flower_proto` messages (flwr's `serde.py`), and
