@@ -363,14 +363,6 @@ fn targets(ours: Option<&ServerResult>, py: Option<&ServerResult>, aes256: f64) 
     t
 }
 
-fn verdict(met: Option<bool>) -> &'static str {
-    match met {
-        Some(true) => "MET",
-        Some(false) => "MISSED",
-        None => "n/a",
-    }
-}
-
 fn print_result(r: &CompareResult) {
     let w = &r.workload;
     println!();
@@ -540,13 +532,7 @@ fn print_result(r: &CompareResult) {
     println!();
     println!("targets:");
     for t in &r.targets {
-        println!(
-            "  [{}] {}: {} — {}",
-            verdict(t.met),
-            t.name,
-            t.goal,
-            t.measured
-        );
+        println!("  {t}");
     }
     for n in &r.notes {
         println!("note: {n}");

@@ -192,6 +192,22 @@ pub(crate) struct Target {
     pub(crate) met: Option<bool>,
 }
 
+impl std::fmt::Display for Target {
+    /// `[MET] name: goal — measured` (`MISSED`, `n/a`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verdict = match self.met {
+            Some(true) => "MET",
+            Some(false) => "MISSED",
+            None => "n/a",
+        };
+        write!(
+            f,
+            "[{verdict}] {}: {} — {}",
+            self.name, self.goal, self.measured
+        )
+    }
+}
+
 /// `a / b` when both are there and `b > 0`.
 pub(crate) fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {

@@ -300,17 +300,7 @@ fn print_result(r: &ScaleResult) {
         for e in &s.server_errors {
             println!("server error line: {e}");
         }
-        println!(
-            "target [{}] {}: {} — {}",
-            match a.target.met {
-                Some(true) => "MET",
-                Some(false) => "MISSED",
-                None => "n/a",
-            },
-            a.target.name,
-            a.target.goal,
-            a.target.measured
-        );
+        println!("target {}", a.target);
     }
     for n in &r.notes {
         println!("note: {n}");

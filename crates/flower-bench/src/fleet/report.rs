@@ -405,12 +405,7 @@ impl FleetResult {
         println!();
         println!("targets:");
         for t in &self.targets {
-            let verdict = match t.met {
-                Some(true) => "MET",
-                Some(false) => "MISSED",
-                None => "n/a",
-            };
-            println!("  [{verdict}] {}: {} — {}", t.name, t.goal, t.measured);
+            println!("  {t}");
         }
         for n in &self.notes {
             println!("note: {n}");
@@ -773,12 +768,7 @@ impl RepeatedResult {
         println!();
         println!("targets (median of the per-repetition ratios):");
         for t in &self.targets {
-            let verdict = match t.met {
-                Some(true) => "MET",
-                Some(false) => "MISSED",
-                None => "n/a",
-            };
-            println!("  [{verdict}] {}: {} — {}", t.name, t.goal, t.measured);
+            println!("  {t}");
         }
     }
 }
