@@ -94,7 +94,6 @@ impl SharedContent {
             .objects
             .into_iter()
             .filter(|(id, _)| *id != root)
-            .map(|(id, parts)| (id, Content::chained(parts.head, parts.tail)))
             .collect();
         Ok(SharedContent {
             message_type,

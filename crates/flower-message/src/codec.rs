@@ -84,7 +84,7 @@ impl ObjectSource for Deflated {
 /// An object's content as two parts, `head` then `tail`. Array chunks are
 /// their head and a slice of the array's own bytes, so deflating does not
 /// copy array data; every other object is whole in `head` (empty `tail`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObjectParts {
     /// The start of the content (for chunks: the head and its NUL).
     pub head: Bytes,
@@ -93,12 +93,27 @@ pub struct ObjectParts {
 }
 
 impl ObjectParts {
-    /// The whole content (a copy only when `tail` is not empty).
+    /// Content in two parts, `head` then `tail`.
+    pub fn chained(head: Bytes, tail: Bytes) -> Self {
+        ObjectParts { head, tail }
+    }
+
+    /// The non-empty parts, in order.
+    pub fn parts(&self) -> impl Iterator<Item = &Bytes> {
+        [&self.head, &self.tail]
+            .into_iter()
+            .filter(|b| !b.is_empty())
+    }
+
+    /// The whole content: free for one-part content, a copy otherwise.
     pub fn to_bytes(&self) -> Bytes {
         if self.tail.is_empty() {
             return self.head.clone();
         }
-        let mut whole = BytesMut::with_capacity(self.head.len() + self.tail.len());
+        if self.head.is_empty() {
+            return self.tail.clone();
+        }
+        let mut whole = BytesMut::with_capacity(self.len());
         whole.extend_from_slice(&self.head);
         whole.extend_from_slice(&self.tail);
         whole.freeze()
@@ -112,6 +127,15 @@ impl ObjectParts {
     /// Whether the content is empty (never, for a valid object).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl From<Bytes> for ObjectParts {
+    fn from(head: Bytes) -> Self {
+        ObjectParts {
+            head,
+            tail: Bytes::new(),
+        }
     }
 }
 

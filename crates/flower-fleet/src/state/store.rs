@@ -21,65 +21,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use flower_message::ObjectId;
 use tracing::{error, warn};
 
 /// An object's content, kept in at most two parts: a broadcast's chunk
 /// object is its small head followed by a slice of the model's own `.npy`
 /// bytes, so serving the model to any number of nodes never copies it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Content {
-    head: Bytes,
-    tail: Bytes,
-}
-
-impl Content {
-    /// Content in two parts, `head` then `tail`.
-    pub fn chained(head: Bytes, tail: Bytes) -> Self {
-        Content { head, tail }
-    }
-
-    /// The non-empty parts, in order.
-    pub fn parts(&self) -> impl Iterator<Item = &Bytes> {
-        [&self.head, &self.tail]
-            .into_iter()
-            .filter(|b| !b.is_empty())
-    }
-
-    /// Total length in bytes.
-    pub fn len(&self) -> usize {
-        self.head.len() + self.tail.len()
-    }
-
-    /// True when there are no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// One contiguous buffer: free for one-part content, a copy otherwise.
-    pub fn to_bytes(&self) -> Bytes {
-        if self.tail.is_empty() {
-            return self.head.clone();
-        }
-        if self.head.is_empty() {
-            return self.tail.clone();
-        }
-        let mut buf = BytesMut::with_capacity(self.len());
-        buf.extend_from_slice(&self.head);
-        buf.extend_from_slice(&self.tail);
-        buf.freeze()
-    }
-}
-
-impl From<Bytes> for Content {
-    fn from(head: Bytes) -> Self {
-        Content {
-            head,
-            tail: Bytes::new(),
-        }
-    }
-}
+pub type Content = flower_message::ObjectParts;
 
 /// When pushed contents leave memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
